@@ -1,0 +1,52 @@
+# FLASH: CPU reference everywhere, CUDA where nvcc exists.
+#   make          build the programs
+#   make test     build and run every test (CPU tests; CUDA tests run where a GPU is present)
+#   make clean
+CXX      ?= g++
+CXXFLAGS ?= -O3 -march=native
+CXXFLAGS += -std=c++17 -Wall -Wextra -Wno-unused-parameter -fopenmp -I. -MMD -MP
+LDLIBS   += -fopenmp
+
+# ---- what this machine has ------------------------------------------------------------------------
+HAVE_OPENBLAS := $(shell test -f /usr/include/x86_64-linux-gnu/cblas.h -o -f /usr/include/cblas.h -o -f /usr/include/openblas/cblas.h && echo yes)
+ifeq ($(HAVE_OPENBLAS),yes)
+  LDLIBS += -lopenblas
+else
+  $(error OpenBLAS not found: run 'sudo apt-get install libopenblas-dev nlohmann-json3-dev doctest-dev' (or test/run.sh, which installs it))
+endif
+NVCC ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+$(info [flash] OpenBLAS: $(HAVE_OPENBLAS)  OpenMP: yes (-fopenmp)  nvcc: $(if $(NVCC),$(NVCC),not found, CUDA parts skipped))
+
+PROGRAMS :=
+TEST_BINS :=
+BENCH_BINS :=
+
+# ---- the model ------------------------------------------------------------------------------------
+MODEL_OBJS := build/flash.o
+PROGRAMS   += train
+TEST_BINS  += build/test_ops build/test_model
+
+train: build/train.o $(MODEL_OBJS) $(TRAIN_EXTRA_OBJS)
+	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)
+build/test_ops: build/test/test_ops.o $(MODEL_OBJS)
+	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)
+build/test_model: build/test/test_model.o $(MODEL_OBJS)
+	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)
+# ---- tokenizer and data ---------------------------------------------------------------------------
+-include tokenizer/rules.mk
+
+all: $(PROGRAMS) $(TEST_BINS) $(BENCH_BINS)
+
+build/%.o: %.cpp
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS) -c $< -o $@
+
+# Every test binary runs; the summary line counts passed and failed binaries' test cases.
+test: $(TEST_BINS)
+	@bash test/run_all.sh $(TEST_BINS)
+
+clean:
+	rm -rf build $(PROGRAMS) $(TEST_BINS) $(BENCH_BINS)
+
+.PHONY: all test clean
+-include $(shell find build -name '*.d' 2>/dev/null)
