@@ -20,20 +20,24 @@ $(info [flash] OpenBLAS: $(HAVE_OPENBLAS)  OpenMP: yes (-fopenmp)  nvcc: $(if $(
 PROGRAMS :=
 TEST_BINS :=
 BENCH_BINS :=
+.DEFAULT_GOAL := all
 
+# ---- tokenizer and data (defines TOKENIZER_OBJS, DATA_OBJS) ---------------------------------------
+include tokenizer/rules.mk
 # ---- the model ------------------------------------------------------------------------------------
 MODEL_OBJS := build/flash.o
 PROGRAMS   += train
-TEST_BINS  += build/test_ops build/test_model
+TEST_BINS  += build/test_ops build/test_model build/test_train
 
-train: build/train.o $(MODEL_OBJS) $(TRAIN_EXTRA_OBJS)
+TRAINER_OBJS = build/trainer.o $(MODEL_OBJS) $(TOKENIZER_OBJS) $(DATA_OBJS)
+train: build/train.o $(TRAINER_OBJS)
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)
 build/test_ops: build/test/test_ops.o $(MODEL_OBJS)
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)
 build/test_model: build/test/test_model.o $(MODEL_OBJS)
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)
-# ---- tokenizer and data ---------------------------------------------------------------------------
--include tokenizer/rules.mk
+build/test_train: build/test/test_train.o $(TRAINER_OBJS)
+	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)
 
 all: $(PROGRAMS) $(TEST_BINS) $(BENCH_BINS)
 

@@ -1,35 +1,24 @@
-// train.cpp: the FLASH program. For now it has one mode, --debug-state, which writes the state the CUDA port
-// and outside checks compare against: a batch, its loss, every parameter and every parameter's gradient.
+// train.cpp: the ./train command. It trains FLASH (trainer.cpp does the work), or with --debug-state writes the
+// state that the CUDA port and outside checks compare against: a batch, its loss, every parameter and every
+// parameter's gradient.
+#include <csignal>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <string>
 #include <vector>
 
 #include "flash.h"
+#include "trainer.h"
 
-static void usage() {
+static void debug_state_usage() {
     std::printf(
         "usage: ./train --debug-state OUT.safetensors [options]\n"
-        "  --config NAME|FILE   tiny, small, base, or a JSON model config (default tiny)\n"
+        "  --model NAME|FILE    tiny, small, base, or a JSON model config (default tiny)\n"
         "  --load CKPT          take the model (and its config) from a checkpoint instead of a fresh init\n"
         "  --seed N             seed of the fresh weights and of the random batch (default 1)\n"
         "  --strong-init        gamma ~ N(1,0.5), beta and rel_bias ~ N(0,0.5) (FLASH.md section 1)\n"
         "  --batch B            batch rows (default 2); T is the config's seq_len\n"
         "  --double             compute and write in double precision (F64) instead of float (F32)\n");
-}
-
-FlashConfig load_config_arg(const std::string& arg) {
-    if (arg == "tiny" || arg == "small" || arg == "base") return config_preset(arg);
-    std::ifstream in(arg);
-    FLASH_CHECK(in, "cannot open config file '" << arg << "'", "give tiny, small, base or a path to a JSON file");
-    nlohmann::json j;
-    try {
-        j = nlohmann::json::parse(in);
-    } catch (const nlohmann::json::exception& ex) {
-        FLASH_FAIL("config file '" << arg << "' is not valid JSON: " << ex.what(), "fix the file");
-    }
-    return config_from_json(j);
 }
 
 template <typename Real>
@@ -54,33 +43,50 @@ static void debug_state(const std::string& out, const FlashConfig& cfg, const st
                 model.loss, model.params.size(), sizeof(Real) == 4 ? "F32" : "F64");
 }
 
+static int debug_state_main(int argc, char** argv) {
+    std::string out, model = "tiny", load;
+    uint64_t seed = 1;
+    bool strong = false, dbl = false;
+    int B = 2;
+    for (int i = 1; i < argc; i++) {
+        std::string a = argv[i];
+        auto value = [&]() -> std::string {
+            FLASH_CHECK(i + 1 < argc, "option " << a << " needs a value", "see ./train --debug-state x --help");
+            return argv[++i];
+        };
+        if (a == "--help" || a == "-h") { debug_state_usage(); return 0; }
+        else if (a == "--debug-state") out = value();
+        else if (a == "--model") model = value();
+        else if (a == "--load") load = value();
+        else if (a == "--seed") seed = std::stoull(value());
+        else if (a == "--strong-init") strong = true;
+        else if (a == "--batch") B = std::stoi(value());
+        else if (a == "--double") dbl = true;
+        else FLASH_FAIL("unknown option '" << a << "' for --debug-state", "see ./train --debug-state x --help");
+    }
+    FLASH_CHECK(B > 0, "--batch must be positive", "");
+    FlashConfig cfg = load.empty() ? load_model_config(model) : checkpoint_config(safetensors_read(load), load);
+    if (dbl) debug_state<double>(out, cfg, load, seed, strong, B);
+    else debug_state<float>(out, cfg, load, seed, strong, B);
+    return 0;
+}
+
+static void on_sigint(int) {
+    if (g_stop_requested) std::_Exit(130);  // a second Ctrl-C does not wait
+    g_stop_requested = 1;
+}
+
 int main(int argc, char** argv) {
     try {
-        std::string out, config = "tiny", load;
-        uint64_t seed = 1;
-        bool strong = false, dbl = false;
-        int B = 2;
         for (int i = 1; i < argc; i++) {
             std::string a = argv[i];
-            auto value = [&]() -> std::string {
-                FLASH_CHECK(i + 1 < argc, "option " << a << " needs a value", "see ./train --help");
-                return argv[++i];
-            };
-            if (a == "--help" || a == "-h") { usage(); return 0; }
-            else if (a == "--debug-state") out = value();
-            else if (a == "--config") config = value();
-            else if (a == "--load") load = value();
-            else if (a == "--seed") seed = std::stoull(value());
-            else if (a == "--strong-init") strong = true;
-            else if (a == "--batch") B = std::stoi(value());
-            else if (a == "--double") dbl = true;
-            else FLASH_FAIL("unknown option '" << a << "'", "see ./train --help");
+            if (a == "--debug-state") return debug_state_main(argc, argv);
+            if (a == "--help" || a == "-h") { std::printf("%s", train_options_help().c_str()); return 0; }
         }
-        FLASH_CHECK(!out.empty(), "nothing to do", "give --debug-state OUT.safetensors (see ./train --help)");
-        FLASH_CHECK(B > 0, "--batch must be positive", "");
-        FlashConfig cfg = load.empty() ? load_config_arg(config) : checkpoint_config(safetensors_read(load), load);
-        if (dbl) debug_state<double>(out, cfg, load, seed, strong, B);
-        else debug_state<float>(out, cfg, load, seed, strong, B);
+        TrainOptions o = parse_train_options(argc, argv);
+        std::signal(SIGINT, on_sigint);
+        TrainResult r = run_training(o);
+        if (r.interrupted && !g_stop_requested) return 2;  // stopped by a non-finite loss
         return 0;
     } catch (const std::exception& ex) {
         std::fprintf(stderr, "error: %s\n", ex.what());

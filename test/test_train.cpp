@@ -1,0 +1,236 @@
+// test_train.cpp: the training program's pieces: the learning-rate schedule, bit-exact resume, refused
+// checkpoints, and a short run that learns. Runs on a tiny corpus that the test writes itself.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "data/tokenfile.h"
+#include "testutil.h"
+#include "tokenizer/bpe.h"
+#include "trainer.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string read_bytes(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// A tiny corpus with structure a small model can learn: sentences from a small grammar.
+std::string make_text(uint64_t seed, int sentences) {
+    const char* subjects[] = {"the cat", "a dog", "the old man", "my sister", "the ship"};
+    const char* verbs[] = {"sees", "likes", "follows", "finds"};
+    const char* objects[] = {"the sea.", "a red ball.", "the white whale.", "the house."};
+    Rng rng(seed);
+    std::string text;
+    for (int i = 0; i < sentences; i++) {
+        text += subjects[rng.below(5)];
+        text += " ";
+        text += verbs[rng.below(4)];
+        text += " ";
+        text += objects[rng.below(4)];
+        text += (i % 7 == 6) ? "\n" : " ";
+    }
+    return text;
+}
+
+// data dir with tokenizer.json, train.bin, val.bin
+std::string make_data_dir() {
+    static std::string dir;
+    if (!dir.empty()) return dir;
+    dir = "/tmp/flash_test_train_" + std::to_string(getpid());
+    fs::create_directories(dir);
+    const std::string train_text = make_text(1, 3000), val_text = make_text(2, 300);
+    bpe::Tokenizer tok = bpe::Tokenizer::train({train_text}, 300);
+    tok.save(dir + "/tokenizer.json");
+    flash_data::save_token_file(dir + "/train.bin", tok.encode(train_text), tok.vocab_size());
+    flash_data::save_token_file(dir + "/val.bin", tok.encode(val_text), tok.vocab_size());
+    return dir;
+}
+
+TrainOptions tiny_options(const std::string& out_dir) {
+    TrainOptions o;
+    o.model = "tiny";
+    o.d = 32; o.e = 64; o.s = 16; o.chunk = 8; o.seq_len = 32;
+    o.batch = 4;
+    o.steps = 12;
+    o.warmup = 3;
+    o.lr = 3e-3; o.lr_min = 3e-4;
+    o.eval_interval = 4; o.eval_batches = 2;
+    o.sample_interval = 0;
+    o.ckpt_interval = 100;
+    o.out_dir = out_dir;
+    o.data_dir = make_data_dir();
+    o.quiet = true;
+    return o;
+}
+
+std::vector<std::string> train_loss_lines(const std::string& out_dir) {
+    std::ifstream in(out_dir + "/metrics.jsonl");
+    std::vector<std::string> lines;
+    for (std::string line; std::getline(in, line);)
+        if (line.find("train_loss") != std::string::npos) lines.push_back(line.substr(0, line.find(", \"ms\"")));
+    return lines;
+}
+
+TEST_CASE("learning-rate schedule: warm-up, cosine middle, floor") {
+    TrainOptions o;
+    o.lr = 1e-3; o.lr_min = 1e-4; o.warmup = 100; o.steps = 1100;
+    CHECK(learning_rate(o, 1) == doctest::Approx(1e-5));
+    CHECK(learning_rate(o, 50) == doctest::Approx(5e-4));
+    CHECK(learning_rate(o, 100) == doctest::Approx(1e-3));                  // warm-up end: the peak
+    CHECK(learning_rate(o, 600) == doctest::Approx((1e-3 + 1e-4) / 2));     // half way through the decay
+    CHECK(learning_rate(o, 1100) == doctest::Approx(1e-4));                 // end: the floor
+    CHECK(learning_rate(o, 350) > learning_rate(o, 351));                   // decreasing after warm-up
+}
+
+TEST_CASE("options: command line over JSON file, and bad options named") {
+    const std::string path = "/tmp/flash_test_opts_" + std::to_string(getpid()) + ".json";
+    std::ofstream(path) << R"({"batch": 3, "lr": 0.01, "model": "tiny"})";
+    const char* argv[] = {"train", "--options", path.c_str(), "--lr", "0.02", "--out-dir", "x/y", "--resume"};
+    TrainOptions o = parse_train_options(8, (char**)argv);
+    CHECK(o.batch == 3);
+    CHECK(o.lr == 0.02);
+    CHECK(o.model == "tiny");
+    CHECK(o.out_dir == "x/y");
+    CHECK(o.resume);
+    const char* bad1[] = {"train", "--bogus", "1"};
+    CHECK_THROWS_WITH_AS(parse_train_options(3, (char**)bad1), doctest::Contains("unknown option 'bogus'"), flash_error);
+    const char* bad2[] = {"train", "--batch", "many"};
+    CHECK_THROWS_WITH_AS(parse_train_options(3, (char**)bad2), doctest::Contains("option 'batch' has a bad value"),
+                         flash_error);
+    const char* bad3[] = {"train", "--device", "tpu"};
+    CHECK_THROWS_WITH_AS(parse_train_options(3, (char**)bad3), doctest::Contains("--device must be cpu, cuda or auto"),
+                         flash_error);
+    std::remove(path.c_str());
+}
+
+TEST_CASE("N steps equal K steps, a checkpoint and a resume for N-K steps, bit for bit") {
+    const std::string base = "/tmp/flash_test_resume_" + std::to_string(getpid());
+    fs::remove_all(base);
+    TrainOptions full = tiny_options(base + "/full");
+    run_training(full);
+
+    TrainOptions part = tiny_options(base + "/part");
+    part.steps = 5;  // a checkpoint at step 5, then resume to 12 with the full run's schedule
+    run_training(part);
+    CHECK(fs::exists(base + "/part/ckpt_00000005.safetensors"));
+    TrainOptions rest = tiny_options(base + "/part");
+    rest.resume = true;
+    TrainResult r = run_training(rest);
+    CHECK(r.steps_done == 12);
+
+    // The schedule of `part` differs (its steps were 5), so compare a run whose first leg has the full schedule:
+    TrainOptions leg1 = tiny_options(base + "/legs");
+    leg1.ckpt_interval = 5;  // checkpoint at 5 (and at 10, 12)
+    run_training(leg1);
+    fs::remove(base + "/legs/ckpt_00000010.safetensors");
+    fs::remove(base + "/legs/ckpt_00000012.safetensors");
+    TrainOptions leg2 = leg1;
+    leg2.resume = true;
+    run_training(leg2);
+
+    const std::string a = read_bytes(base + "/full/ckpt_00000012.safetensors");
+    const std::string b = read_bytes(base + "/legs/ckpt_00000012.safetensors");
+    CHECK(a.size() > 10000);
+    CHECK(a == b);  // weights, moments and train state, byte for byte
+    // every logged loss of the resumed steps equals the uninterrupted run's
+    std::vector<std::string> la = train_loss_lines(base + "/full"), lb = train_loss_lines(base + "/legs");
+    REQUIRE(la.size() == 12);
+    REQUIRE(lb.size() == 12 + 7);  // leg1 logged 1..12, leg2 logged 6..12 again
+    for (int i = 5; i < 12; i++) CHECK(la[i] == lb[12 + i - 5]);
+    // and the other run, resumed with a different schedule, still continued from step 5 to 12
+    CHECK(train_loss_lines(base + "/part").size() == 12);
+    fs::remove_all(base);
+}
+
+TEST_CASE("a corrupt, truncated or mismatched checkpoint is refused, and no file is overwritten") {
+    const std::string dir = "/tmp/flash_test_badckpt_" + std::to_string(getpid());
+    fs::remove_all(dir);
+    TrainOptions o = tiny_options(dir);
+    o.steps = 4;
+    run_training(o);
+    const std::string ckpt = dir + "/ckpt_00000004.safetensors";
+    const std::string good = read_bytes(ckpt), metrics = read_bytes(dir + "/metrics.jsonl");
+    REQUIRE(good.size() > 1000);
+
+    TrainOptions again = o;
+    again.resume = true;
+    again.steps = 8;
+    // truncated
+    std::ofstream(ckpt, std::ios::binary) << good.substr(0, good.size() - 64);
+    CHECK_THROWS_WITH_AS(run_training(again), doctest::Contains("the file is truncated"), flash_error);
+    CHECK(read_bytes(ckpt) == good.substr(0, good.size() - 64));
+    // corrupt header
+    std::string bad = good;
+    bad[8] = '#';  // the first byte of the JSON header
+    std::ofstream(ckpt, std::ios::binary) << bad;
+    CHECK_THROWS_WITH_AS(run_training(again), doctest::Contains("not valid JSON"), flash_error);
+    CHECK(read_bytes(ckpt) == bad);
+    // another model shape
+    std::ofstream(ckpt, std::ios::binary) << good;
+    TrainOptions other = again;
+    other.d = 48;
+    CHECK_THROWS_WITH_AS(run_training(other), doctest::Contains("another shape (checkpoint vs options: d: 32 vs 48)"),
+                         flash_error);
+    // nothing was written by the refused runs
+    CHECK(read_bytes(ckpt) == good);
+    CHECK(read_bytes(dir + "/metrics.jsonl") == metrics);
+    CHECK(!fs::exists(dir + "/ckpt_00000005.safetensors"));
+    fs::remove_all(dir);
+}
+
+TEST_CASE("missing data gets a message that names the command that prepares it") {
+    TrainOptions o = tiny_options("/tmp/flash_test_nodata");
+    o.data_dir = "/tmp/flash_test_no_such_dir";
+    CHECK_THROWS_WITH_AS(run_training(o), doctest::Contains("run data/prepare.sh"), flash_error);
+}
+
+TEST_CASE("a short run on a tiny corpus lowers the validation loss below 1.5 nats") {
+    const std::string dir = "/tmp/flash_test_learn_" + std::to_string(getpid());
+    fs::remove_all(dir);
+    TrainOptions o = tiny_options(dir);
+    o.steps = 150;
+    o.warmup = 10;
+    o.lr = 1e-2;
+    o.lr_min = 1e-3;
+    o.eval_interval = 150;
+    o.ckpt_interval = 1000;
+    o.keep_ckpts = 1;
+    TrainResult r = run_training(o);
+    // log(300) = 5.7 nats at the start; the grammar's entropy is about 0.5 nats per token
+    INFO("val loss " << r.last_val_loss);
+    CHECK(r.last_val_loss < 1.5);
+    CHECK(fs::exists(dir + "/metrics.jsonl"));
+    fs::remove_all(dir);
+}
+
+TEST_CASE("a non-finite loss stops training and leaves the last checkpoint intact") {
+    const std::string dir = "/tmp/flash_test_nan_" + std::to_string(getpid());
+    fs::remove_all(dir);
+    TrainOptions o = tiny_options(dir);
+    o.steps = 40;
+    o.lr = 1e30;  // blows the weights up within a few steps
+    o.lr_min = 1e30;
+    o.grad_clip = 0;
+    o.ckpt_interval = 1;
+    o.keep_ckpts = 50;
+    TrainResult r = run_training(o);
+    CHECK(r.interrupted);
+    CHECK(r.steps_done < 40);
+    const std::string last = latest_checkpoint(dir);
+    REQUIRE(!last.empty());
+    FlashModel<float> m(model_config_from_options(o, (int)bpe::Tokenizer::load(o.data_dir + "/tokenizer.json").vocab_size()));
+    TrainState st = load_checkpoint(last, m);
+    CHECK(st.step == r.steps_done);
+    fs::remove_all(dir);
+}
+
+}  // namespace
