@@ -38,6 +38,9 @@ build/test_model: build/test/test_model.o $(MODEL_OBJS)
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)
 build/test_train: build/test/test_train.o $(TRAINER_OBJS)
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)
+BENCH_BINS += build/bench_cpu
+build/bench_cpu: build/bench/bench_cpu.o $(MODEL_OBJS)
+	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)
 
 all: $(PROGRAMS) $(TEST_BINS) $(BENCH_BINS)
 
