@@ -225,6 +225,11 @@ struct BlasSingleThread {
 // ====================================================================================================
 // The ops. Shapes use N = B*T rows.
 
+// Sums over rows (bias gradients, dγ, dβ, the embedding scatter) split the COLUMNS among threads, in blocks of
+// kColBlock, and walk the rows in order inside a block: reads stay contiguous, and every sum has the same
+// order whatever the number of threads.
+constexpr int kColBlock = 64;
+
 // x[n,:] = wte[tokens[n],:]
 // x (N,d), tokens (N), wte (V,d)
 template <typename Real>
@@ -233,12 +238,18 @@ void encoder_forward(Real* x, const int* tokens, const Real* wte, int N, int d) 
     for (int n = 0; n < N; n++) std::memcpy(x + (size_t)n * d, wte + (size_t)tokens[n] * d, sizeof(Real) * d);
 }
 // Inverts: x[n,:] = wte[tokens[n],:]   =>   dwte[tokens[n],:] += dx[n,:]
-// A token can repeat, so rows collide: threads split the columns, and each sums rows in order.
+// A token can repeat, so rows collide: threads split the columns (whole blocks), and each sums rows in order.
 template <typename Real>
 void encoder_backward(Real* dwte, const Real* dx, const int* tokens, int N, int d) {
 #pragma omp parallel for
-    for (int j = 0; j < d; j++)
-        for (int n = 0; n < N; n++) dwte[(size_t)tokens[n] * d + j] += dx[(size_t)n * d + j];
+    for (int j0 = 0; j0 < d; j0 += kColBlock) {
+        const int j1 = std::min(d, j0 + kColBlock);
+        for (int n = 0; n < N; n++) {
+            Real* dst = dwte + (size_t)tokens[n] * d;
+            const Real* src = dx + (size_t)n * d;
+            for (int j = j0; j < j1; j++) dst[j] += src[j];
+        }
+    }
 }
 
 // xn = g · x / sqrt(mean(x²) + eps), with ONE scalar gain g; rstd = 1/sqrt(mean(x²) + eps) is saved.
@@ -295,10 +306,12 @@ void matmul_backward(Real* dx, Real* dw, Real* db, const Real* dy, const Real* x
     gemm(true, false, in, out, N, Real(1), x, in, dy, out, Real(1), dw, out);
     if (db) {
 #pragma omp parallel for
-        for (int j = 0; j < out; j++) {
-            Real sum = 0;
-            for (int n = 0; n < N; n++) sum += dy[(size_t)n * out + j];
-            db[j] += sum;
+        for (int j0 = 0; j0 < out; j0 += kColBlock) {
+            const int j1 = std::min(out, j0 + kColBlock);
+            Real sum[kColBlock] = {};
+            for (int n = 0; n < N; n++)
+                for (int j = j0; j < j1; j++) sum[j - j0] += dy[(size_t)n * out + j];
+            for (int j = j0; j < j1; j++) db[j] += sum[j - j0];
         }
     }
 }
@@ -333,28 +346,32 @@ void offset_scale_forward(Real* qq, Real* kq, Real* ql, Real* kl, const Real* z,
 }
 // Inverts: head_i = z ⊙ γ[i] + β[i]   =>   dγ[i] += Σ_rows dhead_i ⊙ z;  dβ[i] += Σ_rows dhead_i;
 //                                          dz += Σ_i dhead_i ⊙ γ[i]
-// Threads split the columns j, so the sums over rows are ordered.
+// Threads split the columns j (whole blocks), so the sums over rows are ordered.
 template <typename Real>
 void offset_scale_backward(Real* dz, int lddz, Real* dgamma, Real* dbeta, const Real* dqq, const Real* dkq,
                            const Real* dql, const Real* dkl, const Real* z, int ldz, const Real* gamma, int N, int s) {
     const Real* dheads[4] = {dqq, dkq, dql, dkl};
 #pragma omp parallel for
-    for (int j = 0; j < s; j++) {
-        Real dg[4] = {0, 0, 0, 0}, db[4] = {0, 0, 0, 0};
-        for (int n = 0; n < N; n++) {
-            Real zv = z[(size_t)n * ldz + j], acc = 0;
-            for (int i = 0; i < 4; i++) {
-                Real dhv = dheads[i][(size_t)n * s + j];
-                dg[i] += dhv * zv;
-                db[i] += dhv;
-                acc += dhv * gamma[i * s + j];
+    for (int j0 = 0; j0 < s; j0 += kColBlock) {
+        const int j1 = std::min(s, j0 + kColBlock);
+        Real dg[4][kColBlock] = {}, db[4][kColBlock] = {};
+        for (int n = 0; n < N; n++)
+            for (int j = j0; j < j1; j++) {
+                const Real zv = z[(size_t)n * ldz + j];
+                Real acc = 0;
+                for (int i = 0; i < 4; i++) {
+                    const Real dhv = dheads[i][(size_t)n * s + j];
+                    dg[i][j - j0] += dhv * zv;
+                    db[i][j - j0] += dhv;
+                    acc += dhv * gamma[i * s + j];
+                }
+                dz[(size_t)n * lddz + j] += acc;
             }
-            dz[(size_t)n * lddz + j] += acc;
-        }
-        for (int i = 0; i < 4; i++) {
-            dgamma[i * s + j] += dg[i];
-            dbeta[i * s + j] += db[i];
-        }
+        for (int i = 0; i < 4; i++)
+            for (int j = j0; j < j1; j++) {
+                dgamma[i * s + j] += dg[i][j - j0];
+                dbeta[i * s + j] += db[i][j - j0];
+            }
     }
 }
 
