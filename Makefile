@@ -24,23 +24,30 @@ BENCH_BINS :=
 
 # ---- tokenizer and data (defines TOKENIZER_OBJS, DATA_OBJS) ---------------------------------------
 include tokenizer/rules.mk
+# ---- CUDA, where nvcc exists (defines CUDA_OBJS, CUDA_LDLIBS, CUDA_CXXFLAGS; empty without nvcc) --------
+include mk/cuda.mk
 # ---- the model ------------------------------------------------------------------------------------
 MODEL_OBJS := build/flash.o
 PROGRAMS   += train
 TEST_BINS  += build/test_ops build/test_model build/test_train
 
-TRAINER_OBJS = build/trainer.o $(MODEL_OBJS) $(TOKENIZER_OBJS) $(DATA_OBJS)
+# The trainer calls the GPU model when CUDA was built (--device cuda|auto).
+TRAINER_OBJS = build/trainer.o $(MODEL_OBJS) $(TOKENIZER_OBJS) $(DATA_OBJS) $(CUDA_OBJS)
+build/trainer.o: CXXFLAGS += $(CUDA_CXXFLAGS)
 train: build/train.o $(TRAINER_OBJS)
-	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)
+	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS) $(CUDA_LDLIBS)
 build/test_ops: build/test/test_ops.o $(MODEL_OBJS)
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)
 build/test_model: build/test/test_model.o $(MODEL_OBJS)
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)
 build/test_train: build/test/test_train.o $(TRAINER_OBJS)
-	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)
+	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS) $(CUDA_LDLIBS)
 BENCH_BINS += build/bench_cpu
 build/bench_cpu: build/bench/bench_cpu.o $(MODEL_OBJS)
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)
+
+# ---- cached decoding and ./sample ------------------------------------------------------------------
+include mk/decode.mk
 
 all: $(PROGRAMS) $(TEST_BINS) $(BENCH_BINS)
 

@@ -480,7 +480,7 @@ void local_attention_backward(Real* dqq, Real* dkq, Real* dv, int lddv, Real* dr
                 for (int b = 0; b < C; b++) {
                     Real& ds = dS[(size_t)a * C + b];
                     ds = 2 * R[(size_t)a * C + b] * ds;  // R = 0 where masked or relu was off
-                    dbias[rel_bias_index(a, b, C, causal)] += (causal && b > a) ? Real(0) : ds;
+                    if (!(causal && b > a)) dbias[rel_bias_index(a, b, C, causal)] += ds;  // masked: no bias entry
                 }
             gemm(false, false, C, s, C, Real(1) / C, dS.data(), C, kq + row0 * s, s, Real(1), dqq + row0 * s, s);
             gemm(true, false, C, s, C, Real(1) / C, dS.data(), C, qq + row0 * s, s, Real(1), dkq + row0 * s, s);

@@ -17,6 +17,9 @@
 #include "data/dataloader.h"
 #include "data/tokenfile.h"
 #include "tokenizer/bpe.h"
+#ifdef FLASH_HAVE_CUDA
+#include "flash_cuda.h"
+#endif
 
 using json = nlohmann::json;
 namespace fs = std::filesystem;
@@ -347,6 +350,96 @@ static std::string sample_text(FlashModel<float>& m, const bpe::Tokenizer& tok, 
 }
 
 // ====================================================================================================
+// The model being trained: the CPU reference, or the GPU model of flash.cu. The CPU model always exists: it is
+// initialised (so both devices start from the same weights), it is what checkpoints are written from, and it
+// draws the samples; with the GPU, sync_to_cpu() copies weights and moments into it first.
+
+struct Trainee {
+    FlashModel<float>& cpu;
+#ifdef FLASH_HAVE_CUDA
+    FlashCuda* gpu = nullptr;
+#endif
+    explicit Trainee(FlashModel<float>& m) : cpu(m) {}
+    ~Trainee() {
+#ifdef FLASH_HAVE_CUDA
+        if (gpu) cuda_model_destroy(gpu);
+#endif
+    }
+    bool on_gpu() const {
+#ifdef FLASH_HAVE_CUDA
+        return gpu != nullptr;
+#else
+        return false;
+#endif
+    }
+    void use_gpu(int B, int T) {
+#ifdef FLASH_HAVE_CUDA
+        gpu = cuda_model_create(cpu.cfg, B, T);
+        cuda_model_set_params(gpu, cpu.params.data());
+        cuda_model_set_adam(gpu, cpu.adam_m.data(), cpu.adam_v.data());
+#else
+        FLASH_FAIL("this build has no CUDA support", "build where nvcc exists, or use --device cpu");
+#endif
+    }
+    double forward(const int* tokens, const int* targets, int B, int T) {
+#ifdef FLASH_HAVE_CUDA
+        if (gpu) return cuda_model_forward(gpu, tokens, targets, B, T);
+#endif
+        return cpu.forward(tokens, targets, B, T);
+    }
+    // backward, global gradient norm (before clipping), clipping to max_norm (0: off)
+    double backward(double max_norm) {
+        double norm;
+#ifdef FLASH_HAVE_CUDA
+        if (gpu) {
+            cuda_model_zero_grad(gpu);
+            cuda_model_backward(gpu);
+            norm = cuda_model_grad_norm(gpu);
+            if (max_norm > 0 && norm > max_norm) cuda_model_scale_grads(gpu, max_norm / norm);
+            return norm;
+        }
+#endif
+        cpu.zero_grad();
+        cpu.backward();
+        norm = cpu.grad_norm();
+        if (max_norm > 0 && norm > max_norm) {
+            const float scale = (float)(max_norm / norm);
+            for (float& g : cpu.grads) g *= scale;
+        }
+        return norm;
+    }
+    void adamw_update(double lr, const AdamWConfig& opt, int64_t t) {
+#ifdef FLASH_HAVE_CUDA
+        if (gpu) return cuda_model_adamw_update(gpu, lr, opt, t);
+#endif
+        cpu.adamw_update(lr, opt, t);
+    }
+    void sync_to_cpu() {
+#ifdef FLASH_HAVE_CUDA
+        if (gpu) {
+            cuda_model_get_params(gpu, cpu.params.data());
+            cuda_model_get_adam(gpu, cpu.adam_m.data(), cpu.adam_v.data());
+        }
+#endif
+    }
+};
+
+// cpu, cuda or auto -> whether to train on the GPU, with a clear error when cuda is asked for and absent.
+static bool want_gpu(const std::string& device) {
+    if (device == "cpu") return false;
+#ifdef FLASH_HAVE_CUDA
+    std::string why;
+    const bool ok = cuda_available(&why);
+    FLASH_CHECK(ok || device == "auto", "--device cuda: no usable GPU (" << why << ")", "use --device cpu or auto");
+    return ok;
+#else
+    FLASH_CHECK(device == "auto", "--device cuda: this build has no CUDA support (nvcc was not found by make)",
+                "install the CUDA Toolkit and rebuild, or use --device cpu");
+    return false;
+#endif
+}
+
+// ====================================================================================================
 // The loop
 
 TrainResult run_training(const TrainOptions& o) {
@@ -354,8 +447,7 @@ TrainResult run_training(const TrainOptions& o) {
         omp_set_num_threads(o.threads);
         openblas_set_num_threads(o.threads);
     }
-    FLASH_CHECK(o.device != "cuda", "--device cuda: this build has no CUDA support yet",
-                "use --device cpu (or auto)");
+    const bool gpu = want_gpu(o.device);
     // Data and tokenizer.
     const fs::path data(o.data_dir);
     for (const char* f : {"train.bin", "val.bin", "tokenizer.json"})
@@ -385,14 +477,17 @@ TrainResult run_training(const TrainOptions& o) {
         train_loader.restore(ls);
         std::printf("resumed from %s at step %lld\n", path.c_str(), (long long)st.step);
     }
+    Trainee trainee(model);
+    if (gpu) trainee.use_gpu(B, T);
     std::error_code ec;
     fs::create_directories(o.out_dir, ec);
     FLASH_CHECK(!ec, "cannot create '" << o.out_dir << "': " << ec.message(), "check permissions or pick --out-dir");
 
     const double flops_per_token = 3 * forward_flops_per_token(cfg);
-    const double peak = o.quiet ? 0.0 : measure_matmul_peak();
+    const double peak = (o.quiet || gpu) ? 0.0 : measure_matmul_peak();
     if (!o.quiet) {
-        std::printf("FLASH training on cpu, %d threads\n", omp_get_max_threads());
+        if (gpu) std::printf("FLASH training on the GPU (CUDA)\n");
+        else std::printf("FLASH training on the CPU, %d threads\n", omp_get_max_threads());
         std::printf("+-----------------+------------------------------------------+\n");
         const json model_json = config_to_json(cfg), options_json = train_options_to_json(o);
         for (auto& kv : model_json.items()) std::printf("| %-15s | %-40s |\n", kv.key().c_str(), kv.value().dump().c_str());
@@ -403,7 +498,7 @@ TrainResult run_training(const TrainOptions& o) {
                     forward_flops_per_token(cfg) / 1e6, flops_per_token / 1e6);
         std::printf("data: %zu train tokens, %zu val tokens (%.2f bytes/token), vocab %u\n", train_tokens.tokens.size(),
                     val_tokens.tokens.size(), val_bytes_per_token, tok.vocab_size());
-        std::printf("matrix-multiply peak of this machine (sgemm 1024^3): %.1f GFLOP/s\n", peak / 1e9);
+        if (peak > 0) std::printf("matrix-multiply peak of this machine (sgemm 1024^3): %.1f GFLOP/s\n", peak / 1e9);
     }
 
     // Metrics: JSON lines for machines, TSV for the plot. A fresh run starts them anew.
@@ -428,13 +523,14 @@ TrainResult run_training(const TrainOptions& o) {
         const int n = std::max<int>(1, std::min<int>(o.eval_batches, (int)val_loader.batches_per_epoch()));
         for (int i = 0; i < n; i++) {
             val_loader.next_batch(inputs, targets);
-            sum += model.forward(inputs.data(), targets.data(), B, T);
+            sum += trainee.forward(inputs.data(), targets.data(), B, T);
         }
         return sum / n;
     };
     auto checkpoint = [&](int64_t step) {
         flash_data::DataLoaderState ls = train_loader.state();
         TrainState now{step, ls.rng_state, ls.batches};
+        trainee.sync_to_cpu();
         std::string path = save_checkpoint(o.out_dir, model, now);
         prune_checkpoints(o.out_dir, o.keep_ckpts);
         if (!o.quiet) std::printf("checkpoint %s\n", path.c_str());
@@ -457,7 +553,7 @@ TrainResult run_training(const TrainOptions& o) {
     for (int64_t step = st.step + 1; step <= o.steps; step++) {
         const auto t0 = std::chrono::steady_clock::now();
         train_loader.next_batch(inputs, targets);
-        const double loss = model.forward(inputs.data(), targets.data(), B, T);
+        const double loss = trainee.forward(inputs.data(), targets.data(), B, T);
         if (!std::isfinite(loss)) {
             std::fprintf(stderr, "error: the training loss is %g at step %lld; stopping. The last checkpoint in %s is "
                                  "intact (hint: lower --lr or --grad-clip and --resume)\n",
@@ -465,22 +561,21 @@ TrainResult run_training(const TrainOptions& o) {
             result.interrupted = true;
             break;
         }
-        model.zero_grad();
-        model.backward();
-        const double norm = model.grad_norm();
-        if (o.grad_clip > 0 && norm > o.grad_clip) {
-            const float scale = (float)(o.grad_clip / norm);
-            for (float& g : model.grads) g *= scale;
-        }
+        const double norm = trainee.backward(o.grad_clip);
         const double lr = learning_rate(o, step);
-        model.adamw_update(lr, opt, step);
+        trainee.adamw_update(lr, opt, step);
         const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         const double tok_s = B * T / sec;
         result.steps_done = step;
         result.last_train_loss = loss;
-        if (!o.quiet)  // (peak is measured when not quiet)
-            std::printf("step %6lld/%d | loss %.4f | lr %.2e | norm %7.3f | %7.1f ms | %7.0f tok/s | %4.1f%% of matmul peak\n",
-                        (long long)step, o.steps, loss, lr, norm, sec * 1e3, tok_s, 100 * tok_s * flops_per_token / peak);
+        if (!o.quiet) {
+            // the share of the CPU's measured sgemm peak; on the GPU, the model FLOP/s themselves
+            char speed[64];
+            if (peak > 0) std::snprintf(speed, sizeof speed, "%4.1f%% of matmul peak", 100 * tok_s * flops_per_token / peak);
+            else std::snprintf(speed, sizeof speed, "%.2f TFLOP/s", tok_s * flops_per_token / 1e12);
+            std::printf("step %6lld/%d | loss %.4f | lr %.2e | norm %7.3f | %7.1f ms | %7.0f tok/s | %s\n",
+                        (long long)step, o.steps, loss, lr, norm, sec * 1e3, tok_s, speed);
+        }
         std::fprintf(metrics,
                      "{\"step\": %lld, \"train_loss\": %.6f, \"lr\": %.6e, \"grad_norm\": %.6f, \"ms\": %.3f, "
                      "\"tok_per_s\": %.1f}\n",
@@ -498,6 +593,7 @@ TrainResult run_training(const TrainOptions& o) {
             plot();
         }
         if (o.sample_interval > 0 && (step % o.sample_interval == 0 || step == o.steps) && !o.quiet) {
+            trainee.sync_to_cpu();
             std::string text = sample_text(model, tok, o.sample_tokens, o.seed ^ (uint64_t)step);
             std::printf("---- sample at step %lld ----\n%s\n----\n", (long long)step, text.c_str());
         }

@@ -1,0 +1,136 @@
+// bench_cuda.cu: training-step throughput of FLASH against FLASH-Quad (C = T) on the GPU, base config (FLASH.md §5)
+// at T = 1024, 2048, 4096, 8192, with the same number of tokens per step at every length (B = tokens / T).
+// Prints tokens/s, model FLOP/s (FLASH.md §4: a training step counted as 3× the forward) and the share of the GPU's
+// peak. A step is forward + backward + gradient norm + AdamW, as in training.
+//
+//   build/bench_cuda [--tf32] [--steps N] [--tokens N] [--lengths 1024,2048,...] [--peak TFLOPS]
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "flash.h"
+#include "flash_cuda.h"
+
+// FLASH.md §4: forward FLOPs per token. The local part is counted at full C (as is customary, although the causal
+// kernels skip the upper half); the global part is counted even when C = T, where it is (nearly) no work.
+static double forward_flops_per_token(const FlashConfig& c) {
+    const double d = c.d, e = c.e, s = c.s, L = c.n_layers, C = c.chunk, V = c.vocab_size;
+    return 2 * (d * (2 * e + s) + e * d) * L + 2 * C * (s + e) * L + 4 * s * e * L + 2 * d * V;
+}
+
+static void usage() {
+    std::printf(
+        "usage: build/bench_cuda [options]\n"
+        "  --tf32            let cuBLAS use TF32 tensor cores (default: true fp32)\n"
+        "  --steps N         timed steps per configuration (default 5, after 2 warm-up steps)\n"
+        "  --tokens N        tokens per step, B = N / T (default 8192)\n"
+        "  --lengths LIST    sequence lengths, comma-separated (default 1024,2048,4096,8192)\n"
+        "  --peak TFLOPS     the GPU's peak for the share column (default: H200, 67 fp32 or 495 TF32)\n");
+}
+
+int main(int argc, char** argv) {
+    try {
+        bool tf32 = false;
+        int steps = 5, tokens_per_step = 8192;
+        double peak_override = 0;
+        std::vector<int> lengths = {1024, 2048, 4096, 8192};
+        for (int i = 1; i < argc; i++) {
+            std::string a = argv[i];
+            auto value = [&]() -> std::string {
+                FLASH_CHECK(i + 1 < argc, "option " << a << " needs a value", "see --help");
+                return argv[++i];
+            };
+            if (a == "--tf32") tf32 = true;
+            else if (a == "--steps") steps = std::atoi(value().c_str());
+            else if (a == "--tokens") tokens_per_step = std::atoi(value().c_str());
+            else if (a == "--peak") peak_override = std::atof(value().c_str());
+            else if (a == "--lengths") {
+                lengths.clear();
+                std::stringstream ss(value());
+                std::string item;
+                while (std::getline(ss, item, ',')) lengths.push_back(std::atoi(item.c_str()));
+            } else if (a == "--help" || a == "-h") {
+                usage();
+                return 0;
+            } else {
+                FLASH_FAIL("unknown option " << a, "see --help");
+            }
+        }
+        FLASH_CHECK(steps > 0 && tokens_per_step > 0, "--steps and --tokens must be positive", "");
+        std::string why;
+        if (!cuda_available(&why)) {
+            std::printf("bench_cuda: no GPU (%s); nothing to measure\n", why.c_str());
+            return 0;
+        }
+        cuda_set_tf32(tf32);
+        const double peak = peak_override > 0 ? peak_override * 1e12 : (tf32 ? 495e12 : 67e12);
+        std::printf("FLASH vs FLASH-Quad, base config (d=768, e=1536, s=128, L=24, V=32768), %d tokens per step\n",
+                    tokens_per_step);
+        std::printf("matrix products: %s; peak used for the share: %.0f TFLOP/s (%s)\n",
+                    tf32 ? "TF32 tensor cores" : "fp32 (no TF32)", peak / 1e12,
+                    peak_override > 0 ? "--peak" : (tf32 ? "H200 dense TF32 tensor" : "H200 dense fp32"));
+        std::printf("model FLOPs: FLASH.md section 4, training step = 3x forward\n\n");
+        std::printf("%-11s %6s %5s %5s %10s %12s %10s %8s %8s\n", "model", "T", "C", "B", "ms/step", "tokens/s",
+                    "TFLOP/s", "of peak", "loss");
+
+        for (int T : lengths) {
+            for (bool quad : {false, true}) {
+                FlashConfig cfg = config_preset("base");
+                cfg.seq_len = T;
+                cfg.chunk = quad ? T : 256;
+                const char* name = quad ? "FLASH-Quad" : "FLASH";
+                const int B = std::max(1, tokens_per_step / T);
+                try {
+                    config_validate(cfg);
+                    FlashCuda* m = cuda_model_create(cfg, B, T);
+                    // Weights: small uniform noise with unit gains. The speed does not depend on the values, and
+                    // this is much cheaper than the paper's init for 110M parameters on the host.
+                    std::vector<float> params(cuda_model_param_count(m));
+                    Rng rng(1);
+                    for (float& p : params) p = (float)(0.04 * (rng.uniform() - 0.5));
+                    for (const TensorSpec& spec : param_specs(cfg))
+                        if (spec.name.find("norm") != std::string::npos) params[spec.offset] = 1.0f;
+                    cuda_model_set_params(m, params.data());
+                    std::vector<int> tokens((size_t)B * T), targets((size_t)B * T);
+                    for (int& t : tokens) t = rng.below(cfg.vocab_size);
+                    for (int& t : targets) t = rng.below(cfg.vocab_size);
+                    AdamWConfig opt;
+                    double loss = 0;
+                    auto step = [&](int64_t t) {
+                        loss = cuda_model_forward(m, tokens.data(), targets.data(), B, T);
+                        cuda_model_zero_grad(m);
+                        cuda_model_backward(m);
+                        const double norm = cuda_model_grad_norm(m);
+                        if (norm > 1.0) cuda_model_scale_grads(m, 1.0 / norm);
+                        cuda_model_adamw_update(m, 1e-4, opt, t);
+                    };
+                    step(1);
+                    step(2);
+                    cuda_synchronize();
+                    const auto t0 = std::chrono::steady_clock::now();
+                    for (int k = 0; k < steps; k++) step(3 + k);
+                    cuda_synchronize();
+                    const double sec =
+                        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / steps;
+                    cuda_model_destroy(m);
+                    const double tok_s = (double)B * T / sec;
+                    const double flops = 3 * forward_flops_per_token(cfg) * tok_s;
+                    std::printf("%-11s %6d %5d %5d %10.1f %12.0f %10.2f %7.1f%% %8.4f\n", name, T, cfg.chunk, B,
+                                sec * 1e3, tok_s, flops / 1e12, 100 * flops / peak, loss);
+                } catch (const flash_error& ex) {
+                    std::printf("%-11s %6d %5d %5d  skipped: %s\n", name, T, cfg.chunk, B, ex.what());
+                }
+                std::fflush(stdout);
+            }
+        }
+        return 0;
+    } catch (const std::exception& ex) {
+        std::fprintf(stderr, "bench_cuda: %s\n", ex.what());
+        return 1;
+    }
+}

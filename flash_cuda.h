@@ -1,0 +1,118 @@
+// flash_cuda.h: FLASH on an NVIDIA GPU (flash.cu), fp32. Host-only API: including this file needs no CUDA headers,
+// so train.cpp (compiled by g++) can link build/flash_cuda.o.
+//
+// Two layers:
+//   - the model: FlashCuda holds parameters, gradients, AdamW moments and activations on the GPU; every buffer that
+//     crosses to the host is the flat param_specs layout of flash.h (the same as FlashModel<float>::params), so a
+//     checkpoint saved from either device resumes on the other;
+//   - the ops (namespace gpu): every op of flash.h, forward and backward, with the CPU op's signature and meaning,
+//     on DEVICE pointers (float only). They exist so test/test_cuda.cu can hold each kernel to its CPU twin.
+//
+// Every CUDA and cuBLAS call is checked; a failure throws flash_error ("flash.cu:LINE: call failed: error (hint)").
+// Everything runs on the legacy default stream, in order, and is deterministic: no atomics in any reduction
+// (per-block partials summed in a fixed order, or threads that own whole output elements), and cuBLAS GEMMs, which
+// are bit-reproducible run to run on one GPU model and toolkit.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "flash.h"
+
+// ----------------------------------------------------------------------------------------------------
+// Device present? false (with the reason in *why, when given) if the driver or a GPU is missing. Never throws.
+bool cuda_available(std::string* why = nullptr);
+
+// ----------------------------------------------------------------------------------------------------
+// The model on the GPU (FLASH.md §1, §2), the twin of FlashModel<float>.
+
+struct FlashCuda;  // opaque
+
+// Allocates parameters (zero), gradients, moments and the activations for batches of B rows of T tokens.
+FlashCuda* cuda_model_create(const FlashConfig& cfg, int B, int T);
+void cuda_model_destroy(FlashCuda* m);
+const FlashConfig& cuda_model_config(const FlashCuda* m);
+size_t cuda_model_param_count(const FlashCuda* m);   // = param_count(cfg): the length of every host buffer below
+
+// Host <-> device copies of the flat buffers (param_specs order, param_count floats each).
+void cuda_model_set_params(FlashCuda* m, const float* host);
+void cuda_model_get_params(FlashCuda* m, float* host);
+void cuda_model_set_grads(FlashCuda* m, const float* host);
+void cuda_model_get_grads(FlashCuda* m, float* host);
+void cuda_model_set_adam(FlashCuda* m, const float* host_m, const float* host_v);   // AdamW first and second moments
+void cuda_model_get_adam(FlashCuda* m, float* host_m, float* host_v);
+
+// tokens, targets: host arrays of B*T ids in [0, V); targets may be null (then only the logits are computed and
+// the result is NaN). T must be a multiple of the chunk C. A batch of another shape re-allocates the activations.
+// Returns the mean cross-entropy loss, summed on the host in double in position order (as the CPU does).
+double cuda_model_forward(FlashCuda* m, const int* host_tokens, const int* host_targets, int B, int T);
+void cuda_model_zero_grad(FlashCuda* m);
+void cuda_model_backward(FlashCuda* m);   // after a forward with targets; accumulates (+=) into the gradients
+double cuda_model_grad_norm(FlashCuda* m);   // global L2 norm of the gradients, in double, deterministic
+void cuda_model_scale_grads(FlashCuda* m, double factor);   // grads *= factor (gradient clipping)
+// One AdamW step, t counting from 1: the semantics of FlashModel::adamw_update (decay only where TensorSpec::decay).
+void cuda_model_adamw_update(FlashCuda* m, double lr, const AdamWConfig& opt, int64_t t);
+// The first n values of the last forward's logits, (B*T, V) row-major.
+void cuda_model_get_logits(FlashCuda* m, float* host, size_t n);
+
+// cuBLAS math for the matrix products, process-wide: false (the default) keeps them in true fp32; true lets cuBLAS
+// use TF32 tensor cores (10-bit mantissa inputs, fp32 sums): faster, and the tests would need looser tolerances.
+void cuda_set_tf32(bool enable);
+void cuda_synchronize();   // waits for the GPU; surfaces any asynchronous kernel error as a flash_error
+
+// ----------------------------------------------------------------------------------------------------
+// The ops on device pointers. Same argument order, shapes and accumulation (+= into every d... argument of a
+// backward) as the CPU ops in flash.h; shapes are documented in flash.cu. Exceptions, each for a reason:
+//   - encoder_backward takes the tokens on the HOST: it sorts positions by token there, so that every row of dwte
+//     is summed by one thread column in position order (deterministic, no atomics);
+//   - the RoPE tables are device arrays of double, (T, s/2), as rope_tables makes them;
+//   - crossentropy_forward copies the per-position losses to the host to return their mean.
+namespace gpu {
+void encoder_forward(float* x, const int* tokens, const float* wte, int N, int d);
+void encoder_backward(float* dwte, const float* dx, const int* host_tokens, int N, int d);
+
+void scalenorm_forward(float* xn, float* rstd, const float* x, const float* g, int N, int d, double eps);
+void scalenorm_backward(float* dx, float* dg, const float* dxn, const float* x, const float* rstd, const float* g,
+                        int N, int d);
+
+void matmul_forward(float* y, const float* x, const float* w, const float* b, int N, int in, int out);
+void matmul_backward(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w, int N, int in,
+                     int out);
+
+void silu_forward(float* y, const float* x, size_t n);
+void silu_backward(float* dx, const float* dy, const float* x, size_t n);
+
+void offset_scale_forward(float* qq, float* kq, float* ql, float* kl, const float* z, int ldz, const float* gamma,
+                          const float* beta, int N, int s);
+void offset_scale_backward(float* dz, int lddz, float* dgamma, float* dbeta, const float* dqq, const float* dkq,
+                           const float* dql, const float* dkl, const float* z, int ldz, const float* gamma, int N,
+                           int s);
+
+void rope_forward(float* x, const double* cos_t, const double* sin_t, int N, int T, int s);
+void rope_backward(float* dx, const double* cos_t, const double* sin_t, int N, int T, int s);
+
+void local_attention_forward(float* o, float* relu_s, const float* qq, const float* kq, const float* v, int ldv,
+                             const float* rel_bias, int B, int T, int C, int s, int e, bool causal);
+void local_attention_backward(float* dqq, float* dkq, float* dv, int lddv, float* drel_bias, const float* d_o,
+                              const float* relu_s, const float* qq, const float* kq, const float* v, int ldv, int B,
+                              int T, int C, int s, int e, bool causal);
+
+void global_attention_forward(float* o, float* m, const float* ql, const float* kl, const float* v, int ldv, int B,
+                              int T, int C, int s, int e, bool causal);
+void global_attention_backward(float* dql, float* dkl, float* dv, int lddv, const float* d_o, const float* m,
+                               const float* ql, const float* kl, const float* v, int ldv, int B, int T, int C, int s,
+                               int e, bool causal);
+
+void gate_forward(float* gated, const float* u, int ldu, const float* o, int N, int e);
+void gate_backward(float* du, int lddu, float* d_o, const float* dgated, const float* u, int ldu, const float* o,
+                   int N, int e);
+
+void residual_forward(float* y, const float* x, size_t n);
+
+void logits_forward(float* logits, const float* xn, const float* wte, int N, int d, int V);
+void logits_backward(float* dxn, float* dwte, const float* dlogits, const float* xn, const float* wte, int N, int d,
+                     int V);
+
+double crossentropy_forward(float* losses, float* probs, const float* logits, const int* targets, int N, int V);
+void crossentropy_backward(float* dlogits, const float* probs, const int* targets, int N, int V);
+}  // namespace gpu
