@@ -1,0 +1,291 @@
+// decode.cpp: cached FLASH decoding (FLASH.md §3) and sampling. Read decode.h first.
+//
+// A decode step runs the ops of flash.cpp on one row (N = 1), so it computes the same function as the full
+// forward; only the two attention parts are written here, for one query against the cache.
+#include "decode.h"
+
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+
+template <typename Real>
+size_t DecodeState<Real>::cache_bytes() const {
+    size_t n = 0;
+    for (const DecodeLayerCache<Real>& c : layers) n += c.m.size() + c.kq.size() + c.v.size() + c.kl.size();
+    return n * sizeof(Real);
+}
+
+template <typename Real>
+void decode_init(DecodeState<Real>& state, const FlashModel<Real>& model) {
+    const FlashConfig& c = model.cfg;
+    FLASH_CHECK(c.causal, "cached decoding needs a causal model, and this one is non-causal",
+                "a non-causal (masked-LM) model's global sum includes future chunks, so it cannot generate left to "
+                "right; run FlashModel::forward on whole sequences instead");
+    const size_t d = c.d, e = c.e, s = c.s, I = c.inner(), C = c.chunk;
+    state.cfg = c;
+    state.pos = 0;
+    state.layers.assign(c.n_layers, DecodeLayerCache<Real>{});
+    for (DecodeLayerCache<Real>& lc : state.layers) {
+        lc.m.assign(s * e, Real(0));
+        lc.kq.assign(C * s, Real(0));
+        lc.v.assign(C * e, Real(0));
+        lc.kl.assign(C * s, Real(0));
+    }
+    // The same expression as rope_tables, so that the angles are bit-identical to the full forward's.
+    state.inv_freq.resize(s / 2);
+    for (int i = 0; i < (int)s / 2; i++) state.inv_freq[i] = std::pow(c.rope_base, -2.0 * i / (int)s);
+    state.rope_cos.assign(s / 2, 0.0);
+    state.rope_sin.assign(s / 2, 0.0);
+    for (std::vector<Real>* row : {&state.x, &state.x_next, &state.xn}) row->assign(d, Real(0));
+    for (std::vector<Real>* row : {&state.h, &state.act}) row->assign(I, Real(0));
+    for (std::vector<Real>* row : {&state.qq, &state.kq, &state.ql, &state.kl}) row->assign(s, Real(0));
+    for (std::vector<Real>* row : {&state.o, &state.lin, &state.gated}) row->assign(e, Real(0));
+}
+
+// The state must have been made by decode_init for a model of this shape (cheap: called once per token).
+template <typename Real>
+static void check_state(const FlashModel<Real>& model, const DecodeState<Real>& state) {
+    const FlashConfig &a = model.cfg, &b = state.cfg;
+    FLASH_CHECK(!state.layers.empty() && a.vocab_size == b.vocab_size && a.d == b.d && a.e == b.e && a.s == b.s &&
+                    a.n_layers == b.n_layers && a.chunk == b.chunk && a.causal == b.causal && a.eps == b.eps &&
+                    a.rope_base == b.rope_base,
+                "the decode state does not belong to this model"
+                    << (state.layers.empty() ? " (it was never initialised)"
+                                             : " (" + config_shape_mismatch(b, a) + ")"),
+                "call decode_init(state, model) first");
+}
+
+// M += kl_chunkᵀ · v_chunk / C: the finished chunk's P joins the running sum (FLASH.md §1, §3).
+// The products are summed in double, whatever Real is, so that M does not drift over many chunks.
+// m (s,e); kl (C,s); v (C,e) with row stride ldv
+template <typename Real>
+static void add_chunk_to_m(Real* m, const Real* kl, const Real* v, int ldv, int C, int s, int e) {
+    std::vector<double> row(e);
+    for (int i = 0; i < s; i++) {
+        std::fill(row.begin(), row.end(), 0.0);
+        for (int c = 0; c < C; c++) {
+            const double k = kl[(size_t)c * s + i];
+            const Real* vr = v + (size_t)c * ldv;
+            for (int j = 0; j < e; j++) row[j] += k * vr[j];
+        }
+        for (int j = 0; j < e; j++) m[(size_t)i * e + j] += (Real)(row[j] / C);
+    }
+}
+
+// Local attention of one query (row a of its chunk) over the chunk's cached rows 0..a (causal, diagonal included):
+//   S[b] = (qq·kq[b]) / C + w[a−b];   quad = Σ_{b≤a} relu(S[b])² · v[b]
+// quad (e); qq (s); kq_rows (C,s); v_rows (C,e); rel_bias (C)
+template <typename Real>
+static void local_attention_one_query(Real* quad, const Real* qq, const Real* kq_rows, const Real* v_rows,
+                                      const Real* rel_bias, int a, int C, int s, int e) {
+    std::fill(quad, quad + e, Real(0));
+    for (int b = 0; b <= a; b++) {
+        const Real* k = kq_rows + (size_t)b * s;
+        double dot = 0;
+        for (int j = 0; j < s; j++) dot += (double)qq[j] * k[j];
+        const Real r = std::max(Real(0), (Real)(dot / C) + rel_bias[a - b]);
+        const Real weight = r * r;
+        if (weight == Real(0)) continue;
+        const Real* vr = v_rows + (size_t)b * e;
+        for (int j = 0; j < e; j++) quad[j] += weight * vr[j];
+    }
+}
+
+// One token's work (a few million multiply-adds for the small config) is too small to share among threads: the
+// fork and join of every op cost more than they save, and far more when the cores are busy (measured, small config,
+// 2 cores under load: 1.9 ms per token on one thread, 90-400 ms on two). So a step runs on the calling thread only,
+// OpenMP and OpenBLAS alike; the previous settings come back when it ends.
+struct SingleThreaded {
+    int omp_saved, blas_saved;
+    SingleThreaded() : omp_saved(omp_get_max_threads()), blas_saved(openblas_get_num_threads()) {
+        omp_set_num_threads(1);
+        openblas_set_num_threads(1);
+    }
+    ~SingleThreaded() {
+        omp_set_num_threads(omp_saved);
+        openblas_set_num_threads(blas_saved);
+    }
+};
+
+template <typename Real>
+void decode_step(const FlashModel<Real>& model, DecodeState<Real>& state, int token, Real* logits_out) {
+    check_state(model, state);
+    SingleThreaded one_thread;
+    const FlashConfig& c = model.cfg;
+    const int d = c.d, e = c.e, s = c.s, I = c.inner(), C = c.chunk, V = c.vocab_size, half = c.s / 2;
+    FLASH_CHECK(token >= 0 && token < V, "token id " << token << " at position " << state.pos
+                                                     << " is out of range for vocab_size " << V,
+                "the tokenizer and the model disagree; use the tokenizer the model was trained with");
+    const int a = (int)(state.pos % C);  // row of this token inside its chunk
+
+    // RoPE angles of this position, in double (FLASH.md §1), for any position: no table, no length limit.
+    const double t = (double)state.pos;
+    for (int i = 0; i < half; i++) {
+        const double theta = t * state.inv_freq[i];
+        state.rope_cos[i] = std::cos(theta);
+        state.rope_sin[i] = std::sin(theta);
+    }
+
+    Real *x = state.x.data(), *x_next = state.x_next.data();
+    std::memcpy(x, model.p.wte + (size_t)token * d, sizeof(Real) * d);
+    for (int l = 0; l < c.n_layers; l++) {
+        const LayerParams<Real>& lp = model.p.layers[l];
+        DecodeLayerCache<Real>& cache = state.layers[l];
+        const Real *u = state.act.data(), *v = state.act.data() + e, *z = state.act.data() + 2 * e;
+        scalenorm_forward(state.xn.data(), &state.rstd, x, lp.norm_g, 1, d, c.eps);
+        matmul_forward(state.h.data(), state.xn.data(), lp.w_in, lp.b_in, 1, d, I);
+        silu_forward(state.act.data(), state.h.data(), (size_t)I);
+        offset_scale_forward(state.qq.data(), state.kq.data(), state.ql.data(), state.kl.data(), z, I, lp.gamma,
+                             lp.beta, 1, s);
+        for (Real* head : {state.qq.data(), state.kq.data(), state.ql.data(), state.kl.data()})
+            rope_forward(head, state.rope_cos.data(), state.rope_sin.data(), 1, 1, s);
+        // This token joins the chunk cache before attending: the local part includes the diagonal.
+        std::memcpy(cache.kq.data() + (size_t)a * s, state.kq.data(), sizeof(Real) * s);
+        std::memcpy(cache.v.data() + (size_t)a * e, v, sizeof(Real) * e);
+        std::memcpy(cache.kl.data() + (size_t)a * s, state.kl.data(), sizeof(Real) * s);
+        // o = quad + lin, lin = ql · M (M covers the finished chunks only: the exclusive sum)
+        local_attention_one_query(state.o.data(), state.qq.data(), cache.kq.data(), cache.v.data(), lp.rel_bias, a,
+                                  C, s, e);
+        matmul_forward(state.lin.data(), state.ql.data(), cache.m.data(), (const Real*)nullptr, 1, s, e);
+        for (int j = 0; j < e; j++) state.o[j] += state.lin[j];
+        gate_forward(state.gated.data(), u, I, state.o.data(), 1, e);
+        matmul_forward(x_next, state.gated.data(), lp.w_out, lp.b_out, 1, e, d);
+        residual_forward(x_next, x, (size_t)d);
+        std::swap(x, x_next);
+        // The chunk is complete: its P joins M, and its rows are overwritten from the next token on.
+        if (a == C - 1) add_chunk_to_m(cache.m.data(), cache.kl.data(), cache.v.data(), e, C, s, e);
+    }
+    if (logits_out) {
+        scalenorm_forward(state.xn.data(), &state.rstd, x, model.p.norm_f_g, 1, d, c.eps);
+        logits_forward(logits_out, state.xn.data(), model.p.wte, 1, d, V);
+    }
+    state.pos++;
+}
+
+template <typename Real>
+void decode_prefill(FlashModel<Real>& model, DecodeState<Real>& state, const int* tokens, int64_t n, Real* logits_out) {
+    check_state(model, state);
+    FLASH_CHECK(n >= 0, "decode_prefill: negative token count " << n, "");
+    const FlashConfig& c = model.cfg;
+    const int C = c.chunk, s = c.s, e = c.e, I = c.inner(), V = c.vocab_size;
+    int64_t done = 0;
+    if (state.pos == 0 && n >= C) {
+        const int64_t n_full = n / C * C;  // the largest multiple-of-C prefix
+        FLASH_CHECK(n_full <= INT_MAX, "prompt of " << n << " tokens is too long for one forward pass",
+                    "prefill it in pieces: the first piece through decode_prefill, the rest also through "
+                    "decode_prefill (they then go token by token)");
+        model.forward(tokens, nullptr, 1, (int)n_full);  // checks every token id
+        const int G = (int)(n_full / C);
+        const size_t last_row = (size_t)(G - 1) * C, se = (size_t)s * e;
+        for (int l = 0; l < c.n_layers; l++) {
+            const LayerActs<Real>& la = model.acts.layers[l];
+            DecodeLayerCache<Real>& cache = state.layers[l];
+            // M after the last chunk = M[G−1] (the exclusive sum before it) + that chunk's P.
+            std::copy(la.m + (size_t)(G - 1) * se, la.m + (size_t)G * se, cache.m.begin());
+            add_chunk_to_m(cache.m.data(), la.kl + last_row * s, la.act + last_row * I + e, I, C, s, e);
+        }
+        state.pos = n_full;
+        done = n_full;
+        if (done == n && logits_out)
+            std::copy(model.acts.logits + (size_t)(n_full - 1) * V, model.acts.logits + (size_t)n_full * V, logits_out);
+    }
+    // The rest (or everything, when not starting at position 0) token by token; only the last one needs logits.
+    for (int64_t i = done; i < n; i++) decode_step(model, state, tokens[i], i == n - 1 ? logits_out : nullptr);
+}
+
+template <typename Real>
+void release_activations(FlashModel<Real>& model) {
+    std::vector<Real>().swap(model.act_buf);  // swap, not clear: clear keeps the capacity
+    std::vector<Real>().swap(model.grad_act_buf);
+    model.acts = Acts<Real>{};
+    model.dacts = GradActs<Real>{};
+    model.B = model.T = 0;  // forward compares (B, T) with these to decide whether to lay out its buffers again
+}
+
+// =================================================================================================================
+// Sampling
+
+template <typename Real>
+std::vector<double> sampling_distribution(const Real* logits, int V, double temperature, int top_k, double top_p) {
+    FLASH_CHECK(V > 0, "sampling needs at least one logit, got V=" << V, "");
+    FLASH_CHECK(std::isfinite(temperature) && temperature >= 0, "temperature must be >= 0, got " << temperature,
+                "use 0 for greedy decoding, 1 for the model's own distribution");
+    FLASH_CHECK(top_k >= 0, "top-k must be >= 0, got " << top_k, "use 0 to switch it off");
+    FLASH_CHECK(top_p > 0 && top_p <= 1, "top-p must be in (0, 1], got " << top_p, "use 1 to switch it off");
+    int best = 0;
+    for (int k = 0; k < V; k++) {
+        FLASH_CHECK(std::isfinite((double)logits[k]), "logit " << k << " is " << (double)logits[k],
+                    "the model produced non-finite values; check the checkpoint");
+        if (logits[k] > logits[best]) best = k;  // strict: the lowest id wins a tie
+    }
+    std::vector<double> p(V, 0.0);
+    if (temperature == 0) {
+        p[best] = 1.0;
+        return p;
+    }
+    const double mx = logits[best];
+    double sum = 0;
+    for (int k = 0; k < V; k++) sum += p[k] = std::exp(((double)logits[k] - mx) / temperature);
+    for (double& q : p) q /= sum;
+    const int keep_k = (top_k > 0 && top_k < V) ? top_k : V;
+    if (keep_k == V && top_p >= 1) return p;
+    // Rank the tokens, most probable first, ties to the lower id; only the first keep_k ranks are needed.
+    std::vector<int> order(V);
+    std::iota(order.begin(), order.end(), 0);
+    auto more_probable = [&](int i, int j) { return p[i] > p[j] || (p[i] == p[j] && i < j); };
+    std::partial_sort(order.begin(), order.begin() + keep_k, order.end(), more_probable);
+    int keep = keep_k;
+    if (top_p < 1) {
+        double kept_mass = 0;  // top-p applies to the distribution renormalised after top-k
+        for (int r = 0; r < keep_k; r++) kept_mass += p[order[r]];
+        double cumulative = 0;
+        for (int r = 0; r < keep_k; r++) {
+            cumulative += p[order[r]];
+            if (cumulative >= top_p * kept_mass) {
+                keep = r + 1;
+                break;
+            }
+        }
+    }
+    std::vector<double> filtered(V, 0.0);
+    double kept = 0;
+    for (int r = 0; r < keep; r++) kept += p[order[r]];
+    for (int r = 0; r < keep; r++) filtered[order[r]] = p[order[r]] / kept;
+    return filtered;
+}
+
+template <typename Real>
+int sample_token(const Real* logits, int V, double temperature, int top_k, double top_p, Rng& rng) {
+    std::vector<double> p = sampling_distribution(logits, V, temperature, top_k, top_p);
+    if (temperature == 0) return (int)(std::max_element(p.begin(), p.end()) - p.begin());
+    const double u = rng.uniform();  // [0, 1)
+    double cumulative = 0;
+    int last_possible = 0;
+    for (int k = 0; k < V; k++) {
+        if (p[k] == 0) continue;
+        cumulative += p[k];
+        last_possible = k;
+        if (u < cumulative) return k;
+    }
+    return last_possible;  // u landed in the rounding gap above the last cumulative sum
+}
+
+// =================================================================================================================
+// Explicit instantiations
+
+#define DECODE_INSTANTIATE(Real)                                                                               \
+    template struct DecodeState<Real>;                                                                         \
+    template void decode_init(DecodeState<Real>&, const FlashModel<Real>&);                                    \
+    template void decode_prefill(FlashModel<Real>&, DecodeState<Real>&, const int*, int64_t, Real*);           \
+    template void decode_step(const FlashModel<Real>&, DecodeState<Real>&, int, Real*);                        \
+    template void release_activations(FlashModel<Real>&);                                                      \
+    template std::vector<double> sampling_distribution(const Real*, int, double, int, double);                 \
+    template int sample_token(const Real*, int, double, int, double, Rng&);
+
+DECODE_INSTANTIATE(float)
+DECODE_INSTANTIATE(double)
