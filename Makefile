@@ -32,7 +32,7 @@ PROGRAMS   += train
 TEST_BINS  += build/test_ops build/test_model build/test_train
 
 # The trainer calls the GPU model when CUDA was built (--device cuda|auto).
-TRAINER_OBJS = build/trainer.o $(MODEL_OBJS) $(TOKENIZER_OBJS) $(DATA_OBJS) $(CUDA_OBJS)
+TRAINER_OBJS = build/trainer.o build/decode.o $(MODEL_OBJS) $(TOKENIZER_OBJS) $(DATA_OBJS) $(CUDA_OBJS)
 build/trainer.o: CXXFLAGS += $(CUDA_CXXFLAGS)
 train: build/train.o $(TRAINER_OBJS)
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS) $(CUDA_LDLIBS)

@@ -15,6 +15,7 @@
 #include <sstream>
 
 #include "data/dataloader.h"
+#include "decode.h"
 #include "data/tokenfile.h"
 #include "tokenizer/bpe.h"
 #ifdef FLASH_HAVE_CUDA
@@ -319,32 +320,21 @@ static double measure_matmul_peak() {
     return best;
 }
 
-// Text from the model, by recomputing the forward over the context (padded to whole chunks: the model is
-// causal, so padding after the last position changes nothing before it).
+// Text from the model: the cached decoder (decode.h) from <|endoftext|>, temperature 0.8, top-k 50.
 static std::string sample_text(FlashModel<float>& m, const bpe::Tokenizer& tok, int n_tokens, uint64_t seed) {
-    const int C = m.cfg.chunk, V = m.cfg.vocab_size;
-    std::vector<int> ctx = {(int)tok.eot_id()};
-    std::vector<uint32_t> out;
+    const int V = m.cfg.vocab_size;
+    DecodeState<float> state;
+    decode_init(state, m);
+    std::vector<float> logits(V);
+    const int start = (int)tok.eot_id();
+    decode_prefill(m, state, &start, 1, logits.data());
     Rng rng(seed);
+    std::vector<uint32_t> out;
     for (int i = 0; i < n_tokens; i++) {
-        const int len = std::min<int>((int)ctx.size(), m.cfg.seq_len);
-        std::vector<int> window(ctx.end() - len, ctx.end());
-        const int T = (len + C - 1) / C * C;
-        window.resize(T, 0);
-        m.forward(window.data(), nullptr, 1, T);
-        const float* logits = m.acts.logits + (size_t)(len - 1) * V;
-        // temperature 0.8, full distribution
-        std::vector<double> p(V);
-        double mx = logits[0], sum = 0;
-        for (int k = 1; k < V; k++) mx = std::max(mx, (double)logits[k]);
-        for (int k = 0; k < V; k++) sum += (p[k] = std::exp((logits[k] - mx) / 0.8));
-        double r = rng.uniform() * sum;
-        int next = V - 1;
-        for (int k = 0; k < V; k++)
-            if ((r -= p[k]) < 0) { next = k; break; }
+        const int next = sample_token(logits.data(), V, 0.8, 50, 1.0, rng);
         if (next == (int)tok.eot_id()) break;
-        ctx.push_back(next);
         out.push_back((uint32_t)next);
+        decode_step(m, state, next, logits.data());
     }
     return tok.decode(out);
 }
