@@ -150,6 +150,7 @@ int run(const Options& o) {
     }
     const auto t2 = clock::now();
     emit("\n");
+    std::fflush(stdout);  // the text before the statistics, which go to stderr
     if (!o.quiet) {
         const double prefill_s = std::chrono::duration<double>(t1 - t0).count();
         const double gen_s = std::chrono::duration<double>(t2 - t1).count();

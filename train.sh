@@ -12,7 +12,7 @@ cd "$(dirname "$0")"
 bash scripts/install_deps.sh
 bash data/prepare.sh
 make -j"$(nproc)" train
-./train --model small --seq-len 256 --batch 8 --steps 700 --warmup 50 --lr 3e-3 --lr-min 3e-4 \
-        --eval-interval 100 --eval-batches 8 --sample-interval 350 --sample-tokens 80 --ckpt-interval 100 \
+./train --model small --seq-len 256 --batch 8 --steps 360 --warmup 30 --lr 3e-3 --lr-min 3e-4 \
+        --eval-interval 40 --eval-batches 4 --sample-interval 180 --sample-tokens 80 --ckpt-interval 120 \
         --out-dir runs/flash "$@"
 echo "loss curve: runs/flash/loss.png   metrics: runs/flash/metrics.jsonl   checkpoints: runs/flash/"
