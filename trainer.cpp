@@ -541,6 +541,9 @@ TrainResult run_training(const TrainOptions& o) {
             std::printf("note: gnuplot failed; no loss.png\n");
     };
 
+    if (st.step >= o.steps && !o.quiet)
+        std::printf("the checkpoint is at step %lld, --steps is %d: nothing to train (raise --steps to go on)\n",
+                    (long long)st.step, o.steps);
     for (int64_t step = st.step + 1; step <= o.steps; step++) {
         const auto t0 = std::chrono::steady_clock::now();
         train_loader.next_batch(inputs, targets);
