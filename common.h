@@ -2,6 +2,9 @@
 // A failed check throws flash_error carrying "file:line: what went wrong (hint: what to do)", so that
 // tests can assert on the message and programs print it once in main() and exit non-zero.
 #pragma once
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <sstream>
@@ -25,3 +28,18 @@ struct flash_error : std::runtime_error {
     do {                                      \
         if (!(cond)) FLASH_FAIL(msg, hint);   \
     } while (0)
+
+// The whole content of a file, as bytes. `what` names the file in errors ("tokenizer", "text file"), and
+// open_hint says what to do when it cannot be opened.
+inline std::string read_whole_file(const std::string& path, const std::string& what, const std::string& open_hint) {
+    FILE* f = std::fopen(path.c_str(), "rb");
+    FLASH_CHECK(f, "cannot open " << what << " " << path << ": " << std::strerror(errno), open_hint);
+    std::string text;
+    char buf[1 << 16];
+    size_t got;
+    while ((got = std::fread(buf, 1, sizeof buf, f)) > 0) text.append(buf, got);
+    const bool failed = std::ferror(f) != 0;
+    std::fclose(f);
+    FLASH_CHECK(!failed, "reading " << path << " failed", "check the file");
+    return text;
+}

@@ -20,16 +20,8 @@ double now_s() {
 }
 
 std::string read_file(const std::string& path) {
-    FILE* f = fopen(path.c_str(), "rb");
-    FLASH_CHECK(f, "cannot open " << path << ": " << strerror(errno),
-                "run data/prepare.sh first (it writes data/train.txt) or pass a text file: build/bench_tokenizer FILE");
-    std::string text;
-    char buf[1 << 16];
-    size_t got;
-    while ((got = fread(buf, 1, sizeof buf, f)) > 0) text.append(buf, got);
-    bool failed = ferror(f) != 0;
-    fclose(f);
-    FLASH_CHECK(!failed, "reading " << path << " failed", "check the file");
+    std::string text = read_whole_file(
+        path, "text file", "run data/prepare.sh first (it writes data/train.txt) or pass a text file: build/bench_tokenizer FILE");
     FLASH_CHECK(!text.empty(), path << " is empty", "pass a text file with some text in it");
     return text;
 }

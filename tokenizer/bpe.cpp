@@ -849,16 +849,7 @@ void Tokenizer::save(const std::string& path) const {
 }
 
 Tokenizer Tokenizer::load(const std::string& path) {
-    FILE* f = fopen(path.c_str(), "rb");
-    FLASH_CHECK(f, "cannot open tokenizer " << path << ": " << strerror(errno),
-                "train one with `tokenizer/bpe train` or run data/prepare.sh");
-    std::string text;
-    char buf[1 << 16];
-    size_t got;
-    while ((got = fread(buf, 1, sizeof buf, f)) > 0) text.append(buf, got);
-    bool failed = ferror(f) != 0;
-    fclose(f);
-    FLASH_CHECK(!failed, "reading " << path << " failed", "check the file");
+    const std::string text = read_whole_file(path, "tokenizer", "train one with `tokenizer/bpe train` or run data/prepare.sh");
     return from_json(text, path);
 }
 

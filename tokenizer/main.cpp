@@ -65,18 +65,7 @@ Args parse_args(int argc, char** argv) {
     return a;
 }
 
-std::string read_file(const std::string& path) {
-    FILE* f = fopen(path.c_str(), "rb");
-    FLASH_CHECK(f, "cannot open " << path << ": " << strerror(errno), "check the path");
-    std::string text;
-    char buf[1 << 16];
-    size_t got;
-    while ((got = fread(buf, 1, sizeof buf, f)) > 0) text.append(buf, got);
-    bool failed = ferror(f) != 0;
-    fclose(f);
-    FLASH_CHECK(!failed, "reading " << path << " failed", "check the file");
-    return text;
-}
+std::string read_file(const std::string& path) { return read_whole_file(path, "file", "check the path"); }
 
 void write_file(const std::string& path, const std::string& data) {
     FILE* f = path.empty() ? stdout : fopen(path.c_str(), "wb");
