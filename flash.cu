@@ -52,10 +52,12 @@ static const char* cuda_hint(cudaError_t err) {
 #define CUDA_CHECK(call)                                                                                  \
     do {                                                                                                  \
         const cudaError_t err_ = (call);                                                                  \
-        if (err_ != cudaSuccess)                                                                          \
+        if (err_ != cudaSuccess) {                                                                        \
+            cudaGetLastError(); /* clear it, so that the next check does not blame an innocent kernel */  \
             FLASH_FAIL(#call << " failed: " << cudaGetErrorName(err_) << " (" << cudaGetErrorString(err_) \
                              << ")",                                                                      \
                        cuda_hint(err_));                                                                  \
+        }                                                                                                 \
     } while (0)
 
 #define CUBLAS_CHECK(call)                                                                                    \
@@ -927,13 +929,14 @@ struct FlashCuda {
 };
 
 static void free_batch_state(FlashCuda* m) {
-    for (void* ptr : {(void*)m->act_buf, (void*)m->grad_act_buf, (void*)m->rope_cos, (void*)m->rope_sin,
-                      (void*)m->d_tokens, (void*)m->d_targets})
-        if (ptr) CUDA_CHECK(cudaFree(ptr));
-    m->act_buf = m->grad_act_buf = nullptr;
-    m->rope_cos = m->rope_sin = nullptr;
-    m->d_tokens = m->d_targets = nullptr;
     m->B = m->T = 0;
+    // Each pointer is cleared before its cudaFree can throw, so a later cleanup never frees it twice.
+    for (void** slot : {(void**)&m->act_buf, (void**)&m->grad_act_buf, (void**)&m->rope_cos, (void**)&m->rope_sin,
+                        (void**)&m->d_tokens, (void**)&m->d_targets}) {
+        void* ptr = *slot;
+        *slot = nullptr;
+        if (ptr) CUDA_CHECK(cudaFree(ptr));
+    }
 }
 
 // The activations for a batch, laid out exactly as flash.cpp's layout_activations.

@@ -422,6 +422,7 @@ static bool want_gpu(const std::string& device) {
     std::string why;
     const bool ok = cuda_available(&why);
     FLASH_CHECK(ok || device == "auto", "--device cuda: no usable GPU (" << why << ")", "use --device cpu or auto");
+    if (!ok) std::printf("--device auto: no usable GPU (%s); training on the CPU\n", why.c_str());
     return ok;
 #else
     FLASH_CHECK(device == "auto", "--device cuda: this build has no CUDA support (nvcc was not found by make)",
