@@ -76,6 +76,7 @@ std::vector<OptionDef> option_table(TrainOptions& o) {
         def("seq-len", o.seq_len, "sequence length T, a multiple of C (0: the model's)"),
         def("batch", o.batch, "sequences per step"),
         def("steps", o.steps, "optimizer steps in all (a resumed run continues up to this)"),
+        def("stop-after", o.stop_after, "stop with a checkpoint after this many steps of this run (0: never)"),
         def("lr", o.lr, "peak learning rate"),
         def("lr-min", o.lr_min, "learning-rate floor at the end of the cosine decay"),
         def("warmup", o.warmup, "linear warm-up steps"),
@@ -176,6 +177,7 @@ TrainOptions parse_train_options(int argc, char** argv) {
     }
     FLASH_CHECK(o.batch > 0, "--batch must be positive, got " << o.batch, "");
     FLASH_CHECK(o.steps >= 0, "--steps must be >= 0, got " << o.steps, "");
+    FLASH_CHECK(o.stop_after >= 0, "--stop-after must be >= 0, got " << o.stop_after, "");
     FLASH_CHECK(o.lr > 0 && o.lr_min >= 0 && o.lr_min <= o.lr, "need 0 <= --lr-min <= --lr and --lr > 0", "");
     FLASH_CHECK(o.warmup >= 0, "--warmup must be >= 0", "");
     FLASH_CHECK(o.eval_interval > 0 && o.eval_batches > 0, "--eval-interval and --eval-batches must be positive", "");
@@ -593,11 +595,13 @@ TrainResult run_training(const TrainOptions& o) {
             std::string text = sample_text(model, tok, o.sample_tokens, o.seed ^ (uint64_t)step);
             std::printf("---- sample at step %lld ----\n%s\n----\n", (long long)step, text.c_str());
         }
-        const bool stop = g_stop_requested != 0;
-        if (step % o.ckpt_interval == 0 || step == o.steps || stop) checkpoint(step);
-        if (stop) {
-            std::printf("interrupted: checkpoint written at step %lld; continue with --resume\n", (long long)step);
-            result.interrupted = true;
+        const bool stop = g_stop_requested != 0, pause = o.stop_after > 0 && step - st.step >= o.stop_after;
+        if (step % o.ckpt_interval == 0 || step == o.steps || stop || pause) checkpoint(step);
+        if (stop || pause) {
+            if (!o.quiet)
+                std::printf("%s: checkpoint written at step %lld; continue with --resume\n",
+                            stop ? "interrupted" : "--stop-after reached", (long long)step);
+            result.interrupted = stop;
             break;
         }
     }

@@ -13,6 +13,7 @@ struct TrainOptions {
     int d = 0, e = 0, s = 0, layers = 0, chunk = 0, seq_len = 0;  // 0: keep the model's value
     int batch = 8;
     int steps = 2000;
+    int stop_after = 0;              // stop (with a checkpoint) after this many steps of this run; 0: never
     double lr = 3e-3, lr_min = 3e-4;  // peak and floor of the schedule
     int warmup = 100;
     double weight_decay = 0.1, grad_clip = 1.0, beta1 = 0.9, beta2 = 0.95;
