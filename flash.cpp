@@ -215,11 +215,17 @@ static void gemm(bool ta, bool tb, int M, int N, int K, double alpha, const doub
                 B, ldb, beta, C, ldc);
 }
 
-// Inside an OpenMP loop whose iterations each call BLAS, OpenBLAS must not start threads of its own.
-struct BlasSingleThread {
+// The per-chunk products run either chunks in parallel, each with a one-thread BLAS (when there are at least as many
+// chunks as threads: the usual case), or one chunk at a time with BLAS's own threads (few, large chunks, as in
+// FLASH-Quad with B = 1). In the first case OpenBLAS must not start threads of its own inside the OpenMP loop.
+struct ChunkParallelism {
+    bool over_chunks;  // use as: #pragma omp parallel for if (par.over_chunks)
     int saved;
-    BlasSingleThread() : saved(openblas_get_num_threads()) { openblas_set_num_threads(1); }
-    ~BlasSingleThread() { openblas_set_num_threads(saved); }
+    explicit ChunkParallelism(int n_chunks)
+        : over_chunks(n_chunks >= omp_get_max_threads()), saved(openblas_get_num_threads()) {
+        if (over_chunks) openblas_set_num_threads(1);
+    }
+    ~ChunkParallelism() { openblas_set_num_threads(saved); }
 };
 
 // ====================================================================================================
@@ -432,8 +438,8 @@ template <typename Real>
 void local_attention_forward(Real* o, Real* relu_s, const Real* qq, const Real* kq, const Real* v, int ldv,
                              const Real* rel_bias, int B, int T, int C, int s, int e, bool causal) {
     const int G = T / C;
-    BlasSingleThread one_blas_thread;
-#pragma omp parallel
+    ChunkParallelism par(B * G);
+#pragma omp parallel if (par.over_chunks)
     {
         std::vector<Real> A((size_t)C * C);
 #pragma omp for
@@ -463,8 +469,8 @@ void local_attention_backward(Real* dqq, Real* dkq, Real* dv, int lddv, Real* dr
     const int G = T / C;
     const int nbias = causal ? C : 2 * C - 1;
     std::vector<Real> dbias_part((size_t)B * G * nbias, Real(0));
-    BlasSingleThread one_blas_thread;
-#pragma omp parallel
+    ChunkParallelism par(B * G);
+#pragma omp parallel if (par.over_chunks)
     {
         std::vector<Real> A((size_t)C * C), dS((size_t)C * C);
 #pragma omp for
@@ -498,9 +504,9 @@ void global_attention_forward(Real* o, Real* m, const Real* ql, const Real* kl, 
                               int C, int s, int e, bool causal) {
     const int G = T / C;
     const size_t se = (size_t)s * e;
-    BlasSingleThread one_blas_thread;
+    ChunkParallelism par(B * G);
     // 1. P[g] for every chunk, written into m's slot for that chunk.
-#pragma omp parallel for
+#pragma omp parallel for if (par.over_chunks)
     for (int bg = 0; bg < B * G; bg++) {
         const size_t row0 = (size_t)(bg / G) * T + (size_t)(bg % G) * C;
         gemm(true, false, s, e, C, Real(1) / C, kl + row0 * s, s, v + row0 * ldv, ldv, Real(0), m + bg * se, e);
@@ -524,7 +530,7 @@ void global_attention_forward(Real* o, Real* m, const Real* ql, const Real* kl, 
         }
     }
     // 3. lin = ql · M[g], added to o.
-#pragma omp parallel for
+#pragma omp parallel for if (par.over_chunks)
     for (int bg = 0; bg < B * G; bg++) {
         const size_t row0 = (size_t)(bg / G) * T + (size_t)(bg % G) * C;
         gemm(false, false, C, e, s, Real(1), ql + row0 * s, s, m + bg * se, e, Real(1), o + row0 * e, e);
@@ -540,8 +546,8 @@ void global_attention_backward(Real* dql, Real* dkl, Real* dv, int lddv, const R
     const int G = T / C;
     const size_t se = (size_t)s * e;
     std::vector<Real> r((size_t)B * G * se);  // dM, then R in place
-    BlasSingleThread one_blas_thread;
-#pragma omp parallel for
+    ChunkParallelism par(B * G);
+#pragma omp parallel for if (par.over_chunks)
     for (int bg = 0; bg < B * G; bg++) {
         const size_t row0 = (size_t)(bg / G) * T + (size_t)(bg % G) * C;
         gemm(false, true, C, s, e, Real(1), d_o + row0 * e, e, m + bg * se, e, Real(1), dql + row0 * s, s);
@@ -564,7 +570,7 @@ void global_attention_backward(Real* dql, Real* dkl, Real* dv, int lddv, const R
             }
         }
     }
-#pragma omp parallel for
+#pragma omp parallel for if (par.over_chunks)
     for (int bg = 0; bg < B * G; bg++) {
         const size_t row0 = (size_t)(bg / G) * T + (size_t)(bg % G) * C;
         const Real* rg = r.data() + bg * se;

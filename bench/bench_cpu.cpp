@@ -1,18 +1,21 @@
 // bench_cpu.cpp: where the time of a CPU training step goes. Times each op of one layer (forward and backward) at
 // the shapes of a config, then whole training steps, and prints tokens/s and the share of the sgemm peak.
-//   build/bench_cpu [small|tiny|base|config.json] [B] [T]
+//   build/bench_cpu [small|tiny|base] [B] [T]
+//   build/bench_cpu --scaling [OUT.png]   step time against T, FLASH (C = 128) vs FLASH-Quad (C = T), small config,
+//                                         4096 tokens per step; a table, and a plot when gnuplot is there
 #include <cblas.h>
 #include <omp.h>
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <string>
 #include <vector>
 
 #include "flash.h"
 
-static double seconds(const std::function<void()>& f, int reps = 3) {
+static double seconds(const std::function<void()>& f, int reps = 3) {  // best of reps, after a warm-up
     f();  // warm-up
     double best = 1e30;
     for (int r = 0; r < reps; r++) {
@@ -23,8 +26,63 @@ static double seconds(const std::function<void()>& f, int reps = 3) {
     return best;
 }
 
+// FLASH's cost per token is constant in T; FLASH-Quad's grows linearly (FLASH.md §4). Measured, not assumed.
+static int scaling(const std::string& png) {
+    const int tokens = 4096;
+    std::vector<int> lengths = {256, 512, 1024, 2048, 4096};
+    std::printf("training step time against sequence length, small config, %d tokens per step, %d threads\n", tokens,
+                omp_get_max_threads());
+    std::printf("%6s %8s %12s %12s %12s %12s\n", "T", "B", "FLASH ms", "FLASH tok/s", "Quad ms", "Quad tok/s");
+    const std::string dat = png + ".dat";
+    FILE* out = std::fopen(dat.c_str(), "w");
+    FLASH_CHECK(out, "cannot write " << dat, "pick another output path");
+    for (int T : lengths) {
+        double ms[2];
+        for (int quad = 0; quad < 2; quad++) {
+            FlashConfig c = config_preset("small");
+            c.seq_len = T;
+            c.chunk = quad ? T : std::min(T, 128);
+            const int B = tokens / T, N = B * T;
+            FlashModel<float> model(c);
+            model.init_weights(1);
+            Rng rng(2);
+            std::vector<int> tok(N), tgt(N);
+            for (int& t : tok) t = rng.below(c.vocab_size);
+            for (int& t : tgt) t = rng.below(c.vocab_size);
+            ms[quad] = 1e3 * seconds([&] {
+                model.forward(tok.data(), tgt.data(), B, T);
+                model.zero_grad();
+                model.backward();
+            }, 2);
+        }
+        std::printf("%6d %8d %12.1f %12.0f %12.1f %12.0f\n", T, tokens / T, ms[0], tokens / ms[0] * 1e3, ms[1],
+                    tokens / ms[1] * 1e3);
+        std::fprintf(out, "%d %.3f %.3f\n", T, ms[0], ms[1]);
+        std::fflush(stdout);
+    }
+    std::fclose(out);
+    if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) {
+        std::printf("gnuplot not found: no plot (the figures are in %s)\n", dat.c_str());
+        return 0;
+    }
+    const std::string script = png + ".gp";
+    FILE* gp = std::fopen(script.c_str(), "w");
+    FLASH_CHECK(gp, "cannot write " << script, "");
+    std::fprintf(gp,
+                 "set terminal pngcairo size 800,500\nset output '%s'\n"
+                 "set title 'Training step on the CPU, %d tokens per step (small config)'\n"
+                 "set xlabel 'sequence length T'\nset ylabel 'ms per step'\nset logscale x 2\nset grid\n"
+                 "set key left top\nplot '%s' using 1:2 with linespoints title 'FLASH (C = 128)', "
+                 "'%s' using 1:3 with linespoints title 'FLASH-Quad (C = T)'\n",
+                 png.c_str(), tokens, dat.c_str(), dat.c_str());
+    std::fclose(gp);
+    if (std::system(("gnuplot '" + script + "'").c_str()) == 0) std::printf("plot: %s\n", png.c_str());
+    return 0;
+}
+
 int main(int argc, char** argv) {
     try {
+        if (argc > 1 && std::string(argv[1]) == "--scaling") return scaling(argc > 2 ? argv[2] : "scaling_cpu.png");
         FlashConfig c = config_preset("small");
         if (argc > 1) c = config_preset(argv[1]);
         const int B = argc > 2 ? std::atoi(argv[2]) : 8;
