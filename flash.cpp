@@ -658,6 +658,21 @@ void crossentropy_backward(Real* dlogits, const Real* probs, const int* targets,
 // ====================================================================================================
 // The model
 
+void check_batch(const FlashConfig& cfg, const int* tokens, const int* targets, int B, int T) {
+    FLASH_CHECK(B > 0 && T > 0, "batch shape must be positive, got B=" << B << " T=" << T, "");
+    FLASH_CHECK(T % cfg.chunk == 0, "sequence length T=" << T << " is not a multiple of the chunk size C=" << cfg.chunk,
+                "use T = G*C; only the cached decoder handles other lengths");
+    const int N = B * T, V = cfg.vocab_size;
+    for (int n = 0; n < N; n++) {
+        FLASH_CHECK(tokens[n] >= 0 && tokens[n] < V, "token id " << tokens[n] << " at position " << n
+                                                     << " is out of range for vocab_size " << V,
+                    "the data was made with another tokenizer; prepare it again or fix vocab_size");
+        FLASH_CHECK(!targets || (targets[n] >= 0 && targets[n] < V),
+                    "target id " << targets[n] << " at position " << n << " is out of range for vocab_size " << V,
+                    "the data was made with another tokenizer; prepare it again or fix vocab_size");
+    }
+}
+
 template <typename Real>
 FlashModel<Real>::FlashModel(const FlashConfig& c) : cfg(c) {
     config_validate(cfg);
@@ -764,18 +779,8 @@ static void layout_activations(FlashModel<Real>& m, int B, int T) {
 
 template <typename Real>
 double FlashModel<Real>::forward(const int* tok, const int* tgt, int B_, int T_) {
-    FLASH_CHECK(B_ > 0 && T_ > 0, "batch shape must be positive, got B=" << B_ << " T=" << T_, "");
-    FLASH_CHECK(T_ % cfg.chunk == 0, "sequence length T=" << T_ << " is not a multiple of the chunk size C=" << cfg.chunk,
-                "use T = G*C; only the cached decoder handles other lengths");
+    check_batch(cfg, tok, tgt, B_, T_);
     const int N = B_ * T_, V = cfg.vocab_size;
-    for (int n = 0; n < N; n++) {
-        FLASH_CHECK(tok[n] >= 0 && tok[n] < V, "token id " << tok[n] << " at position " << n
-                                               << " is out of range for vocab_size " << V,
-                    "the data was made with another tokenizer; prepare it again or fix vocab_size");
-        FLASH_CHECK(!tgt || (tgt[n] >= 0 && tgt[n] < V),
-                    "target id " << tgt[n] << " at position " << n << " is out of range for vocab_size " << V,
-                    "the data was made with another tokenizer; prepare it again or fix vocab_size");
-    }
     if (B_ != B || T_ != T) layout_activations(*this, B_, T_);
     tokens.assign(tok, tok + N);
     if (tgt) targets.assign(tgt, tgt + N);

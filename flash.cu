@@ -1072,18 +1072,8 @@ void cuda_model_get_logits(FlashCuda* m, float* host, size_t n) {
 // The forward of flash.cpp, op for op.
 double cuda_model_forward(FlashCuda* m, const int* tok, const int* tgt, int B, int T) {
     const FlashConfig& cfg = m->cfg;
-    FLASH_CHECK(B > 0 && T > 0, "batch shape must be positive, got B=" << B << " T=" << T, "");
-    FLASH_CHECK(T % cfg.chunk == 0, "sequence length T=" << T << " is not a multiple of the chunk size C=" << cfg.chunk,
-                "use T = G*C; only the cached decoder handles other lengths");
+    check_batch(cfg, tok, tgt, B, T);
     const int N = B * T, V = cfg.vocab_size;
-    for (int n = 0; n < N; n++) {
-        FLASH_CHECK(tok[n] >= 0 && tok[n] < V, "token id " << tok[n] << " at position " << n
-                                               << " is out of range for vocab_size " << V,
-                    "the data was made with another tokenizer; prepare it again or fix vocab_size");
-        FLASH_CHECK(!tgt || (tgt[n] >= 0 && tgt[n] < V),
-                    "target id " << tgt[n] << " at position " << n << " is out of range for vocab_size " << V,
-                    "the data was made with another tokenizer; prepare it again or fix vocab_size");
-    }
     if (B != m->B || T != m->T) layout_activations(m, B, T);
     m->tokens.assign(tok, tok + N);
     m->has_targets = tgt != nullptr;

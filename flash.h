@@ -204,6 +204,10 @@ template <typename Real> void crossentropy_backward(Real* dlogits, const Real* p
 // ----------------------------------------------------------------------------------------------------
 // The model
 
+// A batch the model can take: B, T > 0, T a multiple of C, every token and target id in [0, V) (targets may be
+// null). Throws naming the first problem. Shared by the CPU and GPU models.
+void check_batch(const FlashConfig& cfg, const int* tokens, const int* targets, int B, int T);
+
 struct AdamWConfig {
     double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
 };
