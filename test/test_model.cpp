@@ -4,6 +4,9 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
+#include <cblas.h>
+#include <omp.h>
+
 #include <cstdio>
 #include <fstream>
 
@@ -324,6 +327,34 @@ TEST_CASE("forward and backward are deterministic, bit for bit") {
     }
     CHECK(losses[0] == losses[1]);
     CHECK(grads[0] == grads[1]);
+}
+
+TEST_CASE("results do not depend on the number of threads, bit for bit") {
+    // Many chunks (threads take chunks) and one large chunk (BLAS's threads take the products): both paths.
+    for (int chunk : {8, 256}) {
+        FlashConfig c = config_preset("tiny");
+        c.d = 128; c.e = 256; c.s = 64; c.vocab_size = 128; c.chunk = chunk; c.seq_len = 256;
+        const int B = chunk == 8 ? 2 : 1;
+        Batch batch = random_batch(c, B, c.seq_len, 4);
+        std::vector<float> grads[2];
+        double losses[2];
+        const int saved_omp = omp_get_max_threads(), saved_blas = openblas_get_num_threads();
+        for (int run = 0; run < 2; run++) {
+            omp_set_num_threads(run + 1);
+            openblas_set_num_threads(run + 1);
+            FlashModel<float> m(c);
+            m.init_weights(9, true);
+            losses[run] = m.forward(batch.tokens.data(), batch.targets.data(), batch.B, batch.T);
+            m.zero_grad();
+            m.backward();
+            grads[run] = m.grads;
+        }
+        omp_set_num_threads(saved_omp);
+        openblas_set_num_threads(saved_blas);
+        INFO("chunk " << chunk);
+        CHECK(losses[0] == losses[1]);
+        CHECK(grads[0] == grads[1]);
+    }
 }
 
 TEST_CASE("float and double agree on the tiny model") {
