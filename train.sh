@@ -3,7 +3,7 @@
 # Run it again and it reuses what exists (packages, data, build). Options after ./train.sh go to ./train
 # and override the defaults below, e.g.  ./train.sh --steps 3000   for a longer run (see ./train --help).
 #
-# The default run trains the small config of FLASH.md section 5 (with T = 256 and a batch of 8) for about
+# The default run trains the small config of FLASH.md section 5 (with T = 256 and a batch of 4) for about
 # 15 minutes on 2 cores, writes runs/flash/{metrics.jsonl,loss.png,ckpt_*.safetensors}, and prints
 # validation losses and text samples as it goes.
 set -euo pipefail
@@ -12,7 +12,7 @@ cd "$(dirname "$0")"
 bash scripts/install_deps.sh
 bash data/prepare.sh
 make -j"$(nproc)" train
-./train --model small --seq-len 256 --batch 8 --steps 360 --warmup 30 --lr 3e-3 --lr-min 3e-4 \
-        --eval-interval 40 --eval-batches 4 --sample-interval 180 --sample-tokens 80 --ckpt-interval 120 \
+./train --model small --seq-len 256 --batch 4 --steps 720 --warmup 60 --lr 6e-3 --lr-min 6e-4 \
+        --eval-interval 80 --eval-batches 8 --sample-interval 360 --sample-tokens 80 --ckpt-interval 240 \
         --out-dir runs/flash "$@"
 echo "loss curve: runs/flash/loss.png   metrics: runs/flash/metrics.jsonl   checkpoints: runs/flash/"
