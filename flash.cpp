@@ -725,24 +725,30 @@ void FlashModel<Real>::init_weights(uint64_t seed, bool strong) {
     fill_normal(p.norm_f_g, 1, 1.0, 0.2);
 }
 
-// Sizes of the saved activations for a batch, in the order of LayerActs / Acts / GradActs.
-template <typename Real>
-static void layout_activations(FlashModel<Real>& m, int B, int T) {
-    const FlashConfig& c = m.cfg;
+// Sizes of the two activation buffers for a batch (elements): what view_activations lays out.
+void activation_counts(const FlashConfig& c, int B, int T, size_t* n_act, size_t* n_grad) {
     const size_t N = (size_t)B * T, d = c.d, e = c.e, s = c.s, I = c.inner(), V = c.vocab_size;
     const size_t G = T / c.chunk, C = c.chunk;
     const size_t per_layer = N * d + N + N * d + 2 * N * I + 4 * N * s + B * G * C * C + B * G * s * e + 2 * N * e;
-    m.act_buf.assign(per_layer * c.n_layers + 2 * N * d + N + 2 * N * V + N, Real(0));
-    Real* ptr = m.act_buf.data();
+    *n_act = per_layer * c.n_layers + 2 * N * d + N + 2 * N * V + N;
+    *n_grad = 2 * N * d + 2 * N * I + 4 * N * s + 2 * N * e + N * V;
+}
+
+template <typename Real>
+void view_activations(Acts<Real>& acts, GradActs<Real>& g, Real* act_base, Real* grad_base, const FlashConfig& c,
+                      int B, int T) {
+    const size_t N = (size_t)B * T, d = c.d, e = c.e, s = c.s, I = c.inner(), V = c.vocab_size;
+    const size_t G = T / c.chunk, C = c.chunk;
+    Real* ptr = act_base;
     auto take = [&](size_t n) { Real* r = ptr; ptr += n; return r; };
-    m.acts.layers.resize(c.n_layers);
-    for (auto& la : m.acts.layers) {
+    acts.layers.resize(c.n_layers);
+    for (auto& la : acts.layers) {
         la.x = take(N * d);
         la.rstd = take(N);
         la.xn = take(N * d);
         la.h = take(N * I);
         la.act = take(N * I);
-        la.qq = take(N * s);
+        la.qq = take(N * s);  // qq, kq, ql, kl are adjacent (the GPU rotates all four in one launch)
         la.kq = take(N * s);
         la.ql = take(N * s);
         la.kl = take(N * s);
@@ -751,18 +757,17 @@ static void layout_activations(FlashModel<Real>& m, int B, int T) {
         la.o = take(N * e);
         la.gated = take(N * e);
     }
-    m.acts.x_final = take(N * d);
-    m.acts.rstd_f = take(N);
-    m.acts.xn_f = take(N * d);
-    m.acts.logits = take(N * V);
-    m.acts.probs = take(N * V);
-    m.acts.losses = take(N);
+    acts.x_final = take(N * d);
+    acts.rstd_f = take(N);
+    acts.xn_f = take(N * d);
+    acts.logits = take(N * V);
+    acts.probs = take(N * V);
+    acts.losses = take(N);
+    const size_t used_act = (size_t)(ptr - act_base);
 
-    m.grad_act_buf.assign(2 * N * d + 2 * N * I + 4 * N * s + 2 * N * e + N * V, Real(0));
-    ptr = m.grad_act_buf.data();
-    GradActs<Real>& g = m.dacts;
+    ptr = grad_base;
     g.dres = take(N * d);
-    g.dxn = take(N * d);
+    g.dxn = take(N * d);  // dxn .. dgated are contiguous: backward zeroes them in one fill per layer
     g.dh = take(N * I);
     g.dact = take(N * I);
     g.dqq = take(N * s);
@@ -772,7 +777,21 @@ static void layout_activations(FlashModel<Real>& m, int B, int T) {
     g.d_o = take(N * e);
     g.dgated = take(N * e);
     g.dlogits = take(N * V);
-    rope_tables(m.rope_cos, m.rope_sin, 0, T, c.s, c.rope_base);
+    size_t n_act, n_grad;
+    activation_counts(c, B, T, &n_act, &n_grad);
+    FLASH_CHECK(used_act == n_act && (size_t)(ptr - grad_base) == n_grad,
+                "view_activations and activation_counts disagree", "this is a bug: keep the two in step");
+}
+
+// (Re)allocates the activations for a batch of B rows of T tokens.
+template <typename Real>
+static void layout_activations(FlashModel<Real>& m, int B, int T) {
+    size_t n_act, n_grad;
+    activation_counts(m.cfg, B, T, &n_act, &n_grad);
+    m.act_buf.assign(n_act, Real(0));
+    m.grad_act_buf.assign(n_grad, Real(0));
+    view_activations(m.acts, m.dacts, m.act_buf.data(), m.grad_act_buf.data(), m.cfg, B, T);
+    rope_tables(m.rope_cos, m.rope_sin, 0, T, m.cfg.s, m.cfg.rope_base);
     m.B = B;
     m.T = T;
 }
@@ -833,7 +852,7 @@ void FlashModel<Real>::backward() {
         const LayerActs<Real>& la = acts.layers[l];
         const Real *u = la.act, *v = la.act + e, *z = la.act + 2 * e;
         Real *du = g.dact, *dv = g.dact + e, *dz = g.dact + 2 * e;
-        // This layer's scratch gradients (dxn .. dgated, contiguous in the layout) accumulate from zero;
+        // This layer's scratch gradients (dxn .. dgated, contiguous in view_activations) accumulate from zero;
         // g.dres carries d(x_next) in and d(x) out.
         std::fill(g.dxn, g.dlogits, Real(0));
         matmul_backward(g.dgated, dlp.w_out, dlp.b_out, g.dres, la.gated, lp.w_out, N, e, d);
@@ -1186,6 +1205,7 @@ void write_debug_state(const std::string& path, FlashModel<Real>& m, const int* 
 
 #define FLASH_INSTANTIATE(Real)                                                                                        \
     template ParamView<Real> view_params(Real*, const FlashConfig&);                                                   \
+    template void view_activations(Acts<Real>&, GradActs<Real>&, Real*, Real*, const FlashConfig&, int, int);          \
     template void encoder_forward(Real*, const int*, const Real*, int, int);                                           \
     template void encoder_backward(Real*, const Real*, const int*, int, int);                                          \
     template void scalenorm_forward(Real*, Real*, const Real*, const Real*, int, int, double);                         \

@@ -206,17 +206,18 @@ __device__ float warp_max(float v) {
     return v;
 }
 // Sum / max over a block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
-template <typename T>
-__device__ T block_sum(T v) {
+// warp_reduce is warp_sum or warp_max; identity fills the slots of absent warps (0 or -inf).
+template <typename T, T (*warp_reduce)(T)>
+__device__ T block_reduce(T v, T identity) {
     __shared__ T warp_part[32];
     __shared__ T total;
     const int lane = threadIdx.x % 32, w = threadIdx.x / 32, n_warps = blockDim.x / 32;
-    v = warp_sum(v);
+    v = warp_reduce(v);
     if (lane == 0) warp_part[w] = v;
     __syncthreads();
     if (w == 0) {
-        T x = lane < n_warps ? warp_part[lane] : T(0);
-        x = warp_sum(x);
+        T x = lane < n_warps ? warp_part[lane] : identity;
+        x = warp_reduce(x);
         if (lane == 0) total = x;
     }
     __syncthreads();
@@ -224,23 +225,11 @@ __device__ T block_sum(T v) {
     __syncthreads();  // the shared slots may be reused by a following call
     return result;
 }
-__device__ float block_max(float v) {
-    __shared__ float warp_part[32];
-    __shared__ float total;
-    const int lane = threadIdx.x % 32, w = threadIdx.x / 32, n_warps = blockDim.x / 32;
-    v = warp_max(v);
-    if (lane == 0) warp_part[w] = v;
-    __syncthreads();
-    if (w == 0) {
-        float x = lane < n_warps ? warp_part[lane] : -INFINITY;
-        x = warp_max(x);
-        if (lane == 0) total = x;
-    }
-    __syncthreads();
-    const float result = total;
-    __syncthreads();
-    return result;
+template <typename T>
+__device__ T block_sum(T v) {
+    return block_reduce<T, warp_sum<T>>(v, T(0));
 }
+__device__ float block_max(float v) { return block_reduce<float, warp_max>(v, -INFINITY); }
 
 // Column sums in two passes, no atomics: pass 1 gives each (column, slice of rows) to one thread, which sums the
 // slice in row order into part[slice, column]; pass 2 gives each column to one thread, which adds the slices in
@@ -943,53 +932,14 @@ static void free_batch_state(FlashCuda* m) {
 static void layout_activations(FlashCuda* m, int B, int T) {
     free_batch_state(m);
     const FlashConfig& c = m->cfg;
-    const size_t N = (size_t)B * T, d = c.d, e = c.e, s = c.s, I = c.inner(), V = c.vocab_size;
-    const size_t G = T / c.chunk, C = c.chunk;
-    const size_t per_layer = N * d + N + N * d + 2 * N * I + 4 * N * s + B * G * C * C + B * G * s * e + 2 * N * e;
-    const size_t n_act = per_layer * c.n_layers + 2 * N * d + N + 2 * N * V + N;
-    const size_t n_grad = 2 * N * d + 2 * N * I + 4 * N * s + 2 * N * e + N * V;
+    const size_t N = (size_t)B * T;
+    size_t n_act, n_grad;
+    activation_counts(c, B, T, &n_act, &n_grad);
     CUDA_CHECK(cudaMalloc(&m->act_buf, sizeof(float) * n_act));
     CUDA_CHECK(cudaMalloc(&m->grad_act_buf, sizeof(float) * n_grad));
     CUDA_CHECK(cudaMemset(m->act_buf, 0, sizeof(float) * n_act));
     CUDA_CHECK(cudaMemset(m->grad_act_buf, 0, sizeof(float) * n_grad));
-    float* ptr = m->act_buf;
-    auto take = [&](size_t n) { float* r = ptr; ptr += n; return r; };
-    m->acts.layers.resize(c.n_layers);
-    for (auto& la : m->acts.layers) {
-        la.x = take(N * d);
-        la.rstd = take(N);
-        la.xn = take(N * d);
-        la.h = take(N * I);
-        la.act = take(N * I);
-        la.qq = take(N * s);  // qq, kq, ql, kl are adjacent: RoPE rotates all four in one launch
-        la.kq = take(N * s);
-        la.ql = take(N * s);
-        la.kl = take(N * s);
-        la.relu_s = take(B * G * C * C);
-        la.m = take(B * G * s * e);
-        la.o = take(N * e);
-        la.gated = take(N * e);
-    }
-    m->acts.x_final = take(N * d);
-    m->acts.rstd_f = take(N);
-    m->acts.xn_f = take(N * d);
-    m->acts.logits = take(N * V);
-    m->acts.probs = take(N * V);
-    m->acts.losses = take(N);
-
-    ptr = m->grad_act_buf;
-    GradActs<float>& g = m->dacts;
-    g.dres = take(N * d);
-    g.dxn = take(N * d);
-    g.dh = take(N * I);
-    g.dact = take(N * I);
-    g.dqq = take(N * s);  // adjacent, like the heads
-    g.dkq = take(N * s);
-    g.dql = take(N * s);
-    g.dkl = take(N * s);
-    g.d_o = take(N * e);
-    g.dgated = take(N * e);
-    g.dlogits = take(N * V);
+    view_activations(m->acts, m->dacts, m->act_buf, m->grad_act_buf, c, B, T);  // device pointers, flash.cpp's layout
 
     std::vector<double> cos_t, sin_t;
     rope_tables(cos_t, sin_t, 0, T, c.s, c.rope_base);

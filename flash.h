@@ -143,6 +143,13 @@ struct GradActs {
     Real* dlogits;  // (N, V)
 };
 
+// The two activation buffers for a batch of B rows of T tokens: their sizes in elements, and the views into
+// them (in the order of the structs above). Shared by the CPU and GPU models, so both lay memory out alike.
+void activation_counts(const FlashConfig& c, int B, int T, size_t* n_act, size_t* n_grad);
+template <typename Real>
+void view_activations(Acts<Real>& acts, GradActs<Real>& dacts, Real* act_base, Real* grad_base, const FlashConfig& c,
+                      int B, int T);
+
 // ----------------------------------------------------------------------------------------------------
 // The ops (§1, §2). Argument order: outputs, saved activations, inputs, parameters, sizes.
 // Backward passes accumulate (+=) into every d... argument. Shapes are documented in flash.cpp.
