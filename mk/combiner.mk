@@ -1,0 +1,8 @@
+# mk/combiner.mk: Combiner-Fixed attention (BASELINES.md §3); included by the top-level Makefile.
+#   build/test_combiner      the ops against finite differences, softmax attention, the naive T×T form; cached decoding
+COMBINER_OBJS := build/combiner.o
+
+build/test_combiner: build/test/test_combiner.o $(COMBINER_OBJS) $(MODEL_OBJS)
+	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)
+
+TEST_BINS += build/test_combiner
