@@ -48,6 +48,8 @@ build/bench_cpu: build/bench/bench_cpu.o $(MODEL_OBJS)
 
 # ---- cached decoding and ./sample ------------------------------------------------------------------
 include mk/decode.mk
+# ---- Combiner-Fixed attention (BASELINES.md §3) ------------------------------------------------------
+include mk/combiner.mk
 
 all: $(PROGRAMS) $(TEST_BINS) $(BENCH_BINS)
 
