@@ -16,13 +16,6 @@
 #include "flash.h"
 #include "flash_cuda.h"
 
-// FLASH.md §4: forward FLOPs per token. The local part is counted at full C (as is customary, although the causal
-// kernels skip the upper half); the global part is counted even when C = T, where it is (nearly) no work.
-static double forward_flops_per_token(const FlashConfig& c) {
-    const double d = c.d, e = c.e, s = c.s, L = c.n_layers, C = c.chunk, V = c.vocab_size;
-    return 2 * (d * (2 * e + s) + e * d) * L + 2 * C * (s + e) * L + 4 * s * e * L + 2 * d * V;
-}
-
 static void usage() {
     std::printf(
         "usage: build/bench_cuda [options]\n"
@@ -91,27 +84,27 @@ int main(int argc, char** argv) {
                 const int B = std::max(1, tokens_per_step / T);
                 try {
                     config_validate(cfg);
-                    FlashCuda* m = cuda_model_create(cfg, B, T);
+                    FlashCudaModel m_model(cfg);
+                    FlashCudaModel* m = &m_model;
                     // Weights: small uniform noise with unit gains. The speed does not depend on the values, and
                     // this is much cheaper than the paper's init for 110M parameters on the host.
-                    std::vector<float> params(cuda_model_param_count(m));
+                    std::vector<float> params(m->param_count());
                     Rng rng(1);
                     for (float& p : params) p = (float)(0.04 * (rng.uniform() - 0.5));
                     for (const TensorSpec& spec : param_specs(cfg))
                         if (spec.name.find("norm") != std::string::npos) params[spec.offset] = 1.0f;
-                    cuda_model_set_params(m, params.data());
+                    m->copy_from_host(ModelBuffer::params, params.data());
                     std::vector<int> tokens((size_t)B * T), targets((size_t)B * T);
                     for (int& t : tokens) t = rng.below(cfg.vocab_size);
                     for (int& t : targets) t = rng.below(cfg.vocab_size);
                     AdamWConfig opt;
                     double loss = 0;
                     auto step = [&](int64_t t) {
-                        loss = cuda_model_forward(m, tokens.data(), targets.data(), B, T);
-                        cuda_model_zero_grad(m);
-                        cuda_model_backward(m);
-                        const double norm = cuda_model_grad_norm(m);
-                        if (norm > 1.0) cuda_model_scale_grads(m, 1.0 / norm);
-                        cuda_model_adamw_update(m, 1e-4, opt, t);
+                        loss = m->forward(tokens.data(), targets.data(), B, T);
+                        m->zero_grad();
+                        m->backward();
+                        clip_grad_norm(*m, 1.0);
+                        m->adamw_update(1e-4, opt, t);
                     };
                     step(1);
                     step(2);
@@ -121,7 +114,6 @@ int main(int argc, char** argv) {
                     cuda_synchronize();
                     const double sec =
                         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / steps;
-                    cuda_model_destroy(m);
                     const double tok_s = (double)B * T / sec;
                     const double flops = 3 * forward_flops_per_token(cfg) * tok_s;
                     std::printf("%-11s %6d %5d %5d %10.1f %12.0f %10.2f %7.1f%% %8.4f\n", name, T, cfg.chunk, B,

@@ -90,7 +90,7 @@ int main(int argc, char** argv) {
             }
             const double act_mb = (model.act_buf.size() + model.grad_act_buf.size()) * sizeof(float) / 1e6;
             std::vector<float> want(model.acts.logits + (size_t)P * V, model.acts.logits + (size_t)(P + 1) * V);
-            release_activations(model);
+            model.release_activations();
 
             // Cached: prefill P tokens, then time `steps` single-token steps.
             DecodeState<float> state;
@@ -98,7 +98,7 @@ int main(int argc, char** argv) {
             auto t0 = Clock::now();
             decode_prefill(model, state, tokens.data(), P, (float*)nullptr);
             const double prefill_s = seconds_since(t0);
-            release_activations(model);
+            model.release_activations();
             std::vector<float> logits(V);
             decode_step(model, state, tokens[(size_t)P], logits.data());  // position P: compare with the recompute
             double err = 0, scale = 1e-30;
