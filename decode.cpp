@@ -38,9 +38,9 @@ void decode_init(DecodeState<Real>& state, const FlashModel<Real>& model) {
         lc.v.assign(C * e, Real(0));
         lc.kl.assign(C * s, Real(0));
     }
-    // The same expression as rope_tables, so that the angles are bit-identical to the full forward's.
+    // rope_tables' frequencies, so that the angles are bit-identical to the full forward's.
     state.inv_freq.resize(s / 2);
-    for (int i = 0; i < (int)s / 2; i++) state.inv_freq[i] = std::pow(c.rope_base, -2.0 * i / (int)s);
+    for (int i = 0; i < (int)s / 2; i++) state.inv_freq[i] = rope_frequency(i, (int)s, c.rope_base);
     state.rope_cos.assign(s / 2, 0.0);
     state.rope_sin.assign(s / 2, 0.0);
     for (std::vector<Real>* row : {&state.x, &state.x_next, &state.xn}) row->assign(d, Real(0));

@@ -45,10 +45,8 @@ std::string model_arch(const nlohmann::json& config) {
 template <typename Real>
 std::unique_ptr<Model<Real>> make_model(const nlohmann::json& config, Device device) {
     const std::string arch = model_arch(config);
-    nlohmann::json fields = config;
-    if (fields.is_object()) fields.erase("arch");
     if (arch == "flash") {
-        const FlashConfig cfg = config_from_json(fields);
+        const FlashConfig cfg = config_from_json(config);
         if (device == Device::cpu) return std::make_unique<FlashModel<Real>>(cfg);
 #ifdef FLASH_HAVE_CUDA
         if constexpr (std::is_same_v<Real, float>) return std::make_unique<FlashCudaModel>(cfg);

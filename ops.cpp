@@ -159,7 +159,7 @@ void rope_tables(std::vector<double>& cos_t, std::vector<double>& sin_t, int fir
     sin_t.resize((size_t)T * half);
     for (int t = 0; t < T; t++)
         for (int i = 0; i < half; i++) {
-            double theta = (double)(first_pos + t) * std::pow(base, -2.0 * i / s);
+            double theta = (double)(first_pos + t) * rope_frequency(i, s, base);
             cos_t[(size_t)t * half + i] = std::cos(theta);
             sin_t[(size_t)t * half + i] = std::sin(theta);
         }

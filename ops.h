@@ -10,6 +10,7 @@
 // N = B*T rows of a batch of B sequences of T tokens.
 #pragma once
 #include <cstddef>
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -74,6 +75,9 @@ template <typename Real> void silu_forward(Real* y, const Real* x, size_t n);
 template <typename Real> void silu_backward(Real* dx, const Real* dy, const Real* x, size_t n);
 
 // RoPE works in place: rope_forward rotates x by +θ, rope_backward rotates dx by −θ.
+// θ_i(t) = t · rope_frequency(i): the frequency of pair i of s dims, in double (§1); the tables and the decoder's
+// one-position angles both use it, so their angles are bit-identical.
+inline double rope_frequency(int i, int s, double base) { return std::pow(base, -2.0 * i / s); }
 // cos_t/sin_t: (T, s/2) tables from rope_tables; row n of x is at position first_pos + (n mod T).
 void rope_tables(std::vector<double>& cos_t, std::vector<double>& sin_t, int first_pos, int T, int s, double base);
 template <typename Real> void rope_forward(Real* x, const double* cos_t, const double* sin_t, int N, int T, int s);

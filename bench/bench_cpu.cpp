@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "flash.h"
+#include "options.h"
 
 static double seconds(const std::function<void()>& f, int reps = 3) {  // best of reps, after a warm-up
     f();  // warm-up
@@ -85,8 +86,8 @@ int main(int argc, char** argv) {
         if (argc > 1 && std::string(argv[1]) == "--scaling") return scaling(argc > 2 ? argv[2] : "scaling_cpu.png");
         FlashConfig c = config_preset("small");
         if (argc > 1) c = config_preset(argv[1]);
-        const int B = argc > 2 ? std::atoi(argv[2]) : 8;
-        if (argc > 3) c.seq_len = std::atoi(argv[3]);
+        const int B = argc > 2 ? (int)OptionTable::parse_integer("B", argv[2], 1, 1 << 20) : 8;
+        if (argc > 3) c.seq_len = (int)OptionTable::parse_integer("T", argv[3], 1, 1 << 24);
         config_validate(c);
         const int T = c.seq_len, N = B * T, d = c.d, e = c.e, s = c.s, I = c.inner(), C = c.chunk, V = c.vocab_size;
         const int G = T / C;

@@ -15,6 +15,7 @@
 
 #include "flash.h"
 #include "flash_cuda.h"
+#include "options.h"
 
 static void usage() {
     std::printf(
@@ -32,28 +33,23 @@ int main(int argc, char** argv) {
         int steps = 5, tokens_per_step = 8192;
         double peak_override = 0;
         std::vector<int> lengths = {1024, 2048, 4096, 8192};
-        for (int i = 1; i < argc; i++) {
-            std::string a = argv[i];
-            auto value = [&]() -> std::string {
-                FLASH_CHECK(i + 1 < argc, "option " << a << " needs a value", "see --help");
-                return argv[++i];
-            };
-            if (a == "--tf32") tf32 = true;
-            else if (a == "--steps") steps = std::atoi(value().c_str());
-            else if (a == "--tokens") tokens_per_step = std::atoi(value().c_str());
-            else if (a == "--peak") peak_override = std::atof(value().c_str());
-            else if (a == "--lengths") {
-                lengths.clear();
-                std::stringstream ss(value());
-                std::string item;
-                while (std::getline(ss, item, ',')) lengths.push_back(std::atoi(item.c_str()));
-            } else if (a == "--help" || a == "-h") {
+        for (int i = 1; i < argc; i++)
+            if (std::string(argv[i]) == "--help" || std::string(argv[i]) == "-h") {
                 usage();
                 return 0;
-            } else {
-                FLASH_FAIL("unknown option " << a, "see --help");
             }
-        }
+        std::string lengths_text = "1024,2048,4096,8192";
+        OptionTable options;
+        options.add_flag("tf32", tf32, "let cuBLAS use TF32 tensor cores");
+        options.add("steps", steps, "timed steps per configuration", 1, 1 << 20);
+        options.add("tokens", tokens_per_step, "tokens per step", 1, 1 << 30);
+        options.add("lengths", lengths_text, "sequence lengths, comma-separated");
+        options.add("peak", peak_override, "the GPU's peak in TFLOP/s", 0, 1e9);
+        options.parse(argc, argv);
+        lengths.clear();
+        std::stringstream ss(lengths_text);
+        for (std::string item; std::getline(ss, item, ',');)
+            lengths.push_back((int)OptionTable::parse_integer("lengths", item, 1, 1 << 24));
         FLASH_CHECK(steps > 0 && tokens_per_step > 0, "--steps and --tokens must be positive", "");
         std::string why;
         if (!cuda_available(&why)) {

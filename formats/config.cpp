@@ -12,7 +12,11 @@ FlashConfig config_from_json(const json& j) {
     FLASH_CHECK(j.is_object(), "model config must be a JSON object, got " << j.type_name(),
                 "write {\"d\": 256, ...} with the keys of FLASH.md section 5");
     FlashConfig c;
-    static const char* known[] = {"vocab_size", "d", "e", "s", "n_layers", "chunk", "seq_len", "causal", "eps",
+    // "arch" names the architecture (model.h: make_model); a FLASH config may say so, or leave it out.
+    if (j.contains("arch"))
+        FLASH_CHECK(j["arch"] == "flash", "model config field 'arch' is " << j["arch"].dump() << ", not \"flash\"",
+                    "this is a FLASH config reader; make_model picks the reader for each arch");
+    static const char* known[] = {"arch", "vocab_size", "d", "e", "s", "n_layers", "chunk", "seq_len", "causal", "eps",
                                   "rope_base"};
     for (auto it = j.begin(); it != j.end(); ++it) {
         bool ok = false;
