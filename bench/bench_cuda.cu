@@ -80,27 +80,26 @@ int main(int argc, char** argv) {
                 const int B = std::max(1, tokens_per_step / T);
                 try {
                     config_validate(cfg);
-                    FlashCudaModel m_model(cfg);
-                    FlashCudaModel* m = &m_model;
+                    FlashCudaModel m(cfg);
                     // Weights: small uniform noise with unit gains. The speed does not depend on the values, and
                     // this is much cheaper than the paper's init for 110M parameters on the host.
-                    std::vector<float> params(m->param_count());
+                    std::vector<float> params(m.param_count());
                     Rng rng(1);
                     for (float& p : params) p = (float)(0.04 * (rng.uniform() - 0.5));
                     for (const TensorSpec& spec : param_specs(cfg))
                         if (spec.name.find("norm") != std::string::npos) params[spec.offset] = 1.0f;
-                    m->copy_from_host(ModelBuffer::params, params.data());
+                    m.copy_from_host(ModelBuffer::params, params.data());
                     std::vector<int> tokens((size_t)B * T), targets((size_t)B * T);
                     for (int& t : tokens) t = rng.below(cfg.vocab_size);
                     for (int& t : targets) t = rng.below(cfg.vocab_size);
                     AdamWConfig opt;
                     double loss = 0;
                     auto step = [&](int64_t t) {
-                        loss = m->forward(tokens.data(), targets.data(), B, T);
-                        m->zero_grad();
-                        m->backward();
-                        clip_grad_norm(*m, 1.0);
-                        m->adamw_update(1e-4, opt, t);
+                        loss = m.forward(tokens.data(), targets.data(), B, T);
+                        m.zero_grad();
+                        m.backward();
+                        clip_grad_norm(m, 1.0);
+                        m.adamw_update(1e-4, opt, t);
                     };
                     step(1);
                     step(2);
