@@ -33,7 +33,10 @@ struct Model {
     // "d: 16 vs 32" (the config's value first). Throws flash_error for a config that is not valid for this arch.
     virtual std::string shape_mismatch(const nlohmann::json& config) const = 0;
     virtual const std::vector<TensorSpec>& tensor_specs() const = 0;   // parameter layout, in checkpoint order
-    size_t param_count() const { return tensor_specs().empty() ? 0 : tensor_specs().back().offset + tensor_specs().back().count; }
+    size_t param_count() const {
+        const std::vector<TensorSpec>& specs = tensor_specs();
+        return specs.empty() ? 0 : specs.back().offset + specs.back().count;
+    }
     virtual double forward_flops_per_token() const = 0;     // the forward; a training step is about 3×
 
     // Training. tokens, targets: host arrays of B*T ids; targets may be null (then only the logits are computed and

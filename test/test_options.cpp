@@ -96,10 +96,10 @@ TEST_CASE("JSON values get the same checks: no wrapping, no wrong types") {
     OptionTable t = table(f);
     CHECK_THROWS_WITH_AS(t.set_json("steps", nlohmann::json(4294967297ll)),
                          doctest::Contains("option --steps: 4294967297 is out of range"), flash_error);
-    CHECK_THROWS_WITH_AS(t.set_json("steps", nlohmann::json(1.5)), doctest::Contains("option 'steps' must be an integer, got 1.5"),
-                         flash_error);
-    CHECK_THROWS_WITH_AS(t.set_json("seed", nlohmann::json(-3)), doctest::Contains("option --seed: '-3' is not a non-negative integer"),
-                         flash_error);
+    CHECK_THROWS_WITH_AS(t.set_json("steps", nlohmann::json(1.5)),
+                         doctest::Contains("option 'steps' must be an integer, got 1.5"), flash_error);
+    CHECK_THROWS_WITH_AS(t.set_json("seed", nlohmann::json(-3)),
+                         doctest::Contains("option --seed: '-3' is not a non-negative integer"), flash_error);
     CHECK_THROWS_WITH_AS(t.set_json("name", nlohmann::json(3)), doctest::Contains("option 'name' must be a string, got 3"),
                          flash_error);
     CHECK(f.steps == 10);  // a refused value leaves the field as it was
