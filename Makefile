@@ -1,11 +1,12 @@
-# FLASH: CPU reference everywhere, CUDA where nvcc exists.
-#   make          build the programs
+# FLASH: CPU reference everywhere, CUDA where nvcc exists. One Makefile for everything.
+#   make          build the programs, tests and benchmarks
 #   make test     build and run every test (CPU tests; CUDA tests run where a GPU is present)
 #   make clean
 CXX      ?= g++
 CXXFLAGS ?= -O3 -march=native
 CXXFLAGS += -std=c++17 -Wall -Wextra -Wno-unused-parameter -fopenmp -I. -MMD -MP
 LDLIBS   += -fopenmp
+.DEFAULT_GOAL := all
 
 # ---- what this machine has ------------------------------------------------------------------------
 HAVE_OPENBLAS := $(shell test -f /usr/include/x86_64-linux-gnu/cblas.h -o -f /usr/include/cblas.h -o -f /usr/include/openblas/cblas.h && echo yes)
@@ -17,52 +18,111 @@ endif
 NVCC ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
 $(info [flash] OpenBLAS: $(HAVE_OPENBLAS)  OpenMP: yes (-fopenmp)  nvcc: $(if $(NVCC),$(NVCC),not found, CUDA parts skipped))
 
-PROGRAMS :=
-TEST_BINS :=
-BENCH_BINS :=
-.DEFAULT_GOAL := all
+# ---- CUDA, where nvcc exists (building needs nvcc only, never a GPU) --------------------------------
+#   CUDA_OBJS      the GPU model (flash.cu), linked into everything that can make a model (model.cpp's factory)
+#   CUDA_LDLIBS    cudart and cublas, with an rpath to the toolkit's lib64
+#   CUDA_CXXFLAGS  -DFLASH_HAVE_CUDA=1 for model.cpp, the one source that chooses the device
+# GPU architecture: CUDA_ARCH=sm_XX overrides; otherwise the first GPU's compute capability from nvidia-smi
+# (sm_90 on an H200), and sm_90 where there is no nvidia-smi or no GPU.
+CUDA_OBJS :=
+CUDA_LDLIBS :=
+CUDA_CXXFLAGS :=
+CUDA_TESTS :=
+CUDA_BENCHES :=
+ifneq ($(strip $(NVCC)),)
+  ifeq ($(origin CUDA_ARCH),undefined)
+    # nvidia-smi prints its errors on stdout, so keep only a line that looks like "9.0".
+    CUDA_GPU_CC := $(shell nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | grep -m1 -E '^ *[0-9]+\.[0-9]+ *$$' | tr -d ' .')
+    CUDA_ARCH := $(if $(CUDA_GPU_CC),sm_$(CUDA_GPU_CC),sm_90)
+  endif
+  CUDA_HOME ?= $(patsubst %/,%,$(dir $(patsubst %/,%,$(dir $(realpath $(NVCC))))))
+  CUDA_LIBDIR := $(firstword $(wildcard $(CUDA_HOME)/lib64 $(CUDA_HOME)/lib))
+  $(info [flash] CUDA: nvcc $(NVCC), arch $(CUDA_ARCH), libraries $(if $(CUDA_LIBDIR),$(CUDA_LIBDIR),(system default)))
+  # -arch=sm_XX embeds the machine code for that GPU and the PTX of compute_XX (so newer GPUs can JIT it).
+  # No --use_fast_math: the tests hold the kernels to the CPU's expf, divisions and square roots.
+  NVCCFLAGS ?= -O3
+  NVCCFLAGS += -std=c++17 -arch=$(CUDA_ARCH) -I. -MMD -MP -Xcompiler -Wall,-Wextra,-Wno-unused-parameter
+  comma := ,
+  CUDA_OBJS := build/flash_cuda.o
+  CUDA_LDLIBS := $(if $(CUDA_LIBDIR),-L$(CUDA_LIBDIR) -Wl$(comma)-rpath$(comma)$(CUDA_LIBDIR)) -lcublas -lcudart
+  CUDA_CXXFLAGS := -DFLASH_HAVE_CUDA=1
+  CUDA_TESTS := build/test_cuda
+  CUDA_BENCHES := build/bench_cuda
+endif
 
-# ---- tokenizer and data (defines TOKENIZER_OBJS, DATA_OBJS) ---------------------------------------
-include tokenizer/rules.mk
-# ---- CUDA, where nvcc exists (defines CUDA_OBJS, CUDA_LDLIBS, CUDA_CXXFLAGS; empty without nvcc) --------
-include mk/cuda.mk
-# ---- the model ------------------------------------------------------------------------------------
-MODEL_OBJS := build/flash.o
-PROGRAMS   += train
-TEST_BINS  += build/test_ops build/test_model build/test_train
+# ---- objects ----------------------------------------------------------------------------------------
+TOKENIZER_OBJS := build/tokenizer/bpe.o
+DATA_OBJS      := build/data/tokenfile.o build/data/dataloader.o
+# The model: shared ops, FLASH, the interface and its factory, the file formats (and the GPU model where built).
+MODEL_OBJS     := build/ops.o build/flash.o build/model.o build/formats/config.o build/formats/safetensors.o \
+                  build/formats/checkpoint.o build/debug_state.o build/options.o build/combiner.o $(CUDA_OBJS)
+DECODE_OBJS    := build/decode.o
+TRAINER_OBJS   := build/trainer.o $(DECODE_OBJS) $(MODEL_OBJS) $(TOKENIZER_OBJS) $(DATA_OBJS)
+build/model.o: CXXFLAGS += $(CUDA_CXXFLAGS)
 
-# The trainer calls the GPU model when CUDA was built (--device cuda|auto).
-TRAINER_OBJS = build/trainer.o build/decode.o $(MODEL_OBJS) $(TOKENIZER_OBJS) $(DATA_OBJS) $(CUDA_OBJS)
-build/trainer.o: CXXFLAGS += $(CUDA_CXXFLAGS)
-train: build/train.o $(TRAINER_OBJS)
-	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS) $(CUDA_LDLIBS)
-build/test_ops: build/test/test_ops.o $(MODEL_OBJS)
-	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)
-build/test_model: build/test/test_model.o $(MODEL_OBJS)
-	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)
-build/test_train: build/test/test_train.o $(TRAINER_OBJS)
-	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS) $(CUDA_LDLIBS)
-BENCH_BINS += build/bench_cpu
-build/bench_cpu: build/bench/bench_cpu.o $(MODEL_OBJS)
-	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)
-
-# ---- cached decoding and ./sample ------------------------------------------------------------------
-include mk/decode.mk
-# ---- Combiner-Fixed attention (BASELINES.md §3) ------------------------------------------------------
-include mk/combiner.mk
+PROGRAMS   := train sample tokenizer/bpe
+TEST_BINS  := build/test_tokenizer build/test_data build/test_ops build/test_model build/test_train \
+              build/test_options build/test_decode build/test_combiner $(CUDA_TESTS)
+BENCH_BINS := build/bench_tokenizer build/bench_cpu build/bench_decode build/bench_combiner $(CUDA_BENCHES)
 
 all: $(PROGRAMS) $(TEST_BINS) $(BENCH_BINS)
 
+# ---- programs, tests, benchmarks: each a main object and what it uses ---------------------------------
+LINK = $(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS) $(CUDA_LDLIBS)
+train: build/train.o $(TRAINER_OBJS)
+	$(LINK)
+sample: build/sample.o $(DECODE_OBJS) $(MODEL_OBJS) $(TOKENIZER_OBJS)
+	$(LINK)
+tokenizer/bpe: build/tokenizer/main.o $(TOKENIZER_OBJS) $(DATA_OBJS)
+	$(LINK)
+build/test_tokenizer: build/test/test_tokenizer.o $(TOKENIZER_OBJS)
+	$(LINK)
+build/test_data: build/test/test_data.o $(DATA_OBJS) $(TOKENIZER_OBJS)
+	$(LINK)
+build/test_ops: build/test/test_ops.o $(MODEL_OBJS)
+	$(LINK)
+build/test_model: build/test/test_model.o $(MODEL_OBJS)
+	$(LINK)
+build/test_train: build/test/test_train.o $(TRAINER_OBJS)
+	$(LINK)
+build/test_options: build/test/test_options.o $(TRAINER_OBJS)
+	$(LINK)
+build/test_decode: build/test/test_decode.o $(DECODE_OBJS) $(MODEL_OBJS)
+	$(LINK)
+build/test_cuda: build/test/test_cuda.o $(MODEL_OBJS)
+	$(LINK)
+build/bench_tokenizer: build/tokenizer/bench.o $(TOKENIZER_OBJS)
+	$(LINK)
+build/bench_cpu: build/bench/bench_cpu.o $(MODEL_OBJS)
+	$(LINK)
+build/bench_decode: build/bench/bench_decode.o $(DECODE_OBJS) $(MODEL_OBJS)
+	$(LINK)
+build/bench_cuda: build/bench/bench_cuda.o $(MODEL_OBJS)
+	$(LINK)
+build/test_combiner: build/test/test_combiner.o $(MODEL_OBJS)
+	$(LINK)
+build/bench_combiner: build/bench/bench_combiner.o $(MODEL_OBJS)
+	$(LINK)
+
+# ---- compiling ----------------------------------------------------------------------------------------
 build/%.o: %.cpp
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS) -c $< -o $@
+# CUDA sources: compiled by nvcc; the objects hold their device code (no relocatable device code), and are linked
+# by the host compiler with the rest.
+build/flash_cuda.o: flash.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+build/%.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -c $< -o $@
 
 # Every test binary runs; the summary line counts passed and failed binaries' test cases.
 test: $(TEST_BINS)
 	@bash test/run_all.sh $(TEST_BINS)
 
 clean:
-	rm -rf build $(PROGRAMS) $(TEST_BINS) $(BENCH_BINS)
+	rm -rf build $(PROGRAMS)
 
 .PHONY: all test clean
 -include $(shell find build -name '*.d' 2>/dev/null)

@@ -7,39 +7,13 @@
 // every sum over spans (dK̂, dV̂) runs in span order inside it, so results do not depend on the thread count.
 #include "combiner.h"
 
+#include "ops.h"  // gemm, ChunkParallelism
+
 #include <cblas.h>
 #include <omp.h>
 
 #include <algorithm>
 #include <cmath>
-
-// ====================================================================================================
-// BLAS: y = alpha · op(A) · op(B) + beta · C, row-major, one overload per precision.
-// (The same helper and head-parallelism rule as flash.cpp's gemm and ChunkParallelism, kept here while flash.cpp
-// has them as file-local: they belong in one shared header.)
-
-static void gemm(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda, const float* B, int ldb,
-                 float beta, float* C, int ldc) {
-    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda,
-                B, ldb, beta, C, ldc);
-}
-static void gemm(bool ta, bool tb, int M, int N, int K, double alpha, const double* A, int lda, const double* B,
-                 int ldb, double beta, double* C, int ldc) {
-    cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda,
-                B, ldb, beta, C, ldc);
-}
-
-// (sequence, head) pairs run in parallel, each with a one-thread BLAS, when there are at least as many pairs as
-// threads; otherwise one pair at a time with BLAS's own threads. OpenBLAS must not start threads inside the loop.
-struct HeadParallelism {
-    bool over_heads;  // use as: #pragma omp parallel if (par.over_heads)
-    int saved;
-    explicit HeadParallelism(int n_pairs)
-        : over_heads(n_pairs >= omp_get_max_threads()), saved(openblas_get_num_threads()) {
-        if (over_heads) openblas_set_num_threads(1);
-    }
-    ~HeadParallelism() { openblas_set_num_threads(saved); }
-};
 
 // ====================================================================================================
 // Sizes and layout
@@ -156,8 +130,8 @@ void combiner_attention_forward(Real* o, const CombinerSaved<Real>& saved, const
                                 int ld, int B, int T, int H, int h, int c, bool causal) {
     combiner_check_sizes(B, T, H, h, c);
     const int n = T / c, d = H * h;
-    HeadParallelism par(B * H);
-#pragma omp parallel for if (par.over_heads)
+    ChunkParallelism par(B * H);
+#pragma omp parallel for if (par.over_chunks)
     for (int bh = 0; bh < B * H; bh++) {
         const size_t in0 = (size_t)(bh / H) * T * ld + (size_t)(bh % H) * h;  // row 0 of this head in q, k, v
         const size_t out0 = (size_t)(bh / H) * T * d + (size_t)(bh % H) * h;  // ... in o
@@ -197,8 +171,8 @@ void combiner_attention_backward(Real* dq, Real* dk, Real* dv, int ldd, const Re
     combiner_check_sizes(B, T, H, h, c);
     const int n = T / c, d = H * h, ldp = c + n;
     const Real scale = Real(1 / std::sqrt((double)h));
-    HeadParallelism par(B * H);
-#pragma omp parallel if (par.over_heads)
+    ChunkParallelism par(B * H);
+#pragma omp parallel if (par.over_chunks)
     {
         std::vector<Real> dP((size_t)c * ldp), dk_hat((size_t)n * h), dv_hat((size_t)n * h), e(c), dq_hat(h);
 #pragma omp for

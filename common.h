@@ -9,6 +9,14 @@
 #include <string>
 #include <sstream>
 
+// Small index rules shared by the CPU code and the CUDA kernels are marked FLASH_HD: __host__ __device__ under nvcc,
+// plain inline functions elsewhere.
+#ifdef __CUDACC__
+#define FLASH_HD __host__ __device__
+#else
+#define FLASH_HD
+#endif
+
 struct flash_error : std::runtime_error {
     using std::runtime_error::runtime_error;
 };

@@ -13,6 +13,8 @@
 #include <cstring>
 #include <numeric>
 
+#include "formats/config.h"
+
 template <typename Real>
 size_t DecodeState<Real>::cache_bytes() const {
     size_t n = 0;
@@ -36,9 +38,9 @@ void decode_init(DecodeState<Real>& state, const FlashModel<Real>& model) {
         lc.v.assign(C * e, Real(0));
         lc.kl.assign(C * s, Real(0));
     }
-    // The same expression as rope_tables, so that the angles are bit-identical to the full forward's.
+    // rope_tables' frequencies, so that the angles are bit-identical to the full forward's.
     state.inv_freq.resize(s / 2);
-    for (int i = 0; i < (int)s / 2; i++) state.inv_freq[i] = std::pow(c.rope_base, -2.0 * i / (int)s);
+    for (int i = 0; i < (int)s / 2; i++) state.inv_freq[i] = rope_frequency(i, (int)s, c.rope_base);
     state.rope_cos.assign(s / 2, 0.0);
     state.rope_sin.assign(s / 2, 0.0);
     for (std::vector<Real>* row : {&state.x, &state.x_next, &state.xn}) row->assign(d, Real(0));
@@ -88,7 +90,7 @@ static void local_attention_one_query(Real* quad, const Real* qq, const Real* kq
         const Real* k = kq_rows + (size_t)b * s;
         double dot = 0;
         for (int j = 0; j < s; j++) dot += (double)qq[j] * k[j];
-        const Real r = std::max(Real(0), (Real)(dot / C) + rel_bias[a - b]);
+        const Real r = std::max(Real(0), (Real)(dot / C) + rel_bias[rel_bias_index(a, b, C, /*causal=*/true)]);
         const Real weight = r * r;
         if (weight == Real(0)) continue;
         const Real* vr = v_rows + (size_t)b * e;
@@ -198,15 +200,6 @@ void decode_prefill(FlashModel<Real>& model, DecodeState<Real>& state, const int
     for (int64_t i = done; i < n; i++) decode_step(model, state, tokens[i], i == n - 1 ? logits_out : nullptr);
 }
 
-template <typename Real>
-void release_activations(FlashModel<Real>& model) {
-    std::vector<Real>().swap(model.act_buf);  // swap, not clear: clear keeps the capacity
-    std::vector<Real>().swap(model.grad_act_buf);
-    model.acts = Acts<Real>{};
-    model.dacts = GradActs<Real>{};
-    model.B = model.T = 0;  // forward compares (B, T) with these to decide whether to lay out its buffers again
-}
-
 // =================================================================================================================
 // Sampling
 
@@ -278,14 +271,13 @@ int sample_token(const Real* logits, int V, double temperature, int top_k, doubl
 // =================================================================================================================
 // Explicit instantiations
 
-#define DECODE_INSTANTIATE(Real)                                                                               \
-    template struct DecodeState<Real>;                                                                         \
-    template void decode_init(DecodeState<Real>&, const FlashModel<Real>&);                                    \
-    template void decode_prefill(FlashModel<Real>&, DecodeState<Real>&, const int*, int64_t, Real*);           \
-    template void decode_step(const FlashModel<Real>&, DecodeState<Real>&, int, Real*);                        \
-    template void release_activations(FlashModel<Real>&);                                                      \
-    template std::vector<double> sampling_distribution(const Real*, int, double, int, double);                 \
-    template int sample_token(const Real*, int, double, int, double, Rng&);
-
-DECODE_INSTANTIATE(float)
-DECODE_INSTANTIATE(double)
+#define INSTANTIATE(fn)                       \
+    template decltype(fn<float>) fn<float>;   \
+    template decltype(fn<double>) fn<double>;
+INSTANTIATE(decode_init)
+INSTANTIATE(decode_prefill)
+INSTANTIATE(decode_step)
+INSTANTIATE(sampling_distribution)
+INSTANTIATE(sample_token)
+template struct DecodeState<float>;
+template struct DecodeState<double>;

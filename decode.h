@@ -57,11 +57,6 @@ template <typename Real> void decode_init(DecodeState<Real>& state, const FlashM
 template <typename Real>
 void decode_prefill(FlashModel<Real>& model, DecodeState<Real>& state, const int* tokens, int64_t n, Real* logits_out);
 
-// Frees the model's forward activations (act_buf, grad_act_buf), which a long prefill leaves behind (≈ 12 GB for a
-// 64K-token prompt in the small config) and decoding never reads; the next forward lays them out afresh.
-// (A model concern: it belongs in FlashModel, and lives here until flash.h has it.)
-template <typename Real> void release_activations(FlashModel<Real>& model);
-
 // Feeds one token at position state.pos and writes the logits predicting the next token to logits_out (V), if
 // not null; advances state.pos.
 template <typename Real>

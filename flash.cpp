@@ -1,31 +1,25 @@
-// flash.cpp: the CPU reference of FLASH. Plain loops and BLAS calls, meant to be read top to bottom.
+// flash.cpp: the CPU reference of FLASH. Plain loops and BLAS calls, meant to be read top to bottom; the ops it
+// shares with other architectures (norms, products, RoPE, cross-entropy, AdamW, ...) are in ops.cpp.
 //
 // Layout of a token row: the fused projection h (and act = silu(h)) is [u (e) | v (e) | z (s)], so u, v and
 // z are strided views into one buffer (leading dimension 2e+s); BLAS takes the stride directly.
-// N = B*T rows; chunk g of batch row b is rows b*T + g*C .. b*T + g*C + C-1; G = T/C.
+// N = B*T rows; chunk bg of the batch is rows chunk_first_row(bg, C) .. + C-1; G = T/C.
 // Parallelism: OpenMP on outer loops only (rows, columns, chunks). Every reduction is ordered: a thread
 // owns whole output elements, or writes a partial per chunk that is then summed serially. Results are
 // therefore the same from run to run.
 #include "flash.h"
 
-#include <cblas.h>
 #include <omp.h>
 
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <limits>
-#include <sstream>
 
-#include <fcntl.h>
-#include <unistd.h>
-
-using json = nlohmann::json;
+#include "formats/config.h"
 
 // ====================================================================================================
-// Configuration
+// Configuration (§5) and cost (§4)
 
 FlashConfig config_preset(const std::string& name) {
     FlashConfig c;  // defaults are the small config
@@ -63,89 +57,21 @@ void config_validate(const FlashConfig& c) {
                 "config field 'rope_base' is " << c.rope_base << ", must be > 1", "use 10000");
 }
 
-FlashConfig config_from_json(const json& j) {
-    FLASH_CHECK(j.is_object(), "model config must be a JSON object, got " << j.type_name(),
-                "write {\"d\": 256, ...} with the keys of FLASH.md section 5");
-    FlashConfig c;
-    static const char* known[] = {"vocab_size", "d", "e", "s", "n_layers", "chunk", "seq_len", "causal", "eps",
-                                  "rope_base"};
-    for (auto it = j.begin(); it != j.end(); ++it) {
-        bool ok = false;
-        for (const char* k : known) ok = ok || it.key() == k;
-        FLASH_CHECK(ok, "unknown model config field '" << it.key() << "'",
-                    "the fields are vocab_size, d, e, s, n_layers, chunk, seq_len, causal, eps, rope_base");
-    }
-    auto get_int = [&](const char* k, int& dst) {
-        if (!j.contains(k)) return;
-        const json& v = j[k];
-        FLASH_CHECK(v.is_number_integer(), "config field '" << k << "' must be an integer, got " << v.dump(),
-                    "write e.g. \"" << k << "\": " << dst);
-        long long x = v.get<long long>();
-        FLASH_CHECK(x >= std::numeric_limits<int>::min() && x <= std::numeric_limits<int>::max(),
-                    "config field '" << k << "' is out of range: " << x, "fix '" << k << "'");
-        dst = (int)x;
-    };
-    auto get_double = [&](const char* k, double& dst) {
-        if (!j.contains(k)) return;
-        const json& v = j[k];
-        FLASH_CHECK(v.is_number(), "config field '" << k << "' must be a number, got " << v.dump(),
-                    "write e.g. \"" << k << "\": " << dst);
-        dst = v.get<double>();
-    };
-    get_int("vocab_size", c.vocab_size);
-    get_int("d", c.d);
-    get_int("e", c.e);
-    get_int("s", c.s);
-    get_int("n_layers", c.n_layers);
-    get_int("chunk", c.chunk);
-    get_int("seq_len", c.seq_len);
-    if (j.contains("causal")) {
-        FLASH_CHECK(j["causal"].is_boolean(), "config field 'causal' must be true or false, got " << j["causal"].dump(),
-                    "write \"causal\": true");
-        c.causal = j["causal"].get<bool>();
-    }
-    get_double("eps", c.eps);
-    get_double("rope_base", c.rope_base);
-    config_validate(c);
-    return c;
-}
-
-json config_to_json(const FlashConfig& c) {
-    return json{{"vocab_size", c.vocab_size}, {"d", c.d}, {"e", c.e}, {"s", c.s}, {"n_layers", c.n_layers},
-                {"chunk", c.chunk}, {"seq_len", c.seq_len}, {"causal", c.causal}, {"eps", c.eps},
-                {"rope_base", c.rope_base}};
-}
-
-std::string config_shape_mismatch(const FlashConfig& a, const FlashConfig& b) {
-    std::ostringstream os;
-    auto cmp = [&](const char* k, double x, double y) {
-        if (x != y) os << (os.tellp() > 0 ? ", " : "") << k << ": " << x << " vs " << y;
-    };
-    cmp("vocab_size", a.vocab_size, b.vocab_size);
-    cmp("d", a.d, b.d);
-    cmp("e", a.e, b.e);
-    cmp("s", a.s, b.s);
-    cmp("n_layers", a.n_layers, b.n_layers);
-    cmp("chunk", a.chunk, b.chunk);
-    cmp("causal", a.causal, b.causal);
-    cmp("eps", a.eps, b.eps);
-    cmp("rope_base", a.rope_base, b.rope_base);
-    return os.str();
-}
-
-double Rng::normal() {
-    // Box-Muller; 1 - uniform() is in (0, 1], so the log is finite.
-    double u1 = 1.0 - uniform(), u2 = uniform();
-    return std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * M_PI * u2);
+double forward_flops_per_token(const FlashConfig& c) {
+    const double d = c.d, e = c.e, s = c.s, L = c.n_layers, C = c.chunk, V = c.vocab_size;
+    return 2 * (d * (2 * e + s) + e * d) * L + 2 * C * (s + e) * L + 4 * s * e * L + 2 * d * V;
 }
 
 // ====================================================================================================
-// Parameter layout (§7)
+// Parameter layout (§7): one walk over the tensors makes both the specs and the named views.
 
-std::vector<TensorSpec> param_specs(const FlashConfig& c) {
+// Lists the tensors in checkpoint order; when view is given, points its fields at base + offset (base may be null:
+// then only the specs are wanted).
+template <typename Real>
+static std::vector<TensorSpec> walk_params(const FlashConfig& c, ParamView<Real>* view, Real* base) {
     std::vector<TensorSpec> specs;
     size_t offset = 0;
-    auto add = [&](std::string name, std::vector<int64_t> shape, bool decay) {
+    auto add = [&](std::string name, std::vector<int64_t> shape, bool decay, Real** field) {
         TensorSpec t;
         t.name = std::move(name);
         t.shape = std::move(shape);
@@ -154,24 +80,31 @@ std::vector<TensorSpec> param_specs(const FlashConfig& c) {
         t.offset = offset;
         t.decay = decay;
         offset += t.count;
+        if (view) *field = base + t.offset;
         specs.push_back(std::move(t));
     };
+    ParamView<Real> unused;
+    ParamView<Real>& v = view ? *view : unused;
+    v.layers.resize(c.n_layers);
     const int64_t V = c.vocab_size, d = c.d, e = c.e, s = c.s, I = c.inner();
-    add("wte", {V, d}, true);
+    add("wte", {V, d}, true, &v.wte);
     for (int l = 0; l < c.n_layers; l++) {
-        std::string p = "layers." + std::to_string(l) + ".";
-        add(p + "norm.g", {1}, false);
-        add(p + "w_in", {d, I}, true);
-        add(p + "b_in", {I}, false);
-        add(p + "gamma", {4, s}, false);
-        add(p + "beta", {4, s}, false);
-        add(p + "rel_bias", {c.n_rel_bias()}, false);
-        add(p + "w_out", {e, d}, true);
-        add(p + "b_out", {d}, false);
+        const std::string p = "layers." + std::to_string(l) + ".";
+        LayerParams<Real>& lp = v.layers[l];
+        add(p + "norm.g", {1}, false, &lp.norm_g);
+        add(p + "w_in", {d, I}, true, &lp.w_in);
+        add(p + "b_in", {I}, false, &lp.b_in);
+        add(p + "gamma", {4, s}, false, &lp.gamma);
+        add(p + "beta", {4, s}, false, &lp.beta);
+        add(p + "rel_bias", {c.n_rel_bias()}, false, &lp.rel_bias);
+        add(p + "w_out", {e, d}, true, &lp.w_out);
+        add(p + "b_out", {d}, false, &lp.b_out);
     }
-    add("norm_f.g", {1}, false);
+    add("norm_f.g", {1}, false, &v.norm_f_g);
     return specs;
 }
+
+std::vector<TensorSpec> param_specs(const FlashConfig& c) { return walk_params<float>(c, nullptr, nullptr); }
 
 size_t param_count(const FlashConfig& c) {
     auto specs = param_specs(c);
@@ -180,163 +113,67 @@ size_t param_count(const FlashConfig& c) {
 
 template <typename Real>
 ParamView<Real> view_params(Real* base, const FlashConfig& c) {
-    // Walks param_specs in order: wte, 8 tensors per layer, norm_f.g.
-    auto specs = param_specs(c);
     ParamView<Real> v;
-    v.wte = base + specs[0].offset;
-    v.layers.resize(c.n_layers);
-    for (int l = 0; l < c.n_layers; l++) {
-        const TensorSpec* t = &specs[1 + 8 * l];
-        LayerParams<Real>& lp = v.layers[l];
-        lp.norm_g = base + t[0].offset;
-        lp.w_in = base + t[1].offset;
-        lp.b_in = base + t[2].offset;
-        lp.gamma = base + t[3].offset;
-        lp.beta = base + t[4].offset;
-        lp.rel_bias = base + t[5].offset;
-        lp.w_out = base + t[6].offset;
-        lp.b_out = base + t[7].offset;
-    }
-    v.norm_f_g = base + specs.back().offset;
+    walk_params(c, &v, base);
     return v;
 }
 
 // ====================================================================================================
-// BLAS: y = alpha · op(A) · op(B) + beta · C, row-major, one overload per precision.
+// Activation layout: one list of the tensors, in memory order, gives both the sizes and the views.
 
-static void gemm(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda, const float* B, int ldb,
-                 float beta, float* C, int ldc) {
-    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda,
-                B, ldb, beta, C, ldc);
-}
-static void gemm(bool ta, bool tb, int M, int N, int K, double alpha, const double* A, int lda, const double* B,
-                 int ldb, double beta, double* C, int ldc) {
-    cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda,
-                B, ldb, beta, C, ldc);
-}
-
-// The per-chunk products run either chunks in parallel, each with a one-thread BLAS (when there are at least as many
-// chunks as threads: the usual case), or one chunk at a time with BLAS's own threads (few, large chunks, as in
-// FLASH-Quad with B = 1). In the first case OpenBLAS must not start threads of its own inside the OpenMP loop.
-struct ChunkParallelism {
-    bool over_chunks;  // use as: #pragma omp parallel for if (par.over_chunks)
-    int saved;
-    explicit ChunkParallelism(int n_chunks)
-        : over_chunks(n_chunks >= omp_get_max_threads()), saved(openblas_get_num_threads()) {
-        if (over_chunks) openblas_set_num_threads(1);
-    }
-    ~ChunkParallelism() { openblas_set_num_threads(saved); }
+template <typename Real>
+struct ActivationSlots {
+    std::vector<std::pair<Real**, size_t>> act, grad;  // (field to point, elements), in buffer order
 };
 
+template <typename Real>
+static ActivationSlots<Real> activation_slots(Acts<Real>& acts, GradActs<Real>& g, const FlashConfig& c, int B,
+                                              int T) {
+    const size_t N = (size_t)B * T, d = c.d, e = c.e, s = c.s, I = c.inner(), V = c.vocab_size;
+    const size_t G = T / c.chunk, C = c.chunk;
+    ActivationSlots<Real> slots;
+    acts.layers.resize(c.n_layers);
+    for (LayerActs<Real>& la : acts.layers) {
+        // qq, kq, ql, kl are adjacent (the GPU rotates all four in one launch)
+        slots.act.insert(slots.act.end(), {{&la.x, N * d}, {&la.rstd, N}, {&la.xn, N * d}, {&la.h, N * I},
+                                           {&la.act, N * I}, {&la.qq, N * s}, {&la.kq, N * s}, {&la.ql, N * s},
+                                           {&la.kl, N * s}, {&la.relu_s, B * G * C * C}, {&la.m, B * G * s * e},
+                                           {&la.o, N * e}, {&la.gated, N * e}});
+    }
+    slots.act.insert(slots.act.end(), {{&acts.x_final, N * d}, {&acts.rstd_f, N}, {&acts.xn_f, N * d},
+                                       {&acts.logits, N * V}, {&acts.probs, N * V}, {&acts.losses, N}});
+    // dxn .. dgated are contiguous: backward zeroes them in one fill per layer
+    slots.grad = {{&g.dres, N * d}, {&g.dxn, N * d},  {&g.dh, N * I},   {&g.dact, N * I},
+                  {&g.dqq, N * s},  {&g.dkq, N * s},  {&g.dql, N * s},  {&g.dkl, N * s},
+                  {&g.d_o, N * e},  {&g.dgated, N * e}, {&g.dlogits, N * V}};
+    return slots;
+}
+
+void activation_counts(const FlashConfig& c, int B, int T, size_t* n_act, size_t* n_grad) {
+    Acts<float> acts;
+    GradActs<float> g;
+    const ActivationSlots<float> slots = activation_slots(acts, g, c, B, T);
+    *n_act = *n_grad = 0;
+    for (const auto& slot : slots.act) *n_act += slot.second;
+    for (const auto& slot : slots.grad) *n_grad += slot.second;
+}
+
+template <typename Real>
+void view_activations(Acts<Real>& acts, GradActs<Real>& g, Real* act_base, Real* grad_base, const FlashConfig& c,
+                      int B, int T) {
+    const ActivationSlots<Real> slots = activation_slots(acts, g, c, B, T);
+    for (const auto& slot : slots.act) {
+        *slot.first = act_base;
+        act_base += slot.second;
+    }
+    for (const auto& slot : slots.grad) {
+        *slot.first = grad_base;
+        grad_base += slot.second;
+    }
+}
+
 // ====================================================================================================
-// The ops. Shapes use N = B*T rows.
-
-// Sums over rows (bias gradients, dγ, dβ, the embedding scatter) split the COLUMNS among threads, in blocks of
-// kColBlock, and walk the rows in order inside a block: reads stay contiguous, and every sum has the same
-// order whatever the number of threads.
-constexpr int kColBlock = 64;
-
-// x[n,:] = wte[tokens[n],:]
-// x (N,d), tokens (N), wte (V,d)
-template <typename Real>
-void encoder_forward(Real* x, const int* tokens, const Real* wte, int N, int d) {
-#pragma omp parallel for
-    for (int n = 0; n < N; n++) std::memcpy(x + (size_t)n * d, wte + (size_t)tokens[n] * d, sizeof(Real) * d);
-}
-// Inverts: x[n,:] = wte[tokens[n],:]   =>   dwte[tokens[n],:] += dx[n,:]
-// A token can repeat, so rows collide: threads split the columns (whole blocks), and each sums rows in order.
-template <typename Real>
-void encoder_backward(Real* dwte, const Real* dx, const int* tokens, int N, int d) {
-#pragma omp parallel for
-    for (int j0 = 0; j0 < d; j0 += kColBlock) {
-        const int j1 = std::min(d, j0 + kColBlock);
-        for (int n = 0; n < N; n++) {
-            Real* dst = dwte + (size_t)tokens[n] * d;
-            const Real* src = dx + (size_t)n * d;
-            for (int j = j0; j < j1; j++) dst[j] += src[j];
-        }
-    }
-}
-
-// xn = g · x / sqrt(mean(x²) + eps), with ONE scalar gain g; rstd = 1/sqrt(mean(x²) + eps) is saved.
-// xn (N,d), rstd (N), x (N,d), g (1)
-template <typename Real>
-void scalenorm_forward(Real* xn, Real* rstd, const Real* x, const Real* g, int N, int d, double eps) {
-#pragma omp parallel for
-    for (int n = 0; n < N; n++) {
-        const Real* xr = x + (size_t)n * d;
-        double ss = 0;
-        for (int j = 0; j < d; j++) ss += (double)xr[j] * xr[j];
-        Real r = (Real)(1.0 / std::sqrt(ss / d + eps));
-        rstd[n] = r;
-        for (int j = 0; j < d; j++) xn[(size_t)n * d + j] = g[0] * xr[j] * r;
-    }
-}
-// Inverts: xn = g · x · rstd.   With r = 1/rstd:
-//   dg += Σ dxn·x/r;   dx += (g/r)·(dxn − x·(Σ_j dxn_j x_j)/(d·r²))
-template <typename Real>
-void scalenorm_backward(Real* dx, Real* dg, const Real* dxn, const Real* x, const Real* rstd, const Real* g, int N,
-                        int d) {
-    std::vector<double> dg_row(N);  // per-row partials, summed in order below
-#pragma omp parallel for
-    for (int n = 0; n < N; n++) {
-        const Real* xr = x + (size_t)n * d;
-        const Real* dr = dxn + (size_t)n * d;
-        double dot = 0;
-        for (int j = 0; j < d; j++) dot += (double)dr[j] * xr[j];
-        const double r = rstd[n];
-        dg_row[n] = dot * r;
-        const double c = dot * r * r / d;  // (Σ dxn x) / (d r²), with rstd = 1/r
-        for (int j = 0; j < d; j++) dx[(size_t)n * d + j] += (Real)(g[0] * r * (dr[j] - xr[j] * c));
-    }
-    double sum = 0;
-    for (int n = 0; n < N; n++) sum += dg_row[n];
-    dg[0] += (Real)sum;
-}
-
-// y = x · w + b
-// y (N,out), x (N,in), w (in,out), b (out) or null
-template <typename Real>
-void matmul_forward(Real* y, const Real* x, const Real* w, const Real* b, int N, int in, int out) {
-    if (b) {
-#pragma omp parallel for
-        for (int n = 0; n < N; n++) std::memcpy(y + (size_t)n * out, b, sizeof(Real) * out);
-    }
-    gemm(false, false, N, out, in, Real(1), x, in, w, out, b ? Real(1) : Real(0), y, out);
-}
-// Inverts: y = x · w + b   =>   dx += dy · wᵀ;  dw += xᵀ · dy;  db += Σ_rows dy
-template <typename Real>
-void matmul_backward(Real* dx, Real* dw, Real* db, const Real* dy, const Real* x, const Real* w, int N, int in,
-                     int out) {
-    gemm(false, true, N, in, out, Real(1), dy, out, w, out, Real(1), dx, in);
-    gemm(true, false, in, out, N, Real(1), x, in, dy, out, Real(1), dw, out);
-    if (db) {
-#pragma omp parallel for
-        for (int j0 = 0; j0 < out; j0 += kColBlock) {
-            const int j1 = std::min(out, j0 + kColBlock);
-            Real sum[kColBlock] = {};
-            for (int n = 0; n < N; n++)
-                for (int j = j0; j < j1; j++) sum[j - j0] += dy[(size_t)n * out + j];
-            for (int j = j0; j < j1; j++) db[j] += sum[j - j0];
-        }
-    }
-}
-
-// y = x · σ(x), elementwise over n values
-template <typename Real>
-void silu_forward(Real* y, const Real* x, size_t n) {
-#pragma omp parallel for
-    for (size_t i = 0; i < n; i++) y[i] = x[i] / (Real(1) + std::exp(-x[i]));
-}
-// Inverts: y = x · σ(x)   =>   dx += dy · σ(x) · (1 + x · (1 − σ(x)))
-template <typename Real>
-void silu_backward(Real* dx, const Real* dy, const Real* x, size_t n) {
-#pragma omp parallel for
-    for (size_t i = 0; i < n; i++) {
-        Real sig = Real(1) / (Real(1) + std::exp(-x[i]));
-        dx[i] += dy[i] * sig * (Real(1) + x[i] * (Real(1) - sig));
-    }
-}
+// FLASH's ops. Shapes use N = B*T rows.
 
 // head_i = z ⊙ γ[i] + β[i] for the four heads i = qq, kq, ql, kl ("offset-scale")
 // qq, kq, ql, kl (N,s); z (N,s) with row stride ldz; gamma, beta (4,s)
@@ -350,7 +187,7 @@ void offset_scale_forward(Real* qq, Real* kq, Real* ql, Real* kl, const Real* z,
             for (int j = 0; j < s; j++)
                 heads[i][(size_t)n * s + j] = z[(size_t)n * ldz + j] * gamma[i * s + j] + beta[i * s + j];
 }
-// Inverts: head_i = z ⊙ γ[i] + β[i]   =>   dγ[i] += Σ_rows dhead_i ⊙ z;  dβ[i] += Σ_rows dhead_i;
+// Backward of: head_i = z ⊙ γ[i] + β[i]   =>   dγ[i] += Σ_rows dhead_i ⊙ z;  dβ[i] += Σ_rows dhead_i;
 //                                          dz += Σ_i dhead_i ⊙ γ[i]
 // Threads split the columns j (whole blocks), so the sums over rows are ordered.
 template <typename Real>
@@ -381,56 +218,6 @@ void offset_scale_backward(Real* dz, int lddz, Real* dgamma, Real* dbeta, const 
     }
 }
 
-// RoPE angle tables: θ_i(t) = t · base^(−2i/s) for t = first_pos .. first_pos+T-1, in double (§1).
-// cos_t, sin_t: (T, s/2)
-void rope_tables(std::vector<double>& cos_t, std::vector<double>& sin_t, int first_pos, int T, int s, double base) {
-    const int half = s / 2;
-    cos_t.resize((size_t)T * half);
-    sin_t.resize((size_t)T * half);
-    for (int t = 0; t < T; t++)
-        for (int i = 0; i < half; i++) {
-            double theta = (double)(first_pos + t) * std::pow(base, -2.0 * i / s);
-            cos_t[(size_t)t * half + i] = std::cos(theta);
-            sin_t[(size_t)t * half + i] = std::sin(theta);
-        }
-}
-// Rotate-half RoPE, in place: r'[i] = r[i]·cos θ_i − r[i+s/2]·sin θ_i;  r'[i+s/2] = r[i+s/2]·cos θ_i + r[i]·sin θ_i
-// x (N,s); row n is at table row n mod T
-template <typename Real>
-void rope_forward(Real* x, const double* cos_t, const double* sin_t, int N, int T, int s) {
-    const int half = s / 2;
-#pragma omp parallel for
-    for (int n = 0; n < N; n++) {
-        Real* r = x + (size_t)n * s;
-        const double* c = cos_t + (size_t)(n % T) * half;
-        const double* sn = sin_t + (size_t)(n % T) * half;
-        for (int i = 0; i < half; i++) {
-            double a = r[i], b = r[i + half];
-            r[i] = (Real)(a * c[i] - b * sn[i]);
-            r[i + half] = (Real)(b * c[i] + a * sn[i]);
-        }
-    }
-}
-// Inverts the rotation above: the transpose of a rotation by θ is the rotation by −θ, applied to dx in place.
-template <typename Real>
-void rope_backward(Real* dx, const double* cos_t, const double* sin_t, int N, int T, int s) {
-    const int half = s / 2;
-#pragma omp parallel for
-    for (int n = 0; n < N; n++) {
-        Real* r = dx + (size_t)n * s;
-        const double* c = cos_t + (size_t)(n % T) * half;
-        const double* sn = sin_t + (size_t)(n % T) * half;
-        for (int i = 0; i < half; i++) {
-            double a = r[i], b = r[i + half];
-            r[i] = (Real)(a * c[i] + b * sn[i]);
-            r[i + half] = (Real)(b * c[i] - a * sn[i]);
-        }
-    }
-}
-
-// Index of the relative-position bias for query a and key b inside a chunk.
-static inline int rel_bias_index(int a, int b, int C, bool causal) { return causal ? a - b : a - b + C - 1; }
-
 // Local squared-ReLU attention inside each chunk (writes o = quad; the global part adds to it):
 //   S[a,b] = (qq[a]·kq[b]) / C + w[a−b];   A[a,b] = relu(S[a,b])² if b ≤ a (causal) else 0;   quad[a] = Σ_b A[a,b] v[b]
 // o (N,e); relu_s (B,G,C,C) saved; qq, kq (N,s); v (N,e) with row stride ldv; rel_bias (C) or (2C−1)
@@ -444,7 +231,7 @@ void local_attention_forward(Real* o, Real* relu_s, const Real* qq, const Real* 
         std::vector<Real> A((size_t)C * C);
 #pragma omp for
         for (int bg = 0; bg < B * G; bg++) {
-            const size_t row0 = (size_t)(bg / G) * T + (size_t)(bg % G) * C;
+            const size_t row0 = chunk_first_row(bg, C);
             Real* R = relu_s + (size_t)bg * C * C;
             // R = qq_chunk · kq_chunkᵀ / C, then bias, mask and relu in place.
             gemm(false, true, C, C, s, Real(1) / C, qq + row0 * s, s, kq + row0 * s, s, Real(0), R, C);
@@ -458,7 +245,7 @@ void local_attention_forward(Real* o, Real* relu_s, const Real* qq, const Real* 
         }
     }
 }
-// Inverts: quad = A · v with A = relu(S)² (masked), S = qq·kqᵀ/C + w:
+// Backward of: quad = A · v with A = relu(S)² (masked), S = qq·kqᵀ/C + w:
 //   dA = do · vᵀ (masked);  dv += Aᵀ · do;  dS = 2·relu(S) ⊙ dA;
 //   dqq += dS · kq / C;  dkq += dSᵀ · qq / C;  dw[a−b] += dS[a,b]
 // dw is summed per chunk into a partial, then over chunks in order.
@@ -467,7 +254,7 @@ void local_attention_backward(Real* dqq, Real* dkq, Real* dv, int lddv, Real* dr
                               const Real* relu_s, const Real* qq, const Real* kq, const Real* v, int ldv, int B, int T,
                               int C, int s, int e, bool causal) {
     const int G = T / C;
-    const int nbias = causal ? C : 2 * C - 1;
+    const int nbias = rel_bias_count(C, causal);
     std::vector<Real> dbias_part((size_t)B * G * nbias, Real(0));
     ChunkParallelism par(B * G);
 #pragma omp parallel if (par.over_chunks)
@@ -475,7 +262,7 @@ void local_attention_backward(Real* dqq, Real* dkq, Real* dv, int lddv, Real* dr
         std::vector<Real> A((size_t)C * C), dS((size_t)C * C);
 #pragma omp for
         for (int bg = 0; bg < B * G; bg++) {
-            const size_t row0 = (size_t)(bg / G) * T + (size_t)(bg % G) * C;
+            const size_t row0 = chunk_first_row(bg, C);
             const Real* R = relu_s + (size_t)bg * C * C;
             for (size_t i = 0; i < (size_t)C * C; i++) A[i] = R[i] * R[i];
             // dS starts as dA = do · vᵀ
@@ -508,35 +295,19 @@ void global_attention_forward(Real* o, Real* m, const Real* ql, const Real* kl, 
     // 1. P[g] for every chunk, written into m's slot for that chunk.
 #pragma omp parallel for if (par.over_chunks)
     for (int bg = 0; bg < B * G; bg++) {
-        const size_t row0 = (size_t)(bg / G) * T + (size_t)(bg % G) * C;
+        const size_t row0 = chunk_first_row(bg, C);
         gemm(true, false, s, e, C, Real(1) / C, kl + row0 * s, s, v + row0 * ldv, ldv, Real(0), m + bg * se, e);
     }
     // 2. Turn P into M in place, per batch row: an exclusive prefix sum (causal) or the total (non-causal).
-#pragma omp parallel for
-    for (int b = 0; b < B; b++) {
-        Real* mb = m + (size_t)b * G * se;
-        for (size_t k = 0; k < se; k++) {
-            Real running = 0;
-            if (causal) {
-                for (int g = 0; g < G; g++) {
-                    Real p = mb[g * se + k];
-                    mb[g * se + k] = running;
-                    running += p;
-                }
-            } else {
-                for (int g = 0; g < G; g++) running += mb[g * se + k];
-                for (int g = 0; g < G; g++) mb[g * se + k] = running;
-            }
-        }
-    }
+    chunk_prefix_sum(m, B, G, se, /*exclusive=*/causal, /*reverse=*/false);
     // 3. lin = ql · M[g], added to o.
 #pragma omp parallel for if (par.over_chunks)
     for (int bg = 0; bg < B * G; bg++) {
-        const size_t row0 = (size_t)(bg / G) * T + (size_t)(bg % G) * C;
+        const size_t row0 = chunk_first_row(bg, C);
         gemm(false, false, C, e, s, Real(1), ql + row0 * s, s, m + bg * se, e, Real(1), o + row0 * e, e);
     }
 }
-// Inverts: o[g] += ql[g] · M[g] with M[g] = Σ_{h<g} kl[h]ᵀ v[h] / C:
+// Backward of: o[g] += ql[g] · M[g] with M[g] = Σ_{h<g} kl[h]ᵀ v[h] / C:
 //   dql[g] += do[g] · M[g]ᵀ;   dM[g] = ql[g]ᵀ · do[g];   R[g] = Σ_{h>g} dM[h] (non-causal: Σ_h dM[h]);
 //   dkl[g] += v[g] · R[g]ᵀ / C;   dv[g] += kl[g] · R[g] / C
 template <typename Real>
@@ -549,109 +320,18 @@ void global_attention_backward(Real* dql, Real* dkl, Real* dv, int lddv, const R
     ChunkParallelism par(B * G);
 #pragma omp parallel for if (par.over_chunks)
     for (int bg = 0; bg < B * G; bg++) {
-        const size_t row0 = (size_t)(bg / G) * T + (size_t)(bg % G) * C;
+        const size_t row0 = chunk_first_row(bg, C);
         gemm(false, true, C, s, e, Real(1), d_o + row0 * e, e, m + bg * se, e, Real(1), dql + row0 * s, s);
         gemm(true, false, s, e, C, Real(1), ql + row0 * s, s, d_o + row0 * e, e, Real(0), r.data() + bg * se, e);
     }
-#pragma omp parallel for
-    for (int b = 0; b < B; b++) {
-        Real* rb = r.data() + (size_t)b * G * se;
-        for (size_t k = 0; k < se; k++) {
-            Real running = 0;
-            if (causal) {  // reverse exclusive prefix sum
-                for (int g = G - 1; g >= 0; g--) {
-                    Real dmg = rb[g * se + k];
-                    rb[g * se + k] = running;
-                    running += dmg;
-                }
-            } else {
-                for (int g = 0; g < G; g++) running += rb[g * se + k];
-                for (int g = 0; g < G; g++) rb[g * se + k] = running;
-            }
-        }
-    }
+    // R[g] = Σ_{h>g} dM[h]: the reverse of the forward's exclusive sum (non-causal: the total again).
+    chunk_prefix_sum(r.data(), B, G, se, /*exclusive=*/causal, /*reverse=*/true);
 #pragma omp parallel for if (par.over_chunks)
     for (int bg = 0; bg < B * G; bg++) {
-        const size_t row0 = (size_t)(bg / G) * T + (size_t)(bg % G) * C;
+        const size_t row0 = chunk_first_row(bg, C);
         const Real* rg = r.data() + bg * se;
         gemm(false, true, C, s, e, Real(1) / C, v + row0 * ldv, ldv, rg, e, Real(1), dkl + row0 * s, s);
         gemm(false, false, C, e, s, Real(1) / C, kl + row0 * s, s, rg, e, Real(1), dv + row0 * lddv, lddv);
-    }
-}
-
-// gated = u ⊙ o
-// gated (N,e); u (N,e) with row stride ldu; o (N,e)
-template <typename Real>
-void gate_forward(Real* gated, const Real* u, int ldu, const Real* o, int N, int e) {
-#pragma omp parallel for
-    for (int n = 0; n < N; n++)
-        for (int j = 0; j < e; j++) gated[(size_t)n * e + j] = u[(size_t)n * ldu + j] * o[(size_t)n * e + j];
-}
-// Inverts: gated = u ⊙ o   =>   du += dgated ⊙ o;  do += dgated ⊙ u
-template <typename Real>
-void gate_backward(Real* du, int lddu, Real* d_o, const Real* dgated, const Real* u, int ldu, const Real* o, int N,
-                   int e) {
-#pragma omp parallel for
-    for (int n = 0; n < N; n++)
-        for (int j = 0; j < e; j++) {
-            Real dg = dgated[(size_t)n * e + j];
-            du[(size_t)n * lddu + j] += dg * o[(size_t)n * e + j];
-            d_o[(size_t)n * e + j] += dg * u[(size_t)n * ldu + j];
-        }
-}
-
-// y += x: the residual connection (its backward passes the gradient through unchanged)
-template <typename Real>
-void residual_forward(Real* y, const Real* x, size_t n) {
-#pragma omp parallel for
-    for (size_t i = 0; i < n; i++) y[i] += x[i];
-}
-
-// logits = xn · wteᵀ (tied embedding)
-// logits (N,V), xn (N,d), wte (V,d)
-template <typename Real>
-void logits_forward(Real* logits, const Real* xn, const Real* wte, int N, int d, int V) {
-    gemm(false, true, N, V, d, Real(1), xn, d, wte, d, Real(0), logits, V);
-}
-// Inverts: logits = xn · wteᵀ   =>   dxn += dlogits · wte;  dwte += dlogitsᵀ · xn
-template <typename Real>
-void logits_backward(Real* dxn, Real* dwte, const Real* dlogits, const Real* xn, const Real* wte, int N, int d, int V) {
-    gemm(false, false, N, d, V, Real(1), dlogits, V, wte, d, Real(1), dxn, d);
-    gemm(true, false, V, d, N, Real(1), dlogits, V, xn, d, Real(1), dwte, d);
-}
-
-// losses[n] = logsumexp(logits[n]) − logits[n, targets[n]]; probs = softmax(logits); returns the mean loss.
-// losses (N), probs (N,V), logits (N,V), targets (N)
-template <typename Real>
-double crossentropy_forward(Real* losses, Real* probs, const Real* logits, const int* targets, int N, int V) {
-#pragma omp parallel for
-    for (int n = 0; n < N; n++) {
-        const Real* lr = logits + (size_t)n * V;
-        Real* pr = probs + (size_t)n * V;
-        Real mx = lr[0];
-        for (int k = 1; k < V; k++) mx = std::max(mx, lr[k]);
-        double sum = 0;
-        for (int k = 0; k < V; k++) {
-            pr[k] = std::exp(lr[k] - mx);
-            sum += pr[k];
-        }
-        for (int k = 0; k < V; k++) pr[k] = (Real)(pr[k] / sum);
-        losses[n] = (Real)(std::log(sum) + mx - lr[targets[n]]);
-    }
-    double total = 0;
-    for (int n = 0; n < N; n++) total += losses[n];
-    return total / N;
-}
-// Inverts: loss = mean_n (logsumexp(logits[n]) − logits[n, t_n])   =>   dlogits += (probs − onehot(t)) / N
-template <typename Real>
-void crossentropy_backward(Real* dlogits, const Real* probs, const int* targets, int N, int V) {
-    const Real scale = Real(1) / N;
-#pragma omp parallel for
-    for (int n = 0; n < N; n++) {
-        for (int k = 0; k < V; k++) {
-            Real p = probs[(size_t)n * V + k];
-            dlogits[(size_t)n * V + k] += (p - (k == targets[n] ? Real(1) : Real(0))) * scale;
-        }
     }
 }
 
@@ -674,27 +354,11 @@ void check_batch(const FlashConfig& cfg, const int* tokens, const int* targets, 
 }
 
 template <typename Real>
-FlashModel<Real>::FlashModel(const FlashConfig& c) : cfg(c) {
-    config_validate(cfg);
-    specs = param_specs(cfg);
-    const size_t n = param_count(cfg);
-    params.assign(n, Real(0));
-    grads.assign(n, Real(0));
-    adam_m.assign(n, Real(0));
-    adam_v.assign(n, Real(0));
-    p = view_params(params.data(), cfg);
-    dp = view_params(grads.data(), cfg);
-}
-
-template <typename Real>
-void FlashModel<Real>::init_weights(uint64_t seed, bool strong) {
+void init_flash_weights(const ParamView<Real>& p, const FlashConfig& cfg, uint64_t seed, bool strong) {
     Rng rng(seed);
     auto fill_normal = [&](Real* x, size_t n, double mean, double std) {
         for (size_t i = 0; i < n; i++) x[i] = (Real)(mean + std * rng.normal());
     };
-    std::fill(params.begin(), params.end(), Real(0));
-    std::fill(adam_m.begin(), adam_m.end(), Real(0));
-    std::fill(adam_v.begin(), adam_v.end(), Real(0));
     const size_t I = cfg.inner(), s = cfg.s, d = cfg.d, e = cfg.e;
     if (!strong) {  // the paper's (§1): every layer starts close to the identity
         fill_normal(p.wte, (size_t)cfg.vocab_size * d, 0, 0.02);
@@ -725,62 +389,35 @@ void FlashModel<Real>::init_weights(uint64_t seed, bool strong) {
     fill_normal(p.norm_f_g, 1, 1.0, 0.2);
 }
 
-// Sizes of the two activation buffers for a batch (elements): what view_activations lays out.
-void activation_counts(const FlashConfig& c, int B, int T, size_t* n_act, size_t* n_grad) {
-    const size_t N = (size_t)B * T, d = c.d, e = c.e, s = c.s, I = c.inner(), V = c.vocab_size;
-    const size_t G = T / c.chunk, C = c.chunk;
-    const size_t per_layer = N * d + N + N * d + 2 * N * I + 4 * N * s + B * G * C * C + B * G * s * e + 2 * N * e;
-    *n_act = per_layer * c.n_layers + 2 * N * d + N + 2 * N * V + N;
-    *n_grad = 2 * N * d + 2 * N * I + 4 * N * s + 2 * N * e + N * V;
+template <typename Real>
+FlashModel<Real>::FlashModel(const FlashConfig& c) : cfg(c) {
+    config_validate(cfg);
+    specs = param_specs(cfg);
+    const size_t n = param_count(cfg);
+    params.assign(n, Real(0));
+    grads.assign(n, Real(0));
+    adam_m.assign(n, Real(0));
+    adam_v.assign(n, Real(0));
+    p = view_params(params.data(), cfg);
+    dp = view_params(grads.data(), cfg);
 }
 
 template <typename Real>
-void view_activations(Acts<Real>& acts, GradActs<Real>& g, Real* act_base, Real* grad_base, const FlashConfig& c,
-                      int B, int T) {
-    const size_t N = (size_t)B * T, d = c.d, e = c.e, s = c.s, I = c.inner(), V = c.vocab_size;
-    const size_t G = T / c.chunk, C = c.chunk;
-    Real* ptr = act_base;
-    auto take = [&](size_t n) { Real* r = ptr; ptr += n; return r; };
-    acts.layers.resize(c.n_layers);
-    for (auto& la : acts.layers) {
-        la.x = take(N * d);
-        la.rstd = take(N);
-        la.xn = take(N * d);
-        la.h = take(N * I);
-        la.act = take(N * I);
-        la.qq = take(N * s);  // qq, kq, ql, kl are adjacent (the GPU rotates all four in one launch)
-        la.kq = take(N * s);
-        la.ql = take(N * s);
-        la.kl = take(N * s);
-        la.relu_s = take(B * G * C * C);
-        la.m = take(B * G * s * e);
-        la.o = take(N * e);
-        la.gated = take(N * e);
-    }
-    acts.x_final = take(N * d);
-    acts.rstd_f = take(N);
-    acts.xn_f = take(N * d);
-    acts.logits = take(N * V);
-    acts.probs = take(N * V);
-    acts.losses = take(N);
-    const size_t used_act = (size_t)(ptr - act_base);
+nlohmann::json FlashModel<Real>::config_json() const {
+    return config_to_json(cfg);
+}
 
-    ptr = grad_base;
-    g.dres = take(N * d);
-    g.dxn = take(N * d);  // dxn .. dgated are contiguous: backward zeroes them in one fill per layer
-    g.dh = take(N * I);
-    g.dact = take(N * I);
-    g.dqq = take(N * s);
-    g.dkq = take(N * s);
-    g.dql = take(N * s);
-    g.dkl = take(N * s);
-    g.d_o = take(N * e);
-    g.dgated = take(N * e);
-    g.dlogits = take(N * V);
-    size_t n_act, n_grad;
-    activation_counts(c, B, T, &n_act, &n_grad);
-    FLASH_CHECK(used_act == n_act && (size_t)(ptr - grad_base) == n_grad,
-                "view_activations and activation_counts disagree", "this is a bug: keep the two in step");
+template <typename Real>
+std::string FlashModel<Real>::shape_mismatch(const nlohmann::json& config) const {
+    return config_shape_mismatch(config_from_json(config), cfg);
+}
+
+template <typename Real>
+void FlashModel<Real>::init_weights(uint64_t seed, bool strong) {
+    std::fill(params.begin(), params.end(), Real(0));
+    std::fill(adam_m.begin(), adam_m.end(), Real(0));
+    std::fill(adam_v.begin(), adam_v.end(), Real(0));
+    init_flash_weights(p, cfg, seed, strong);
 }
 
 // (Re)allocates the activations for a batch of B rows of T tokens.
@@ -872,23 +509,7 @@ void FlashModel<Real>::backward() {
 
 template <typename Real>
 void FlashModel<Real>::adamw_update(double lr, const AdamWConfig& opt, int64_t t) {
-    FLASH_CHECK(t >= 1, "AdamW step counter must start at 1, got " << t, "");
-    const double bc1 = 1.0 - std::pow(opt.beta1, (double)t), bc2 = 1.0 - std::pow(opt.beta2, (double)t);
-    for (const TensorSpec& spec : specs) {
-        const double wd = spec.decay ? opt.weight_decay : 0.0;
-        Real *w = params.data() + spec.offset, *gr = grads.data() + spec.offset;
-        Real *m1 = adam_m.data() + spec.offset, *m2 = adam_v.data() + spec.offset;
-#pragma omp parallel for
-        for (size_t i = 0; i < spec.count; i++) {
-            double gi = gr[i];
-            double mi = opt.beta1 * m1[i] + (1 - opt.beta1) * gi;
-            double vi = opt.beta2 * m2[i] + (1 - opt.beta2) * gi * gi;
-            m1[i] = (Real)mi;
-            m2[i] = (Real)vi;
-            double update = (mi / bc1) / (std::sqrt(vi / bc2) + opt.eps) + wd * w[i];
-            w[i] = (Real)(w[i] - lr * update);
-        }
-    }
+    ::adamw_update(params.data(), grads.data(), adam_m.data(), adam_v.data(), specs, lr, opt, t);
 }
 
 template <typename Real>
@@ -898,353 +519,58 @@ double FlashModel<Real>::grad_norm() const {
     return std::sqrt(ss);
 }
 
-// ====================================================================================================
-// Safetensors
-
-size_t dtype_size(const std::string& dtype) {
-    if (dtype == "F32" || dtype == "I32") return 4;
-    if (dtype == "F64" || dtype == "I64") return 8;
-    FLASH_FAIL("unsupported safetensors dtype '" << dtype << "'", "this program reads F32, F64, I32 and I64");
-}
-
-const SafeTensor* SafeTensorsFile::find(const std::string& name) const {
-    for (const SafeTensor& t : tensors)
-        if (t.name == name) return &t;
-    return nullptr;
-}
-
-static std::string shape_str(const std::vector<int64_t>& shape) {
-    std::string s = "(";
-    for (size_t i = 0; i < shape.size(); i++) s += (i ? ", " : "") + std::to_string(shape[i]);
-    return s + ")";
-}
-
-void safetensors_write(const std::string& path, const std::vector<SafeTensor>& tensors,
-                       const std::map<std::string, std::string>& metadata) {
-    // Header: every tensor with its dtype, shape and [begin, end) byte range, plus __metadata__.
-    json header = json::object();
-    uint64_t offset = 0;
-    for (const SafeTensor& t : tensors) {
-        size_t n = dtype_size(t.dtype);
-        for (int64_t dim : t.shape) n *= (size_t)dim;
-        FLASH_CHECK(n == t.data.size(), "tensor '" << t.name << "' has " << t.data.size() << " bytes but shape "
-                                                   << shape_str(t.shape) << " of " << t.dtype << " needs " << n,
-                    "this is a bug in the caller");
-        FLASH_CHECK(!header.contains(t.name), "tensor name '" << t.name << "' appears twice", "");
-        header[t.name] = {{"dtype", t.dtype}, {"shape", t.shape}, {"data_offsets", {offset, offset + n}}};
-        offset += n;
-    }
-    if (!metadata.empty()) header["__metadata__"] = metadata;
-    std::string text = header.dump();
-    while (text.size() % 8 != 0) text += ' ';  // keeps the data 8-byte aligned
-    const uint64_t header_len = text.size();
-
-    const std::string tmp = path + ".tmp";
-    FILE* f = std::fopen(tmp.c_str(), "wb");
-    FLASH_CHECK(f, "cannot open '" << tmp << "' for writing: " << std::strerror(errno),
-                "check that the directory exists and is writable");
-    uint8_t len_bytes[8];
-    for (int i = 0; i < 8; i++) len_bytes[i] = (uint8_t)(header_len >> (8 * i));  // little-endian
-    bool ok = std::fwrite(len_bytes, 1, 8, f) == 8 && std::fwrite(text.data(), 1, text.size(), f) == text.size();
-    for (const SafeTensor& t : tensors)
-        ok = ok && (t.data.empty() || std::fwrite(t.data.data(), 1, t.data.size(), f) == t.data.size());
-    ok = ok && std::fflush(f) == 0 && fsync(fileno(f)) == 0;
-    ok = (std::fclose(f) == 0) && ok;
-    if (!ok) {
-        std::remove(tmp.c_str());
-        FLASH_FAIL("writing '" << tmp << "' failed: " << std::strerror(errno), "check free disk space");
-    }
-    if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-        std::remove(tmp.c_str());
-        FLASH_FAIL("cannot rename '" << tmp << "' to '" << path << "': " << std::strerror(errno), "");
-    }
-}
-
-SafeTensorsFile safetensors_read(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    FLASH_CHECK(in, "cannot open '" << path << "': " << std::strerror(errno), "check the path");
-    in.seekg(0, std::ios::end);
-    const uint64_t file_size = (uint64_t)in.tellg();
-    in.seekg(0);
-    FLASH_CHECK(file_size >= 8, "'" << path << "' is not a safetensors file: only " << file_size << " bytes",
-                "the file is truncated or of another kind");
-    uint8_t len_bytes[8];
-    in.read((char*)len_bytes, 8);
-    uint64_t header_len = 0;
-    for (int i = 0; i < 8; i++) header_len |= (uint64_t)len_bytes[i] << (8 * i);
-    FLASH_CHECK(header_len <= file_size - 8 && header_len <= (100u << 20),
-                "'" << path << "' has a bad safetensors header length " << header_len << " (file is " << file_size
-                    << " bytes)",
-                "the file is truncated or not a safetensors file");
-    std::string text(header_len, '\0');
-    in.read(text.data(), (std::streamsize)header_len);
-    FLASH_CHECK(in, "cannot read the header of '" << path << "'", "the file is truncated");
-    json header;
-    try {
-        header = json::parse(text);
-    } catch (const json::exception& ex) {
-        FLASH_FAIL("'" << path << "' has a header that is not valid JSON: " << ex.what(),
-                   "the file is corrupt or not a safetensors file");
-    }
-    FLASH_CHECK(header.is_object(), "'" << path << "' has a header that is not a JSON object",
-                "the file is corrupt or not a safetensors file");
-    const uint64_t data_size = file_size - 8 - header_len;
-
-    SafeTensorsFile out;
-    struct Range { uint64_t begin, end; std::string name; };
-    std::vector<Range> ranges;
-    for (auto it = header.begin(); it != header.end(); ++it) {
-        if (it.key() == "__metadata__") {
-            FLASH_CHECK(it->is_object(), "'" << path << "': __metadata__ is not a map of strings", "");
-            for (auto mt = it->begin(); mt != it->end(); ++mt) {
-                FLASH_CHECK(mt->is_string(), "'" << path << "': __metadata__ entry '" << mt.key() << "' is not a string", "");
-                out.metadata[mt.key()] = mt->get<std::string>();
-            }
-            continue;
-        }
-        const json& e = *it;
-        const std::string& name = it.key();
-        FLASH_CHECK(e.is_object() && e.contains("dtype") && e.contains("shape") && e.contains("data_offsets") &&
-                        e["dtype"].is_string() && e["shape"].is_array() && e["data_offsets"].is_array() &&
-                        e["data_offsets"].size() == 2,
-                    "'" << path << "': tensor '" << name << "' lacks a valid dtype, shape or data_offsets",
-                    "the file is corrupt");
-        SafeTensor t;
-        t.name = name;
-        t.dtype = e["dtype"].get<std::string>();
-        size_t bytes = dtype_size(t.dtype);
-        for (const json& dim : e["shape"]) {
-            FLASH_CHECK(dim.is_number_integer() && dim.get<int64_t>() >= 0,
-                        "'" << path << "': tensor '" << name << "' has a bad dimension " << dim.dump(), "");
-            t.shape.push_back(dim.get<int64_t>());
-            bytes *= (size_t)t.shape.back();
-        }
-        const json& off = e["data_offsets"];
-        FLASH_CHECK(off[0].is_number_unsigned() && off[1].is_number_unsigned(),
-                    "'" << path << "': tensor '" << name << "' has bad data_offsets", "the file is corrupt");
-        Range r{off[0].get<uint64_t>(), off[1].get<uint64_t>(), name};
-        FLASH_CHECK(r.begin <= r.end && r.end <= data_size,
-                    "'" << path << "': tensor '" << name << "' lies at bytes [" << r.begin << ", " << r.end
-                        << ") but the data section has " << data_size << " bytes",
-                    "the file is truncated");
-        FLASH_CHECK(r.end - r.begin == bytes, "'" << path << "': tensor '" << name << "' has " << r.end - r.begin
-                                                  << " bytes but its shape " << shape_str(t.shape) << " of " << t.dtype
-                                                  << " needs " << bytes,
-                    "the file is corrupt");
-        ranges.push_back(r);
-        out.tensors.push_back(std::move(t));
-    }
-    // The tensors must tile the data section exactly, without overlaps or holes.
-    std::vector<Range> sorted = ranges;
-    std::sort(sorted.begin(), sorted.end(), [](const Range& a, const Range& b) { return a.begin < b.begin; });
-    uint64_t expect = 0;
-    for (const Range& r : sorted) {
-        FLASH_CHECK(r.begin == expect, "'" << path << "': tensor '" << r.name << "' starts at byte " << r.begin
-                                           << ", expected " << expect << " (overlap or hole)",
-                    "the file is corrupt");
-        expect = r.end;
-    }
-    FLASH_CHECK(expect == data_size, "'" << path << "': " << data_size - expect << " bytes after the last tensor",
-                "the file is corrupt");
-    // File order = order of data offsets.
-    std::vector<SafeTensor> ordered;
-    for (const Range& r : sorted)
-        for (SafeTensor& t : out.tensors)
-            if (t.name == r.name) {
-                in.seekg((std::streamoff)(8 + header_len + r.begin));
-                t.data.resize(r.end - r.begin);
-                in.read((char*)t.data.data(), (std::streamsize)t.data.size());
-                FLASH_CHECK(in || t.data.empty(), "cannot read tensor '" << t.name << "' of '" << path << "'",
-                            "the file is truncated");
-                ordered.push_back(std::move(t));
-                break;
-            }
-    out.tensors = std::move(ordered);
-    return out;
+template <typename Real>
+void FlashModel<Real>::scale_grads(double factor) {
+    const Real f = (Real)factor;
+    for (Real& g : grads) g *= f;
 }
 
 template <typename Real>
-SafeTensor make_tensor(const std::string& name, const std::vector<int64_t>& shape, const Real* values,
-                       const std::string& dtype) {
-    SafeTensor t;
-    t.name = name;
-    t.dtype = dtype;
-    t.shape = shape;
-    size_t n = 1;
-    for (int64_t dim : shape) n *= (size_t)dim;
-    t.data.resize(n * dtype_size(dtype));
-    if (dtype == "F32") {
-        for (size_t i = 0; i < n; i++) {
-            float v = (float)values[i];
-            std::memcpy(t.data.data() + 4 * i, &v, 4);
-        }
-    } else if (dtype == "F64") {
-        for (size_t i = 0; i < n; i++) {
-            double v = (double)values[i];
-            std::memcpy(t.data.data() + 8 * i, &v, 8);
-        }
-    } else {
-        FLASH_FAIL("make_tensor: floating dtype expected, got " << dtype, "");
+std::vector<Real>& FlashModel<Real>::buffer(ModelBuffer which) {
+    switch (which) {
+        case ModelBuffer::params: return params;
+        case ModelBuffer::grads: return grads;
+        case ModelBuffer::adam_m: return adam_m;
+        case ModelBuffer::adam_v: return adam_v;
     }
-    return t;
-}
-
-SafeTensor make_int_tensor(const std::string& name, const std::vector<int64_t>& shape, const int* values) {
-    SafeTensor t;
-    t.name = name;
-    t.dtype = "I32";
-    t.shape = shape;
-    size_t n = 1;
-    for (int64_t dim : shape) n *= (size_t)dim;
-    t.data.resize(4 * n);
-    for (size_t i = 0; i < n; i++) {
-        int32_t v = values[i];
-        std::memcpy(t.data.data() + 4 * i, &v, 4);
-    }
-    return t;
+    FLASH_FAIL("unknown model buffer", "this is a bug");
 }
 
 template <typename Real>
-void read_tensor(const SafeTensor& t, const std::vector<int64_t>& shape, Real* out, const std::string& file) {
-    FLASH_CHECK(t.shape == shape, "'" << file << "': tensor '" << t.name << "' has shape " << shape_str(t.shape)
-                                      << ", the model expects " << shape_str(shape),
-                "the checkpoint belongs to another model shape");
-    const size_t n = t.data.size() / dtype_size(t.dtype);
-    if (t.dtype == "F32") {
-        for (size_t i = 0; i < n; i++) {
-            float v;
-            std::memcpy(&v, t.data.data() + 4 * i, 4);
-            out[i] = (Real)v;
-        }
-    } else if (t.dtype == "F64") {
-        for (size_t i = 0; i < n; i++) {
-            double v;
-            std::memcpy(&v, t.data.data() + 8 * i, 8);
-            out[i] = (Real)v;
-        }
-    } else {
-        FLASH_FAIL("'" << file << "': tensor '" << t.name << "' has dtype " << t.dtype << ", expected F32 or F64",
-                   "the file was not written by this program");
-    }
-}
-
-FlashConfig checkpoint_config(const SafeTensorsFile& f, const std::string& path) {
-    auto it = f.metadata.find("config");
-    FLASH_CHECK(it != f.metadata.end(), "'" << path << "' has no model config in its __metadata__",
-                "it was not written by this program; FLASH.md section 7 says what a checkpoint holds");
-    json j;
-    try {
-        j = json::parse(it->second);
-    } catch (const json::exception& ex) {
-        FLASH_FAIL("'" << path << "': the config in __metadata__ is not valid JSON: " << ex.what(), "the file is corrupt");
-    }
-    try {
-        return config_from_json(j);
-    } catch (const flash_error& ex) {
-        FLASH_FAIL("'" << path << "' holds a bad config: " << ex.what(), "the file is corrupt");
-    }
+void FlashModel<Real>::copy_to_host(ModelBuffer which, Real* host) const {
+    const std::vector<Real>& b = const_cast<FlashModel<Real>*>(this)->buffer(which);
+    std::copy(b.begin(), b.end(), host);
 }
 
 template <typename Real>
-std::vector<SafeTensor> param_tensors(const FlashModel<Real>& m, const std::vector<Real>& buf,
-                                      const std::string& prefix, const std::string& dtype) {
-    std::vector<SafeTensor> out;
-    for (const TensorSpec& spec : m.specs)
-        out.push_back(make_tensor(prefix + spec.name, spec.shape, buf.data() + spec.offset, dtype));
-    return out;
+void FlashModel<Real>::copy_from_host(ModelBuffer which, const Real* host) {
+    std::vector<Real>& b = buffer(which);
+    std::copy(host, host + b.size(), b.begin());
 }
 
 template <typename Real>
-void load_param_tensors(const FlashModel<Real>& m, std::vector<Real>& buf, const SafeTensorsFile& f,
-                        const std::string& prefix, const std::string& path) {
-    for (const TensorSpec& spec : m.specs) {
-        const SafeTensor* t = f.find(prefix + spec.name);
-        FLASH_CHECK(t, "'" << path << "' has no tensor '" << prefix + spec.name << "'",
-                    "the file belongs to another model or was not written by this program");
-        read_tensor(*t, spec.shape, buf.data() + spec.offset, path);
-    }
-}
-
-template <typename Real>
-void save_weights(const std::string& path, const FlashModel<Real>& m) {
-    safetensors_write(path, param_tensors(m, m.params, "", "F32"), {{"config", config_to_json(m.cfg).dump()}});
-}
-
-template <typename Real>
-void load_weights(const std::string& path, FlashModel<Real>& m) {
-    SafeTensorsFile f = safetensors_read(path);
-    FlashConfig c = checkpoint_config(f, path);
-    std::string diff = config_shape_mismatch(c, m.cfg);
-    FLASH_CHECK(diff.empty(), "'" << path << "' holds a model of another shape (file vs this model: " << diff << ")",
-                "load it with its own config, or start a fresh model");
-    // Read into a copy first, so that a failure leaves the model untouched.
-    std::vector<Real> buf(m.params.size());
-    load_param_tensors(m, buf, f, "", path);
-    std::copy(buf.begin(), buf.end(), m.params.begin());
-}
-
-template <typename Real>
-void write_debug_state(const std::string& path, FlashModel<Real>& m, const int* tokens, const int* targets, int B,
-                       int T) {
-    const std::string dtype = sizeof(Real) == 4 ? "F32" : "F64";
-    m.forward(tokens, targets, B, T);
-    m.zero_grad();
-    m.backward();
-    std::vector<SafeTensor> t;
-    t.push_back(make_int_tensor("batch.tokens", {B, T}, tokens));
-    t.push_back(make_int_tensor("batch.targets", {B, T}, targets));
-    double loss = m.loss;
-    t.push_back(make_tensor("loss", {1}, &loss, dtype));
-    for (SafeTensor& x : param_tensors(m, m.params, "", dtype)) t.push_back(std::move(x));
-    for (SafeTensor& x : param_tensors(m, m.grads, "grad.", dtype)) t.push_back(std::move(x));
-    safetensors_write(path, t, {{"config", config_to_json(m.cfg).dump()}, {"kind", "flash debug state"}});
+void FlashModel<Real>::release_activations() {
+    std::vector<Real>().swap(act_buf);  // swap, not clear: clear keeps the capacity
+    std::vector<Real>().swap(grad_act_buf);
+    acts = Acts<Real>{};
+    dacts = GradActs<Real>{};
+    B = T = 0;  // forward compares (B, T) with these to decide whether to lay out its buffers again
 }
 
 // ====================================================================================================
-// Explicit instantiations: float trains, double checks gradients.
+// Instantiations, float (training) and double (gradient checks). decltype names each function's own signature.
 
-#define FLASH_INSTANTIATE(Real)                                                                                        \
-    template ParamView<Real> view_params(Real*, const FlashConfig&);                                                   \
-    template void view_activations(Acts<Real>&, GradActs<Real>&, Real*, Real*, const FlashConfig&, int, int);          \
-    template void encoder_forward(Real*, const int*, const Real*, int, int);                                           \
-    template void encoder_backward(Real*, const Real*, const int*, int, int);                                          \
-    template void scalenorm_forward(Real*, Real*, const Real*, const Real*, int, int, double);                         \
-    template void scalenorm_backward(Real*, Real*, const Real*, const Real*, const Real*, const Real*, int, int);      \
-    template void matmul_forward(Real*, const Real*, const Real*, const Real*, int, int, int);                         \
-    template void matmul_backward(Real*, Real*, Real*, const Real*, const Real*, const Real*, int, int, int);          \
-    template void silu_forward(Real*, const Real*, size_t);                                                            \
-    template void silu_backward(Real*, const Real*, const Real*, size_t);                                              \
-    template void offset_scale_forward(Real*, Real*, Real*, Real*, const Real*, int, const Real*, const Real*, int,    \
-                                       int);                                                                           \
-    template void offset_scale_backward(Real*, int, Real*, Real*, const Real*, const Real*, const Real*, const Real*,  \
-                                        const Real*, int, const Real*, int, int);                                      \
-    template void rope_forward(Real*, const double*, const double*, int, int, int);                                    \
-    template void rope_backward(Real*, const double*, const double*, int, int, int);                                   \
-    template void local_attention_forward(Real*, Real*, const Real*, const Real*, const Real*, int, const Real*, int,  \
-                                          int, int, int, int, bool);                                                   \
-    template void local_attention_backward(Real*, Real*, Real*, int, Real*, const Real*, const Real*, const Real*,      \
-                                           const Real*, const Real*, int, int, int, int, int, int, bool);              \
-    template void global_attention_forward(Real*, Real*, const Real*, const Real*, const Real*, int, int, int, int,    \
-                                           int, int, bool);                                                            \
-    template void global_attention_backward(Real*, Real*, Real*, int, const Real*, const Real*, const Real*,           \
-                                            const Real*, const Real*, int, int, int, int, int, int, bool);             \
-    template void gate_forward(Real*, const Real*, int, const Real*, int, int);                                        \
-    template void gate_backward(Real*, int, Real*, const Real*, const Real*, int, const Real*, int, int);              \
-    template void residual_forward(Real*, const Real*, size_t);                                                        \
-    template void logits_forward(Real*, const Real*, const Real*, int, int, int);                                      \
-    template void logits_backward(Real*, Real*, const Real*, const Real*, const Real*, int, int, int);                 \
-    template double crossentropy_forward(Real*, Real*, const Real*, const int*, int, int);                             \
-    template void crossentropy_backward(Real*, const Real*, const int*, int, int);                                     \
-    template struct FlashModel<Real>;                                                                                  \
-    template SafeTensor make_tensor(const std::string&, const std::vector<int64_t>&, const Real*, const std::string&); \
-    template void read_tensor(const SafeTensor&, const std::vector<int64_t>&, Real*, const std::string&);              \
-    template std::vector<SafeTensor> param_tensors(const FlashModel<Real>&, const std::vector<Real>&,                  \
-                                                   const std::string&, const std::string&);                            \
-    template void load_param_tensors(const FlashModel<Real>&, std::vector<Real>&, const SafeTensorsFile&,              \
-                                     const std::string&, const std::string&);                                          \
-    template void save_weights(const std::string&, const FlashModel<Real>&);                                           \
-    template void load_weights(const std::string&, FlashModel<Real>&);                                                 \
-    template void write_debug_state(const std::string&, FlashModel<Real>&, const int*, const int*, int, int);
-
-FLASH_INSTANTIATE(float)
-FLASH_INSTANTIATE(double)
+#define INSTANTIATE(fn)                       \
+    template decltype(fn<float>) fn<float>;   \
+    template decltype(fn<double>) fn<double>;
+INSTANTIATE(view_params)
+INSTANTIATE(view_activations)
+INSTANTIATE(offset_scale_forward)
+INSTANTIATE(offset_scale_backward)
+INSTANTIATE(local_attention_forward)
+INSTANTIATE(local_attention_backward)
+INSTANTIATE(global_attention_forward)
+INSTANTIATE(global_attention_backward)
+INSTANTIATE(init_flash_weights)
+template struct FlashModel<float>;
+template struct FlashModel<double>;

@@ -1,6 +1,6 @@
 // flash.cu: FLASH on an NVIDIA GPU, fp32. The twin of flash.cpp: the same ops in the same order, each a CUDA kernel
 // (or a cuBLAS product) with the CPU op's arguments, then the model's forward, backward and AdamW built from them.
-// Read it next to flash.cpp; section numbers (§1, §2, ...) refer to ../shared/FLASH.md.
+// Read it next to flash.cpp; section numbers (§1, §2, ...) refer to docs/FLASH.md.
 //
 // Layout: exactly the CPU's. A token row of h / act is [u (e) | v (e) | z (s)] (leading dimension 2e+s); N = B*T rows;
 // chunk bg = b*G + g starts at row bg*C (T = G*C), so per-chunk operands are a fixed stride apart and one strided-
@@ -15,6 +15,7 @@
 // including the local scores S, A = relu(S)² and the chunk sums M that FLASH.md §8 warns about. cuBLAS runs in its
 // default (true fp32) math unless cuda_set_tf32(true).
 #include "flash_cuda.h"
+#include "formats/config.h"
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -169,7 +170,7 @@ bool cuda_available(std::string* why) {
 // op(B) (K,N), leading dimensions of the row-major buffers. cuBLAS is column-major, and a row-major X read
 // column-major is Xᵀ, so we ask it for Cᵀ = op(B)ᵀ · op(A)ᵀ: the operands swap places and keep their transpose flags.
 
-static void gemm(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda, const float* B, int ldb,
+static void device_gemm(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda, const float* B, int ldb,
                  float beta, float* C, int ldc) {
     CUBLAS_CHECK(cublasSgemm(ctx().blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha,
                              B, ldb, A, lda, &beta, C, ldc));
@@ -292,7 +293,7 @@ void encoder_forward(float* x, const int* tokens, const float* wte, int N, int d
     CUDA_CHECK_LAUNCH("encoder_forward_kernel");
 }
 
-// Inverts: x[n,:] = wte[tokens[n],:]   =>   dwte[tokens[n],:] += dx[n,:]
+// Backward of: x[n,:] = wte[tokens[n],:]   =>   dwte[tokens[n],:] += dx[n,:]
 // A token repeats, so rows collide. The host sorts the positions by token (stably: position order within a token);
 // then one thread owns dwte[token, j] and adds that token's rows in position order, exactly as the CPU does.
 // dwte (V,d); dx (N,d); positions (N) grouped by token; starts (n_unique+1) into positions; unique_tokens (n_unique)
@@ -362,7 +363,7 @@ void scalenorm_forward(float* xn, float* rstd, const float* x, const float* g, i
     CUDA_CHECK_LAUNCH("scalenorm_forward_kernel");
 }
 
-// Inverts: xn = g · x · rstd.   With r = 1/rstd:
+// Backward of: xn = g · x · rstd.   With r = 1/rstd:
 //   dg += Σ dxn·x/r;   dx += (g/r)·(dxn − x·(Σ_j dxn_j x_j)/(d·r²))
 // One warp per row, in double like the CPU; dg_row[n] (double) is summed afterwards by one block in a fixed order.
 __global__ void scalenorm_backward_kernel(float* dx, double* dg_row, const float* dxn, const float* x,
@@ -403,13 +404,13 @@ void matmul_forward(float* y, const float* x, const float* w, const float* b, in
         broadcast_rows_kernel<<<blocks_for((size_t)N * out), kThreads>>>(y, b, N, out);
         CUDA_CHECK_LAUNCH("broadcast_rows_kernel");
     }
-    gemm(false, false, N, out, in, 1.0f, x, in, w, out, b ? 1.0f : 0.0f, y, out);
+    device_gemm(false, false, N, out, in, 1.0f, x, in, w, out, b ? 1.0f : 0.0f, y, out);
 }
-// Inverts: y = x · w + b   =>   dx += dy · wᵀ;  dw += xᵀ · dy;  db += Σ_rows dy
+// Backward of: y = x · w + b   =>   dx += dy · wᵀ;  dw += xᵀ · dy;  db += Σ_rows dy
 void matmul_backward(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w, int N, int in,
                      int out) {
-    gemm(false, true, N, in, out, 1.0f, dy, out, w, out, 1.0f, dx, in);
-    gemm(true, false, in, out, N, 1.0f, x, in, dy, out, 1.0f, dw, out);
+    device_gemm(false, true, N, in, out, 1.0f, dy, out, w, out, 1.0f, dx, in);
+    device_gemm(true, false, in, out, N, 1.0f, x, in, dy, out, 1.0f, dw, out);
     if (db) column_sum_accumulate(db, dy, out, N, out);
 }
 
@@ -421,7 +422,7 @@ void silu_forward(float* y, const float* x, size_t n) {
     silu_forward_kernel<<<blocks_for(n), kThreads>>>(y, x, n);
     CUDA_CHECK_LAUNCH("silu_forward_kernel");
 }
-// Inverts: y = x · σ(x)   =>   dx += dy · σ(x) · (1 + x · (1 − σ(x)))
+// Backward of: y = x · σ(x)   =>   dx += dy · σ(x) · (1 + x · (1 − σ(x)))
 __global__ void silu_backward_kernel(float* dx, const float* dy, const float* x, size_t n) {
     GRID_STRIDE_LOOP(i, n) {
         const float sig = 1.0f / (1.0f + expf(-x[i]));
@@ -453,7 +454,7 @@ void offset_scale_forward(float* qq, float* kq, float* ql, float* kl, const floa
     CUDA_CHECK_LAUNCH("offset_scale_forward_kernel");
 }
 
-// Inverts: head_i = z ⊙ γ[i] + β[i]   =>   dγ[i] += Σ_rows dhead_i ⊙ z;  dβ[i] += Σ_rows dhead_i;
+// Backward of: head_i = z ⊙ γ[i] + β[i]   =>   dγ[i] += Σ_rows dhead_i ⊙ z;  dβ[i] += Σ_rows dhead_i;
 //                                          dz += Σ_i dhead_i ⊙ γ[i]
 // One thread per (column j, slice of rows): it writes dz for its rows and the slice's partial sums of the 8 column
 // sums into part[slice, 0..8s) = [dγ partials (4,s) | dβ partials (4,s)]; column_sum_finish_kernel adds the slices.
@@ -518,7 +519,7 @@ void rope_forward(float* x, const double* cos_t, const double* sin_t, int N, int
     rope_kernel<<<blocks_for((size_t)N * (s / 2)), kThreads>>>(x, cos_t, sin_t, N, T, s, 1.0);
     CUDA_CHECK_LAUNCH("rope_kernel");
 }
-// Inverts the rotation above: the transpose of a rotation by θ is the rotation by −θ, applied to dx in place.
+// Backward of the rotation above: the transpose of a rotation by θ is the rotation by −θ, applied to dx in place.
 void rope_backward(float* dx, const double* cos_t, const double* sin_t, int N, int T, int s) {
     rope_kernel<<<blocks_for((size_t)N * (s / 2)), kThreads>>>(dx, cos_t, sin_t, N, T, s, -1.0);
     CUDA_CHECK_LAUNCH("rope_kernel");
@@ -666,7 +667,7 @@ struct LocalScoreBackward {
 __global__ void local_scores_relu_kernel(float* relu_s, const float* rel_bias, size_t total, int C, bool causal) {
     GRID_STRIDE_LOOP(i, total) {
         const int b = (int)(i % C), a = (int)((i / C) % C);
-        relu_s[i] = (causal && b > a) ? 0.0f : fmaxf(0.0f, relu_s[i] + rel_bias[causal ? a - b : a - b + C - 1]);
+        relu_s[i] = (causal && b > a) ? 0.0f : fmaxf(0.0f, relu_s[i] + rel_bias[rel_bias_index(a, b, C, causal)]);
     }
 }
 
@@ -692,7 +693,7 @@ __global__ void local_bias_grad_partial_kernel(float* part, const float* ds, int
     GRID_STRIDE_LOOP(idx, (size_t)BG * nbias) {
         const size_t bg = idx / nbias;
         const int k = (int)(idx % nbias);
-        const int offset = causal ? k : k - (C - 1);  // a − b on this diagonal
+        const int offset = rel_bias_offset(k, C, causal);  // a − b on this diagonal
         const int b_first = max(0, -offset), b_end = min(C, C - offset);
         const float* dsc = ds + bg * C * C;
         float sum = 0;
@@ -709,14 +710,14 @@ __global__ void local_bias_grad_finish_kernel(float* drel_bias, const float* par
     drel_bias[k] = acc;
 }
 
-// Inverts: quad = A · v with A = relu(S)² (masked), S = qq·kqᵀ/C + w:
+// Backward of: quad = A · v with A = relu(S)² (masked), S = qq·kqᵀ/C + w:
 //   dA = do · vᵀ (masked);  dv += Aᵀ · do;  dS = 2·relu(S) ⊙ dA;
 //   dqq += dS · kq / C;  dkq += dSᵀ · qq / C;  dw[a−b] += dS[a,b]
 // dS (B,G,C,C) lives in scratch; dw is summed per chunk into a partial, then over chunks in order.
 void local_attention_backward(float* dqq, float* dkq, float* dv, int lddv, float* drel_bias, const float* d_o,
                               const float* relu_s, const float* qq, const float* kq, const float* v, int ldv, int B,
                               int T, int C, int s, int e, bool causal) {
-    const int G = T / C, BG = B * G, nbias = causal ? C : 2 * C - 1;
+    const int G = T / C, BG = B * G, nbias = rel_bias_count(C, causal);
     ScratchPlan plan;
     const size_t i_ds = plan.add(sizeof(float) * (size_t)BG * C * C), i_part = plan.add(sizeof(float) * BG * nbias);
     char* base = (char*)scratch(plan.total);
@@ -751,19 +752,7 @@ void local_attention_backward(float* dqq, float* dkq, float* dv, int lddv, float
 __global__ void chunk_prefix_sum_kernel(float* m, int B, int G, size_t se, bool causal, bool reverse) {
     GRID_STRIDE_LOOP(idx, (size_t)B * se) {
         const size_t b = idx / se, k = idx % se;
-        float* mb = m + b * G * se + k;
-        float running = 0;
-        if (causal) {  // exclusive: M[g] = Σ_{h<g} P[h]  (reverse: R[g] = Σ_{h>g} dM[h])
-            for (int step = 0; step < G; step++) {
-                const int g = reverse ? G - 1 - step : step;
-                const float p = mb[(size_t)g * se];
-                mb[(size_t)g * se] = running;
-                running += p;
-            }
-        } else {  // non-causal: every chunk gets the total
-            for (int g = 0; g < G; g++) running += mb[(size_t)g * se];
-            for (int g = 0; g < G; g++) mb[(size_t)g * se] = running;
-        }
+        chunk_prefix_sum_column(m + b * G * se + k, G, se, /*exclusive=*/causal, reverse);
     }
 }
 
@@ -781,7 +770,7 @@ void global_attention_forward(float* o, float* m, const float* ql, const float* 
     gemm_batched(false, false, C, e, s, 1.0f, ql, s, (long long)C * s, m, e, (long long)se, 1.0f, o, e,
                  (long long)C * e, BG);
 }
-// Inverts: o[g] += ql[g] · M[g] with M[g] = Σ_{h<g} kl[h]ᵀ v[h] / C:
+// Backward of: o[g] += ql[g] · M[g] with M[g] = Σ_{h<g} kl[h]ᵀ v[h] / C:
 //   dql[g] += do[g] · M[g]ᵀ;   dM[g] = ql[g]ᵀ · do[g];   R[g] = Σ_{h>g} dM[h] (non-causal: Σ_h dM[h]);
 //   dkl[g] += v[g] · R[g]ᵀ / C;   dv[g] += kl[g] · R[g] / C
 // R (B,G,s,e) lives in scratch.
@@ -812,7 +801,7 @@ void gate_forward(float* gated, const float* u, int ldu, const float* o, int N, 
     gate_forward_kernel<<<blocks_for((size_t)N * e), kThreads>>>(gated, u, ldu, o, N, e);
     CUDA_CHECK_LAUNCH("gate_forward_kernel");
 }
-// Inverts: gated = u ⊙ o   =>   du += dgated ⊙ o;  do += dgated ⊙ u
+// Backward of: gated = u ⊙ o   =>   du += dgated ⊙ o;  do += dgated ⊙ u
 __global__ void gate_backward_kernel(float* du, int lddu, float* d_o, const float* dgated, const float* u, int ldu,
                                      const float* o, int N, int e) {
     GRID_STRIDE_LOOP(i, (size_t)N * e) {
@@ -840,13 +829,13 @@ void residual_forward(float* y, const float* x, size_t n) {
 // logits = xn · wteᵀ (tied embedding)
 // logits (N,V), xn (N,d), wte (V,d)
 void logits_forward(float* logits, const float* xn, const float* wte, int N, int d, int V) {
-    gemm(false, true, N, V, d, 1.0f, xn, d, wte, d, 0.0f, logits, V);
+    device_gemm(false, true, N, V, d, 1.0f, xn, d, wte, d, 0.0f, logits, V);
 }
-// Inverts: logits = xn · wteᵀ   =>   dxn += dlogits · wte;  dwte += dlogitsᵀ · xn
+// Backward of: logits = xn · wteᵀ   =>   dxn += dlogits · wte;  dwte += dlogitsᵀ · xn
 void logits_backward(float* dxn, float* dwte, const float* dlogits, const float* xn, const float* wte, int N, int d,
                      int V) {
-    gemm(false, false, N, d, V, 1.0f, dlogits, V, wte, d, 1.0f, dxn, d);
-    gemm(true, false, V, d, N, 1.0f, dlogits, V, xn, d, 1.0f, dwte, d);
+    device_gemm(false, false, N, d, V, 1.0f, dlogits, V, wte, d, 1.0f, dxn, d);
+    device_gemm(true, false, V, d, N, 1.0f, dlogits, V, xn, d, 1.0f, dwte, d);
 }
 
 // losses[n] = logsumexp(logits[n]) − logits[n, targets[n]]; probs = softmax(logits). One block per row; the
@@ -880,7 +869,7 @@ double crossentropy_forward(float* losses, float* probs, const float* logits, co
     for (int n = 0; n < N; n++) total += host[n];
     return total / N;
 }
-// Inverts: loss = mean_n (logsumexp(logits[n]) − logits[n, t_n])   =>   dlogits += (probs − onehot(t)) / N
+// Backward of: loss = mean_n (logsumexp(logits[n]) − logits[n, t_n])   =>   dlogits += (probs − onehot(t)) / N
 __global__ void crossentropy_backward_kernel(float* dlogits, const float* probs, const int* targets, int N, int V) {
     const float scale = 1.0f / N;
     GRID_STRIDE_LOOP(i, (size_t)N * V) {
@@ -953,14 +942,13 @@ static void layout_activations(FlashCuda* m, int B, int T) {
     m->T = T;
 }
 
-FlashCuda* cuda_model_create(const FlashConfig& cfg, int B, int T) {
+static void cuda_model_destroy(FlashCuda* m);
+
+static FlashCuda* cuda_model_create(const FlashConfig& cfg) {
     config_validate(cfg);
     std::string why;
     FLASH_CHECK(cuda_available(&why), "no GPU for the CUDA model: " << why,
                 "run on a machine with an NVIDIA GPU, or train on the CPU");
-    FLASH_CHECK(B > 0 && T > 0 && T % cfg.chunk == 0,
-                "batch shape B=" << B << " T=" << T << " is invalid for chunk size C=" << cfg.chunk,
-                "use B > 0 and T = G*C");
     FlashCuda* m = new FlashCuda();
     try {
         m->cfg = cfg;
@@ -971,8 +959,7 @@ FlashCuda* cuda_model_create(const FlashConfig& cfg, int B, int T) {
             CUDA_CHECK(cudaMemset(*buf, 0, sizeof(float) * m->n_params));
         }
         m->p = view_params(m->params, cfg);  // pointer arithmetic only: fine on device pointers
-        m->dp = view_params(m->grads, cfg);
-        layout_activations(m, B, T);
+        m->dp = view_params(m->grads, cfg);  // the activations are laid out by the first forward
     } catch (...) {
         cuda_model_destroy(m);
         throw;
@@ -980,7 +967,7 @@ FlashCuda* cuda_model_create(const FlashConfig& cfg, int B, int T) {
     return m;
 }
 
-void cuda_model_destroy(FlashCuda* m) {
+static void cuda_model_destroy(FlashCuda* m) {
     if (!m) return;
     // No throwing from here (it runs during unwinding): errors are ignored, the memory goes with the process anyway.
     for (void* ptr : {(void*)m->params, (void*)m->grads, (void*)m->adam_m, (void*)m->adam_v, (void*)m->act_buf,
@@ -990,8 +977,6 @@ void cuda_model_destroy(FlashCuda* m) {
     delete m;
 }
 
-const FlashConfig& cuda_model_config(const FlashCuda* m) { return m->cfg; }
-size_t cuda_model_param_count(const FlashCuda* m) { return m->n_params; }
 
 static void copy_in(float* dev, const float* host, size_t n) {
     CUDA_CHECK(cudaMemcpy(dev, host, sizeof(float) * n, cudaMemcpyHostToDevice));
@@ -999,19 +984,12 @@ static void copy_in(float* dev, const float* host, size_t n) {
 static void copy_out(float* host, const float* dev, size_t n) {
     CUDA_CHECK(cudaMemcpy(host, dev, sizeof(float) * n, cudaMemcpyDeviceToHost));
 }
-void cuda_model_set_params(FlashCuda* m, const float* host) { copy_in(m->params, host, m->n_params); }
-void cuda_model_get_params(FlashCuda* m, float* host) { copy_out(host, m->params, m->n_params); }
-void cuda_model_set_grads(FlashCuda* m, const float* host) { copy_in(m->grads, host, m->n_params); }
-void cuda_model_get_grads(FlashCuda* m, float* host) { copy_out(host, m->grads, m->n_params); }
-void cuda_model_set_adam(FlashCuda* m, const float* host_m, const float* host_v) {
+static void cuda_model_set_params(FlashCuda* m, const float* host) { copy_in(m->params, host, m->n_params); }
+static void cuda_model_set_adam(FlashCuda* m, const float* host_m, const float* host_v) {
     copy_in(m->adam_m, host_m, m->n_params);
     copy_in(m->adam_v, host_v, m->n_params);
 }
-void cuda_model_get_adam(FlashCuda* m, float* host_m, float* host_v) {
-    copy_out(host_m, m->adam_m, m->n_params);
-    copy_out(host_v, m->adam_v, m->n_params);
-}
-void cuda_model_get_logits(FlashCuda* m, float* host, size_t n) {
+static void cuda_model_get_logits(FlashCuda* m, float* host, size_t n) {
     FLASH_CHECK(m->B > 0 && n <= (size_t)m->B * m->T * m->cfg.vocab_size,
                 "cuda_model_get_logits: asked for " << n << " values, the last batch has "
                                                     << (size_t)m->B * m->T * m->cfg.vocab_size,
@@ -1020,7 +998,7 @@ void cuda_model_get_logits(FlashCuda* m, float* host, size_t n) {
 }
 
 // The forward of flash.cpp, op for op.
-double cuda_model_forward(FlashCuda* m, const int* tok, const int* tgt, int B, int T) {
+static double cuda_model_forward(FlashCuda* m, const int* tok, const int* tgt, int B, int T) {
     const FlashConfig& cfg = m->cfg;
     check_batch(cfg, tok, tgt, B, T);
     const int N = B * T, V = cfg.vocab_size;
@@ -1061,10 +1039,10 @@ double cuda_model_forward(FlashCuda* m, const int* tok, const int* tgt, int B, i
     return m->loss;
 }
 
-void cuda_model_zero_grad(FlashCuda* m) { CUDA_CHECK(cudaMemset(m->grads, 0, sizeof(float) * m->n_params)); }
+static void cuda_model_zero_grad(FlashCuda* m) { CUDA_CHECK(cudaMemset(m->grads, 0, sizeof(float) * m->n_params)); }
 
 // The backward of flash.cpp, op for op.
-void cuda_model_backward(FlashCuda* m) {
+static void cuda_model_backward(FlashCuda* m) {
     FLASH_CHECK(m->B > 0 && m->has_targets, "cuda_model_backward needs a forward with targets first", "");
     const FlashConfig& cfg = m->cfg;
     const int B = m->B, T = m->T;
@@ -1117,7 +1095,7 @@ __global__ void sum_doubles_to_double_kernel(double* out, const double* parts, i
     if (threadIdx.x == 0) out[0] = sum;
 }
 
-double cuda_model_grad_norm(FlashCuda* m) {
+static double cuda_model_grad_norm(FlashCuda* m) {
     // A fixed grid, so the partition of the sum (and its rounding) is the same every call.
     const int n_blocks = 1024;
     double* part = (double*)scratch(sizeof(double) * (n_blocks + 1));
@@ -1133,7 +1111,7 @@ double cuda_model_grad_norm(FlashCuda* m) {
 __global__ void scale_kernel(float* x, size_t n, float factor) {
     GRID_STRIDE_LOOP(i, n) x[i] *= factor;
 }
-void cuda_model_scale_grads(FlashCuda* m, double factor) {
+static void cuda_model_scale_grads(FlashCuda* m, double factor) {
     scale_kernel<<<blocks_for(m->n_params), kThreads>>>(m->grads, m->n_params, (float)factor);
     CUDA_CHECK_LAUNCH("scale_kernel");
 }
@@ -1152,7 +1130,7 @@ __global__ void adamw_kernel(float* w, const float* grad, float* m1, float* m2, 
         w[i] = (float)(w[i] - lr * update);
     }
 }
-void cuda_model_adamw_update(FlashCuda* m, double lr, const AdamWConfig& opt, int64_t t) {
+static void cuda_model_adamw_update(FlashCuda* m, double lr, const AdamWConfig& opt, int64_t t) {
     FLASH_CHECK(t >= 1, "AdamW step counter must start at 1, got " << t, "");
     const double bc1 = 1.0 - std::pow(opt.beta1, (double)t), bc2 = 1.0 - std::pow(opt.beta2, (double)t);
     // One launch per run of adjacent tensors with the same decay (b_in, gamma, beta, rel_bias go together, ...).
@@ -1168,3 +1146,51 @@ void cuda_model_adamw_update(FlashCuda* m, double lr, const AdamWConfig& opt, in
         i = j + 1;
     }
 }
+
+// ====================================================================================================
+// The Model interface over the functions above.
+
+FlashCudaModel::FlashCudaModel(const FlashConfig& cfg) : dev_(cuda_model_create(cfg)) {}
+FlashCudaModel::~FlashCudaModel() { cuda_model_destroy(dev_); }
+
+nlohmann::json FlashCudaModel::config_json() const { return config_to_json(dev_->cfg); }
+std::string FlashCudaModel::shape_mismatch(const nlohmann::json& config) const {
+    return config_shape_mismatch(config_from_json(config), dev_->cfg);
+}
+const std::vector<TensorSpec>& FlashCudaModel::tensor_specs() const { return dev_->specs; }
+double FlashCudaModel::forward_flops_per_token() const { return ::forward_flops_per_token(dev_->cfg); }
+
+void FlashCudaModel::init_weights(uint64_t seed, bool strong) {
+    std::vector<float> host(dev_->n_params, 0.0f), zeros(dev_->n_params, 0.0f);
+    init_flash_weights(view_params(host.data(), dev_->cfg), dev_->cfg, seed, strong);
+    cuda_model_set_params(dev_, host.data());
+    cuda_model_set_adam(dev_, zeros.data(), zeros.data());
+}
+
+double FlashCudaModel::forward(const int* tokens, const int* targets, int B, int T) {
+    return cuda_model_forward(dev_, tokens, targets, B, T);
+}
+void FlashCudaModel::zero_grad() { cuda_model_zero_grad(dev_); }
+void FlashCudaModel::backward() { cuda_model_backward(dev_); }
+double FlashCudaModel::grad_norm() const { return cuda_model_grad_norm(dev_); }
+void FlashCudaModel::scale_grads(double factor) { cuda_model_scale_grads(dev_, factor); }
+void FlashCudaModel::adamw_update(double lr, const AdamWConfig& opt, int64_t t) {
+    cuda_model_adamw_update(dev_, lr, opt, t);
+}
+
+static float* device_buffer(FlashCuda* m, ModelBuffer which) {
+    switch (which) {
+        case ModelBuffer::params: return m->params;
+        case ModelBuffer::grads: return m->grads;
+        case ModelBuffer::adam_m: return m->adam_m;
+        case ModelBuffer::adam_v: return m->adam_v;
+    }
+    FLASH_FAIL("unknown model buffer", "this is a bug");
+}
+void FlashCudaModel::copy_to_host(ModelBuffer which, float* host) const {
+    copy_out(host, device_buffer(dev_, which), dev_->n_params);
+}
+void FlashCudaModel::copy_from_host(ModelBuffer which, const float* host) {
+    copy_in(device_buffer(dev_, which), host, dev_->n_params);
+}
+void FlashCudaModel::get_logits(float* host, size_t n) const { cuda_model_get_logits(dev_, host, n); }

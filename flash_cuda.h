@@ -2,9 +2,9 @@
 // so train.cpp (compiled by g++) can link build/flash_cuda.o.
 //
 // Two layers:
-//   - the model: FlashCuda holds parameters, gradients, AdamW moments and activations on the GPU; every buffer that
-//     crosses to the host is the flat param_specs layout of flash.h (the same as FlashModel<float>::params), so a
-//     checkpoint saved from either device resumes on the other;
+//   - the model: FlashCudaModel holds parameters, gradients, AdamW moments and activations on the GPU; every buffer
+//     that crosses to the host is the flat param_specs layout of flash.h (the same as FlashModel<float>::params), so
+//     a checkpoint saved from either device resumes on the other;
 //   - the ops (namespace gpu): every op of flash.h, forward and backward, with the CPU op's signature and meaning,
 //     on DEVICE pointers (float only). They exist so test/test_cuda.cu can hold each kernel to its CPU twin.
 //
@@ -24,36 +24,42 @@
 bool cuda_available(std::string* why = nullptr);
 
 // ----------------------------------------------------------------------------------------------------
-// The model on the GPU (FLASH.md §1, §2), the twin of FlashModel<float>.
+// The model on the GPU (FLASH.md §1, §2), the twin of FlashModel<float>: the same Model interface (model.h), so the
+// trainer and the debug state hold either without asking which. Parameters, gradients, AdamW moments and activations
+// live on the GPU; copy_to_host / copy_from_host move the flat buffers (the param_specs layout of flash.h).
 
-struct FlashCuda;  // opaque
+struct FlashCuda;  // the device buffers (flash.cu)
 
-// Allocates parameters (zero), gradients, moments and the activations for batches of B rows of T tokens.
-FlashCuda* cuda_model_create(const FlashConfig& cfg, int B, int T);
-void cuda_model_destroy(FlashCuda* m);
-const FlashConfig& cuda_model_config(const FlashCuda* m);
-size_t cuda_model_param_count(const FlashCuda* m);   // = param_count(cfg): the length of every host buffer below
+class FlashCudaModel final : public Model<float> {
+public:
+    explicit FlashCudaModel(const FlashConfig& cfg);  // parameters zero; throws when no GPU is usable
+    ~FlashCudaModel() override;
+    FlashCudaModel(const FlashCudaModel&) = delete;
+    FlashCudaModel& operator=(const FlashCudaModel&) = delete;
 
-// Host <-> device copies of the flat buffers (param_specs order, param_count floats each).
-void cuda_model_set_params(FlashCuda* m, const float* host);
-void cuda_model_get_params(FlashCuda* m, float* host);
-void cuda_model_set_grads(FlashCuda* m, const float* host);
-void cuda_model_get_grads(FlashCuda* m, float* host);
-void cuda_model_set_adam(FlashCuda* m, const float* host_m, const float* host_v);   // AdamW first and second moments
-void cuda_model_get_adam(FlashCuda* m, float* host_m, float* host_v);
+    std::string arch() const override { return "flash"; }
+    nlohmann::json config_json() const override;
+    std::string shape_mismatch(const nlohmann::json& config) const override;
+    const std::vector<TensorSpec>& tensor_specs() const override;
+    double forward_flops_per_token() const override;
+    void init_weights(uint64_t seed, bool strong = false) override;  // drawn on the host, as the CPU model does
+    // The loss is summed on the host in double in position order (as the CPU does). A batch of another shape
+    // re-allocates the activations.
+    double forward(const int* tokens, const int* targets, int B, int T) override;
+    void zero_grad() override;
+    void backward() override;
+    double grad_norm() const override;
+    void scale_grads(double factor) override;
+    void adamw_update(double lr, const AdamWConfig& opt, int64_t t) override;
+    void copy_to_host(ModelBuffer which, float* host) const override;
+    void copy_from_host(ModelBuffer which, const float* host) override;
 
-// tokens, targets: host arrays of B*T ids in [0, V); targets may be null (then only the logits are computed and
-// the result is NaN). T must be a multiple of the chunk C. A batch of another shape re-allocates the activations.
-// Returns the mean cross-entropy loss, summed on the host in double in position order (as the CPU does).
-double cuda_model_forward(FlashCuda* m, const int* host_tokens, const int* host_targets, int B, int T);
-void cuda_model_zero_grad(FlashCuda* m);
-void cuda_model_backward(FlashCuda* m);   // after a forward with targets; accumulates (+=) into the gradients
-double cuda_model_grad_norm(FlashCuda* m);   // global L2 norm of the gradients, in double, deterministic
-void cuda_model_scale_grads(FlashCuda* m, double factor);   // grads *= factor (gradient clipping)
-// One AdamW step, t counting from 1: the semantics of FlashModel::adamw_update (decay only where TensorSpec::decay).
-void cuda_model_adamw_update(FlashCuda* m, double lr, const AdamWConfig& opt, int64_t t);
-// The first n values of the last forward's logits, (B*T, V) row-major.
-void cuda_model_get_logits(FlashCuda* m, float* host, size_t n);
+    // The first n values of the last forward's logits, (B*T, V) row-major (for the tests).
+    void get_logits(float* host, size_t n) const;
+
+private:
+    FlashCuda* dev_ = nullptr;
+};
 
 // cuBLAS math for the matrix products, process-wide: false (the default) keeps them in true fp32; true lets cuBLAS
 // use TF32 tensor cores (10-bit mantissa inputs, fp32 sums): faster, and the tests would need looser tolerances.

@@ -11,86 +11,47 @@
 #include <vector>
 
 #include "decode.h"
+#include "formats/checkpoint.h"
+#include "options.h"
 #include "tokenizer/bpe.h"
 
 namespace {
-
-const char* kUsage =
-    "usage: ./sample --checkpoint PATH [options]\n"
-    "  generate text from a FLASH checkpoint, printed as it is generated\n"
-    "options:\n"
-    "  --checkpoint PATH    safetensors file with the weights and the model config (required)\n"
-    "  --tokenizer PATH     tokenizer.json the model was trained with (default data/tokenizer.json)\n"
-    "  --prompt TEXT        text to continue (default: empty, which starts a new document at <|endoftext|>)\n"
-    "  --length N           number of tokens to generate (default 256)\n"
-    "  --temperature T      0 = greedy; 1 = the model's distribution (default 1.0)\n"
-    "  --top-k K            sample among the K most probable tokens; 0 = off (default 0)\n"
-    "  --top-p P            sample among the most probable tokens holding mass P; 1 = off (default 1.0)\n"
-    "  --seed S             random seed; the same seed gives the same text (default 1)\n"
-    "  --ignore-eot         keep going after <|endoftext|> instead of stopping there\n"
-    "  --quiet              print only the generated text, not the prompt and the statistics\n"
-    "  --help               this text\n";
 
 struct Options {
     std::string checkpoint, tokenizer = "data/tokenizer.json", prompt;
     long long length = 256;
     double temperature = 1.0, top_p = 1.0;
-    long long top_k = 0;
-    unsigned long long seed = 1;
-    bool ignore_eot = false, quiet = false, help = false;
+    int top_k = 0;
+    uint64_t seed = 1;
+    bool ignore_eot = false, quiet = false;
 };
 
-// Whole-string number parsing: "12x" or "" is an error, not 12 or 0.
-double parse_double(const std::string& opt, const std::string& text) {
-    size_t used = 0;
-    double v = 0;
-    try {
-        v = std::stod(text, &used);
-    } catch (const std::exception&) {
-        used = 0;
-    }
-    FLASH_CHECK(used == text.size() && used > 0, "option " << opt << " needs a number, got '" << text << "'", "");
-    return v;
+OptionTable option_table(Options& o) {
+    OptionTable t;
+    t.add("checkpoint", o.checkpoint, "safetensors file with the weights and the model config (required)");
+    t.add("tokenizer", o.tokenizer, "tokenizer.json the model was trained with");
+    t.add("prompt", o.prompt, "text to continue (empty: start a new document at <|endoftext|>)");
+    t.add("length", o.length, "number of tokens to generate", 0, (1ll << 62));
+    t.add("temperature", o.temperature, "0 = greedy; 1 = the model's distribution", 0, 1e300);
+    t.add("top-k", o.top_k, "sample among the K most probable tokens; 0 = off", 0, 1 << 30);
+    t.add("top-p", o.top_p, "sample among the most probable tokens holding mass P; 1 = off", 1e-300, 1);
+    t.add("seed", o.seed, "random seed; the same seed gives the same text");
+    t.add_flag("ignore-eot", o.ignore_eot, "keep going after <|endoftext|> instead of stopping there");
+    t.add_flag("quiet", o.quiet, "print only the generated text, not the prompt and the statistics");
+    return t;
 }
-long long parse_int(const std::string& opt, const std::string& text) {
-    size_t used = 0;
-    long long v = 0;
-    try {
-        v = std::stoll(text, &used);
-    } catch (const std::exception&) {
-        used = 0;
-    }
-    FLASH_CHECK(used == text.size() && used > 0, "option " << opt << " needs an integer, got '" << text << "'", "");
-    return v;
+
+std::string usage() {
+    Options defaults;
+    return "usage: ./sample --checkpoint PATH [options]\n"
+           "  generate text from a FLASH checkpoint, printed as it is generated\noptions:\n" +
+           option_table(defaults).help() + "  --help              this text\n";
 }
 
 Options parse_options(int argc, char** argv) {
     Options o;
-    for (int i = 1; i < argc; i++) {
-        const std::string arg = argv[i];
-        if (arg == "--ignore-eot") { o.ignore_eot = true; continue; }
-        if (arg == "--quiet") { o.quiet = true; continue; }
-        if (arg == "--help" || arg == "-h") { o.help = true; return o; }
-        FLASH_CHECK(arg.rfind("--", 0) == 0, "unexpected argument '" << arg << "'", "see ./sample --help");
-        FLASH_CHECK(i + 1 < argc, "option " << arg << " needs a value", "see ./sample --help");
-        const std::string value = argv[++i];
-        if (arg == "--checkpoint") o.checkpoint = value;
-        else if (arg == "--tokenizer") o.tokenizer = value;
-        else if (arg == "--prompt") o.prompt = value;
-        else if (arg == "--length") o.length = parse_int(arg, value);
-        else if (arg == "--temperature") o.temperature = parse_double(arg, value);
-        else if (arg == "--top-k") o.top_k = parse_int(arg, value);
-        else if (arg == "--top-p") o.top_p = parse_double(arg, value);
-        else if (arg == "--seed") {
-            FLASH_CHECK(!value.empty() && value[0] != '-', "option --seed needs a non-negative integer, got '" << value << "'", "");
-            o.seed = (unsigned long long)parse_int(arg, value);
-        } else FLASH_FAIL("unknown option '" << arg << "'", "see ./sample --help");
-    }
+    option_table(o).parse(argc, argv);
     FLASH_CHECK(!o.checkpoint.empty(), "no checkpoint given", "pass --checkpoint PATH (a safetensors file written by train)");
-    FLASH_CHECK(o.length >= 0, "--length must be >= 0, got " << o.length, "");
-    FLASH_CHECK(o.temperature >= 0, "--temperature must be >= 0, got " << o.temperature, "0 is greedy");
-    FLASH_CHECK(o.top_k >= 0 && o.top_k <= (1 << 30), "--top-k must be >= 0, got " << o.top_k, "0 switches it off");
-    FLASH_CHECK(o.top_p > 0 && o.top_p <= 1, "--top-p must be in (0, 1], got " << o.top_p, "1 switches it off");
     return o;
 }
 
@@ -105,7 +66,7 @@ int run(const Options& o) {
     // The model: config from the checkpoint's metadata, then the weights from the same (once read) file.
     SafeTensorsFile file = safetensors_read(o.checkpoint);
     const FlashConfig cfg = checkpoint_config(file, o.checkpoint);
-    FlashModel<float> model(cfg);
+    FlashModel<float> model(cfg);  // the cached decoder is FLASH's (docs/FLASH.md §3)
     load_param_tensors(model, model.params, file, "", o.checkpoint);
     file = SafeTensorsFile{};  // the weights are in the model now
     DecodeState<float> state;
@@ -136,13 +97,13 @@ int run(const Options& o) {
     std::vector<float> logits(V);
     const auto t0 = clock::now();
     decode_prefill(model, state, prompt.data(), (int64_t)prompt.size(), logits.data());
-    release_activations(model);  // the prefill's forward buffers: generation only needs the cache
+    model.release_activations();  // the prefill's forward buffers: generation only needs the cache
     const auto t1 = clock::now();
 
     Rng rng(o.seed);
     long long generated = 0;
     for (; generated < o.length; generated++) {
-        const int next = sample_token(logits.data(), V_sample, o.temperature, (int)o.top_k, o.top_p, rng);
+        const int next = sample_token(logits.data(), V_sample, o.temperature, o.top_k, o.top_p, rng);
         if (next == (int)tok.eot_id() && !o.ignore_eot) break;
         const uint32_t id = (uint32_t)next;
         emit(tok.decode(&id, 1));
@@ -167,12 +128,12 @@ int run(const Options& o) {
 
 int main(int argc, char** argv) {
     try {
-        const Options o = parse_options(argc, argv);
-        if (o.help) {
-            std::fputs(kUsage, stdout);
-            return 0;
-        }
-        return run(o);
+        for (int i = 1; i < argc; i++)
+            if (std::string(argv[i]) == "--help" || std::string(argv[i]) == "-h") {
+                std::fputs(usage().c_str(), stdout);
+                return 0;
+            }
+        return run(parse_options(argc, argv));
     } catch (const std::exception& e) {
         std::fflush(stdout);
         std::fprintf(stderr, "sample: error: %s\n", e.what());

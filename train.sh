@@ -4,7 +4,7 @@
 # and override the defaults below, e.g.  ./train.sh --steps 3000   for a longer run (see ./train --help).
 #
 # The default run trains the small config of FLASH.md section 5 (with T = 256 and a batch of 4) for about
-# 15 minutes on 2 cores, writes runs/flash/{metrics.jsonl,loss.png,ckpt_*.safetensors}, and prints
+# 15 minutes on 2 cores, writes runs/flash/{metrics.jsonl,loss.png,ckpt_*.safetensors} (or --out-dir DIR), and prints
 # validation losses and text samples as it goes.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -12,7 +12,13 @@ cd "$(dirname "$0")"
 bash scripts/install_deps.sh
 bash data/prepare.sh
 make -j"$(nproc)" train
+# The run's directory: runs/flash, or the last --out-dir given (so the closing line names where the files are).
+out_dir=runs/flash
+args=("$@")
+for ((i = 0; i + 1 < ${#args[@]}; i++)); do
+  if [ "${args[i]}" = "--out-dir" ]; then out_dir=${args[i + 1]}; fi
+done
 ./train --model small --seq-len 256 --batch 4 --steps 720 --warmup 60 --lr 6e-3 --lr-min 6e-4 \
         --eval-interval 80 --eval-batches 8 --sample-interval 360 --sample-tokens 80 --ckpt-interval 240 \
         --out-dir runs/flash "$@"
-echo "loss curve: runs/flash/loss.png   metrics: runs/flash/metrics.jsonl   checkpoints: runs/flash/"
+echo "loss curve: $out_dir/loss.png   metrics: $out_dir/metrics.jsonl   checkpoints: $out_dir/"

@@ -1,4 +1,8 @@
-// trainer.cpp: options, learning-rate schedule, checkpoints and the training loop of ./train.
+// trainer.cpp: options, learning-rate schedule and the training loop of ./train. Read trainer.h first.
+//
+// The loop (run_training) reads as llm.c's: next batch, forward, zero_grad, backward, clip, update; evaluation,
+// sampling, checkpointing and logging are named functions around it. The model is a Model (model.h), on the CPU or
+// the GPU: the loop never asks which.
 #include "trainer.h"
 
 #include <cblas.h>
@@ -11,16 +15,13 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <functional>
-#include <sstream>
 
 #include "data/dataloader.h"
-#include "decode.h"
 #include "data/tokenfile.h"
+#include "decode.h"
+#include "formats/json_file.h"
+#include "options.h"
 #include "tokenizer/bpe.h"
-#ifdef FLASH_HAVE_CUDA
-#include "flash_cuda.h"
-#endif
 
 using json = nlohmann::json;
 namespace fs = std::filesystem;
@@ -28,176 +29,73 @@ namespace fs = std::filesystem;
 volatile int g_stop_requested = 0;
 
 // ====================================================================================================
-// Options: one table drives the command line, the JSON options file and --help.
+// Options: one table (options.h) drives the command line, the JSON options file and --help.
 
-namespace {
-
-struct OptionDef {
-    const char* name;
-    const char* help;
-    std::function<void(const json&)> set;   // from a JSON value (the command line's text is parsed as JSON)
-    std::function<json()> get;
-};
-
-template <typename V>
-OptionDef def(const char* name, V& field, const char* help) {
-    return OptionDef{name, help,
-                     [&field, name](const json& j) {
-                         try {
-                             if constexpr (std::is_same_v<V, std::string>) {
-                                 FLASH_CHECK(j.is_string(), "", "");
-                                 field = j.get<std::string>();
-                             } else if constexpr (std::is_same_v<V, bool>) {
-                                 FLASH_CHECK(j.is_boolean(), "", "");
-                                 field = j.get<bool>();
-                             } else if constexpr (std::is_integral_v<V>) {
-                                 FLASH_CHECK(j.is_number_integer(), "", "");
-                                 field = j.get<V>();
-                             } else {
-                                 FLASH_CHECK(j.is_number(), "", "");
-                                 field = j.get<V>();
-                             }
-                         } catch (const std::exception&) {
-                             FLASH_FAIL("option '" << name << "' has a bad value " << j.dump(),
-                                        "see ./train --help for its type and default");
-                         }
-                     },
-                     [&field]() { return json(field); }};
+static OptionTable option_table(TrainOptions& o) {
+    const long long kMaxInt = 2147483647, kMaxWidth = 1 << 16;
+    OptionTable t;
+    t.add("model", o.model, "model shape: tiny, small, base, or a JSON model config (FLASH.md section 5)");
+    t.add("d", o.d, "model width (0: the model's)", 0, kMaxWidth);
+    t.add("e", o.e, "expanded width (0: the model's)", 0, kMaxWidth);
+    t.add("s", o.s, "query/key width (0: the model's)", 0, kMaxWidth);
+    t.add("layers", o.layers, "number of FLASH layers (0: the model's)", 0, 1024);
+    t.add("chunk", o.chunk, "chunk size C (0: the model's)", 0, kMaxWidth);
+    t.add("seq-len", o.seq_len, "sequence length T, a multiple of C (0: the model's)", 0, 1 << 24);
+    t.add("batch", o.batch, "sequences per step", 1, 1 << 20);
+    t.add("steps", o.steps, "optimizer steps in all (a resumed run continues up to this)", 0, kMaxInt);
+    t.add("stop-after", o.stop_after, "stop with a checkpoint after this many steps of this run (0: never)", 0, kMaxInt);
+    t.add("lr", o.lr, "peak learning rate", 0, 1e300);
+    t.add("lr-min", o.lr_min, "learning-rate floor at the end of the cosine decay", 0, 1e300);
+    t.add("warmup", o.warmup, "linear warm-up steps", 0, kMaxInt);
+    t.add("weight-decay", o.weight_decay, "AdamW decoupled weight decay (matrices only)", 0, 1e300);
+    t.add("grad-clip", o.grad_clip, "clip the global gradient norm to this (0: off)", 0, 1e300);
+    t.add("beta1", o.beta1, "AdamW beta1", 0, 1);
+    t.add("beta2", o.beta2, "AdamW beta2", 0, 1);
+    t.add("eval-interval", o.eval_interval, "steps between validation evaluations", 1, kMaxInt);
+    t.add("eval-batches", o.eval_batches, "validation batches per evaluation", 1, kMaxInt);
+    t.add("sample-interval", o.sample_interval, "steps between text samples (0: none)", 0, kMaxInt);
+    t.add("sample-tokens", o.sample_tokens, "tokens per text sample", 0, kMaxInt);
+    t.add("ckpt-interval", o.ckpt_interval, "steps between checkpoints (one is also written at the end)", 1, kMaxInt);
+    t.add("keep-ckpts", o.keep_ckpts, "checkpoints kept (the newest)", 1, kMaxInt);
+    t.add("out-dir", o.out_dir, "directory of checkpoints, metrics.jsonl and loss.png");
+    t.add("data-dir", o.data_dir, "directory with train.bin, val.bin and tokenizer.json (data/prepare.sh)");
+    t.add("seed", o.seed, "seed of the weights and the data order");
+    t.add("threads", o.threads, "CPU threads (0: all cores)", 0, 1024);
+    t.add("device", o.device, "cpu, cuda, or auto (the GPU when one is present)");
+    t.add_flag("resume", o.resume, "continue from the newest checkpoint in out-dir");
+    t.add_flag("quiet", o.quiet, "no per-step lines");
+    return t;
 }
-
-std::vector<OptionDef> option_table(TrainOptions& o) {
-    return {
-        def("model", o.model, "model shape: tiny, small, base, or a JSON model config (FLASH.md section 5)"),
-        def("d", o.d, "model width (0: the model's)"),
-        def("e", o.e, "expanded width (0: the model's)"),
-        def("s", o.s, "query/key width (0: the model's)"),
-        def("layers", o.layers, "number of FLASH layers (0: the model's)"),
-        def("chunk", o.chunk, "chunk size C (0: the model's)"),
-        def("seq-len", o.seq_len, "sequence length T, a multiple of C (0: the model's)"),
-        def("batch", o.batch, "sequences per step"),
-        def("steps", o.steps, "optimizer steps in all (a resumed run continues up to this)"),
-        def("stop-after", o.stop_after, "stop with a checkpoint after this many steps of this run (0: never)"),
-        def("lr", o.lr, "peak learning rate"),
-        def("lr-min", o.lr_min, "learning-rate floor at the end of the cosine decay"),
-        def("warmup", o.warmup, "linear warm-up steps"),
-        def("weight-decay", o.weight_decay, "AdamW decoupled weight decay (matrices only)"),
-        def("grad-clip", o.grad_clip, "clip the global gradient norm to this (0: off)"),
-        def("beta1", o.beta1, "AdamW beta1"),
-        def("beta2", o.beta2, "AdamW beta2"),
-        def("eval-interval", o.eval_interval, "steps between validation evaluations"),
-        def("eval-batches", o.eval_batches, "validation batches per evaluation"),
-        def("sample-interval", o.sample_interval, "steps between text samples (0: none)"),
-        def("sample-tokens", o.sample_tokens, "tokens per text sample"),
-        def("ckpt-interval", o.ckpt_interval, "steps between checkpoints (one is also written at the end)"),
-        def("keep-ckpts", o.keep_ckpts, "checkpoints kept (the newest)"),
-        def("out-dir", o.out_dir, "directory of checkpoints, metrics.jsonl and loss.png"),
-        def("data-dir", o.data_dir, "directory with train.bin, val.bin and tokenizer.json (data/prepare.sh)"),
-        def("seed", o.seed, "seed of the weights and the data order"),
-        def("threads", o.threads, "CPU threads (0: all cores)"),
-        def("device", o.device, "cpu, cuda, or auto (the GPU when one is present)"),
-        def("resume", o.resume, "continue from the newest checkpoint in out-dir"),
-        def("quiet", o.quiet, "no per-step lines"),
-    };
-}
-
-}  // namespace
 
 std::string train_options_help() {
     TrainOptions defaults;
-    std::ostringstream os;
-    os << "usage: ./train [--options FILE.json] [--name value ...]\n"
-          "Trains FLASH on data/train.bin (made by data/prepare.sh). Options (a JSON options file takes the same\n"
-          "names as keys; the command line overrides it):\n";
-    for (const OptionDef& d : option_table(defaults)) {
-        char line[256];
-        std::snprintf(line, sizeof line, "  --%-16s %-56s (default %s)\n", d.name, d.help, d.get().dump().c_str());
-        os << line;
-    }
-    os << "  --options FILE     read options from a JSON object\n"
-          "  --debug-state OUT  write one step's batch, loss, weights and gradients to OUT and exit\n"
-          "                     (with --strong-init, --double, --load CKPT; see README)\n";
-    return os.str();
+    return "usage: ./train [--options FILE.json] [--name value ...]\n"
+           "Trains FLASH on data/train.bin (made by data/prepare.sh). Options (a JSON options file takes the same\n"
+           "names as keys; the command line overrides it):\n" +
+           option_table(defaults).help() +
+           "  --options FILE     read options from a JSON object\n"
+           "  --debug-state OUT  write one step's batch, loss, weights and gradients to OUT and exit\n"
+           "                     (with --strong-init, --double, --load CKPT; see README)\n";
 }
 
 json train_options_to_json(const TrainOptions& o) {
     TrainOptions copy = o;
-    json j = json::object();
-    for (const OptionDef& d : option_table(copy)) j[d.name] = d.get();
-    return j;
-}
-
-static void apply_option(TrainOptions& o, const std::string& name, const json& value) {
-    for (OptionDef& d : option_table(o))
-        if (name == d.name) return d.set(value);
-    FLASH_FAIL("unknown option '" << name << "'", "see ./train --help");
+    return option_table(copy).to_json();
 }
 
 TrainOptions parse_train_options(int argc, char** argv) {
     TrainOptions o;
+    OptionTable table = option_table(o);
     for (int i = 1; i + 1 < argc; i++)
-        if (std::string(argv[i]) == "--options") {
-            std::ifstream in(argv[i + 1]);
-            FLASH_CHECK(in, "cannot open options file '" << argv[i + 1] << "'", "check the path");
-            json j;
-            try {
-                j = json::parse(in);
-            } catch (const json::exception& ex) {
-                FLASH_FAIL("options file '" << argv[i + 1] << "' is not valid JSON: " << ex.what(), "fix the file");
-            }
-            FLASH_CHECK(j.is_object(), "options file '" << argv[i + 1] << "' must hold a JSON object", "");
-            for (auto it = j.begin(); it != j.end(); ++it) apply_option(o, it.key(), *it);
-        }
-    for (int i = 1; i < argc; i++) {
-        std::string a = argv[i];
-        FLASH_CHECK(a.size() > 2 && a.compare(0, 2, "--") == 0, "unexpected argument '" << a << "'",
-                    "options are --name value; see ./train --help");
-        std::string name = a.substr(2);
-        if (name == "options") { i++; continue; }
-        if (name == "resume" || name == "quiet") {  // flags
-            apply_option(o, name, true);
-            continue;
-        }
-        FLASH_CHECK(i + 1 < argc, "option --" << name << " needs a value", "see ./train --help");
-        std::string text = argv[++i];
-        json value;
-        try {
-            value = json::parse(text);
-        } catch (const json::exception&) {
-            value = text;  // a bare word is a string
-        }
-        if (value.is_number() || value.is_boolean()) {
-            TrainOptions probe = o;
-            try {
-                apply_option(probe, name, value);
-            } catch (const flash_error&) {
-                value = text;  // e.g. --out-dir 123 is a string
-            }
-        }
-        apply_option(o, name, value);
-    }
-    FLASH_CHECK(o.batch > 0, "--batch must be positive, got " << o.batch, "");
-    FLASH_CHECK(o.steps >= 0, "--steps must be >= 0, got " << o.steps, "");
-    FLASH_CHECK(o.stop_after >= 0, "--stop-after must be >= 0, got " << o.stop_after, "");
-    FLASH_CHECK(o.lr > 0 && o.lr_min >= 0 && o.lr_min <= o.lr, "need 0 <= --lr-min <= --lr and --lr > 0", "");
-    FLASH_CHECK(o.warmup >= 0, "--warmup must be >= 0", "");
-    FLASH_CHECK(o.eval_interval > 0 && o.eval_batches > 0, "--eval-interval and --eval-batches must be positive", "");
-    FLASH_CHECK(o.ckpt_interval > 0 && o.keep_ckpts > 0, "--ckpt-interval and --keep-ckpts must be positive", "");
+        if (std::string(argv[i]) == "--options")
+            table.set_all_json(read_json_file(argv[i + 1], "options file", "check the path and the JSON"),
+                               std::string("options file '") + argv[i + 1] + "'");
+    table.parse(argc, argv, {"options"});
+    FLASH_CHECK(o.lr > 0 && o.lr_min <= o.lr, "need 0 <= --lr-min <= --lr and --lr > 0, got --lr " << o.lr
+                                                  << " --lr-min " << o.lr_min, "");
     FLASH_CHECK(o.device == "cpu" || o.device == "cuda" || o.device == "auto",
                 "--device must be cpu, cuda or auto, got '" << o.device << "'", "");
     return o;
-}
-
-FlashConfig load_model_config(const std::string& name) {
-    if (name == "tiny" || name == "small" || name == "base") return config_preset(name);
-    std::ifstream in(name);
-    FLASH_CHECK(in, "cannot open model config '" << name << "'", "give tiny, small, base or a path to a JSON file");
-    json j;
-    try {
-        j = json::parse(in);
-    } catch (const json::exception& ex) {
-        FLASH_FAIL("model config '" << name << "' is not valid JSON: " << ex.what(), "fix the file");
-    }
-    return config_from_json(j);
 }
 
 FlashConfig model_config_from_options(const TrainOptions& o, int vocab_size) {
@@ -221,110 +119,15 @@ double learning_rate(const TrainOptions& o, int64_t step) {
 }
 
 // ====================================================================================================
-// Checkpoints
+// Text samples
 
-static std::string checkpoint_name(int64_t step) {
-    char name[64];
-    std::snprintf(name, sizeof name, "ckpt_%08lld.safetensors", (long long)step);
-    return name;
-}
-
-std::string save_checkpoint(const std::string& out_dir, const FlashModel<float>& m, const TrainState& st) {
-    std::error_code ec;
-    fs::create_directories(out_dir, ec);
-    FLASH_CHECK(!ec, "cannot create checkpoint directory '" << out_dir << "': " << ec.message(), "check permissions");
-    std::vector<SafeTensor> tensors = param_tensors(m, m.params, "", "F32");
-    for (SafeTensor& t : param_tensors(m, m.adam_m, "adam_m.", "F32")) tensors.push_back(std::move(t));
-    for (SafeTensor& t : param_tensors(m, m.adam_v, "adam_v.", "F32")) tensors.push_back(std::move(t));
-    json state = {{"step", st.step}, {"loader_rng", st.loader_rng}, {"loader_batches", st.loader_batches}};
-    const std::string path = (fs::path(out_dir) / checkpoint_name(st.step)).string();
-    safetensors_write(path, tensors,
-                      {{"config", config_to_json(m.cfg).dump()}, {"train_state", state.dump()},
-                       {"kind", "flash checkpoint"}});
-    return path;
-}
-
-TrainState load_checkpoint(const std::string& path, FlashModel<float>& m) {
-    SafeTensorsFile f = safetensors_read(path);
-    const FlashConfig c = checkpoint_config(f, path);
-    const std::string diff = config_shape_mismatch(c, m.cfg);
-    FLASH_CHECK(diff.empty(), "checkpoint '" << path << "' holds a model of another shape (checkpoint vs options: "
-                                             << diff << ")",
-                "resume with the options it was trained with, or use another --out-dir for a new model");
-    auto it = f.metadata.find("train_state");
-    FLASH_CHECK(it != f.metadata.end(), "'" << path << "' has no train_state in its metadata",
-                "it holds weights only; it cannot be resumed from");
-    TrainState st;
-    try {
-        json j = json::parse(it->second);
-        st.step = j.at("step").get<int64_t>();
-        st.loader_rng = j.at("loader_rng").get<uint64_t>();
-        st.loader_batches = j.at("loader_batches").get<uint64_t>();
-    } catch (const json::exception& ex) {
-        FLASH_FAIL("'" << path << "' has a bad train_state: " << ex.what(), "the file is corrupt");
-    }
-    std::vector<float> params(m.params.size()), mom1(m.params.size()), mom2(m.params.size());
-    load_param_tensors(m, params, f, "", path);
-    load_param_tensors(m, mom1, f, "adam_m.", path);
-    load_param_tensors(m, mom2, f, "adam_v.", path);
-    // Only now, with everything read and checked, does the model change.
-    std::copy(params.begin(), params.end(), m.params.begin());
-    std::copy(mom1.begin(), mom1.end(), m.adam_m.begin());
-    std::copy(mom2.begin(), mom2.end(), m.adam_v.begin());
-    return st;
-}
-
-static std::vector<std::pair<int64_t, std::string>> list_checkpoints(const std::string& out_dir) {
-    std::vector<std::pair<int64_t, std::string>> found;
-    std::error_code ec;
-    if (!fs::is_directory(out_dir, ec)) return found;
-    for (const auto& entry : fs::directory_iterator(out_dir, ec)) {
-        const std::string name = entry.path().filename().string();
-        long long step;
-        char tail[32];
-        if (std::sscanf(name.c_str(), "ckpt_%lld.%31s", &step, tail) == 2 && std::string(tail) == "safetensors")
-            found.push_back({step, entry.path().string()});
-    }
-    std::sort(found.begin(), found.end());
-    return found;
-}
-
-std::string latest_checkpoint(const std::string& out_dir) {
-    auto found = list_checkpoints(out_dir);
-    return found.empty() ? "" : found.back().second;
-}
-
-void prune_checkpoints(const std::string& out_dir, int keep) {
-    auto found = list_checkpoints(out_dir);
-    for (size_t i = 0; i + keep < found.size(); i++) std::remove(found[i].second.c_str());
-}
-
-// ====================================================================================================
-// Figures for the log
-
-// FLASH.md §4: forward FLOPs per token; a training step is about 3× the forward.
-static double forward_flops_per_token(const FlashConfig& c) {
-    const double d = c.d, e = c.e, s = c.s, L = c.n_layers, C = c.chunk, V = c.vocab_size;
-    return 2 * (d * (2 * e + s) + e * d) * L + 2 * C * (s + e) * L + 4 * s * e * L + 2 * d * V;
-}
-
-// The machine's matrix-multiply peak as this program sees it: the best of ten 1024³ sgemm calls (best, not
-// mean: on a shared machine the slow calls measure the neighbours, not the machine).
-static double measure_matmul_peak() {
-    const int n = 1024;
-    std::vector<float> a((size_t)n * n, 1.0f), b((size_t)n * n, 0.5f), c((size_t)n * n);
-    double best = 0;
-    for (int rep = 0; rep < 10; rep++) {
-        auto t0 = std::chrono::steady_clock::now();
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
-        double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        best = std::max(best, 2.0 * n * n * n / sec);
-    }
-    return best;
-}
-
-// Text from the model: the cached decoder (decode.h) from <|endoftext|>, temperature 0.8, top-k 50.
-static std::string sample_text(FlashModel<float>& m, const bpe::Tokenizer& tok, int n_tokens, uint64_t seed) {
+// Text from the model: the cached decoder (decode.h) from <|endoftext|>, temperature 0.8, top-k 50. The decoder runs
+// FLASH on the host, on a copy of the weights (the model may be on the GPU, and its activations stay as they are).
+static std::string sample_text(const Model<float>& model, const bpe::Tokenizer& tok, int n_tokens, uint64_t seed) {
+    FLASH_CHECK(model.arch() == "flash", "text samples need the cached decoder, which exists for FLASH only",
+                "use --sample-interval 0");
+    FlashModel<float> m(config_from_json(model.config_json()));
+    model.copy_to_host(ModelBuffer::params, m.params.data());
     const int V = m.cfg.vocab_size;
     DecodeState<float> state;
     decode_init(state, m);
@@ -343,95 +146,173 @@ static std::string sample_text(FlashModel<float>& m, const bpe::Tokenizer& tok, 
 }
 
 // ====================================================================================================
-// The model being trained: the CPU reference, or the GPU model of flash.cu. The CPU model always exists: it is
-// initialised (so both devices start from the same weights), it is what checkpoints are written from, and it
-// draws the samples; with the GPU, sync_to_cpu() copies weights and moments into it first.
+// The pieces of a run, each a named function, called by the loop below.
 
-struct Trainee {
-    FlashModel<float>& cpu;
-#ifdef FLASH_HAVE_CUDA
-    FlashCuda* gpu = nullptr;
-#endif
-    explicit Trainee(FlashModel<float>& m) : cpu(m) {}
-    ~Trainee() {
-#ifdef FLASH_HAVE_CUDA
-        if (gpu) cuda_model_destroy(gpu);
-#endif
-    }
-    bool on_gpu() const {
-#ifdef FLASH_HAVE_CUDA
-        return gpu != nullptr;
-#else
-        return false;
-#endif
-    }
-    void use_gpu(int B, int T) {
-#ifdef FLASH_HAVE_CUDA
-        gpu = cuda_model_create(cpu.cfg, B, T);
-        cuda_model_set_params(gpu, cpu.params.data());
-        cuda_model_set_adam(gpu, cpu.adam_m.data(), cpu.adam_v.data());
-#else
-        FLASH_FAIL("this build has no CUDA support", "build where nvcc exists, or use --device cpu");
-#endif
-    }
-    double forward(const int* tokens, const int* targets, int B, int T) {
-#ifdef FLASH_HAVE_CUDA
-        if (gpu) return cuda_model_forward(gpu, tokens, targets, B, T);
-#endif
-        return cpu.forward(tokens, targets, B, T);
-    }
-    // backward, global gradient norm (before clipping), clipping to max_norm (0: off)
-    double backward(double max_norm) {
-        double norm;
-#ifdef FLASH_HAVE_CUDA
-        if (gpu) {
-            cuda_model_zero_grad(gpu);
-            cuda_model_backward(gpu);
-            norm = cuda_model_grad_norm(gpu);
-            if (max_norm > 0 && norm > max_norm) cuda_model_scale_grads(gpu, max_norm / norm);
-            return norm;
-        }
-#endif
-        cpu.zero_grad();
-        cpu.backward();
-        norm = cpu.grad_norm();
-        if (max_norm > 0 && norm > max_norm) {
-            const float scale = (float)(max_norm / norm);
-            for (float& g : cpu.grads) g *= scale;
-        }
-        return norm;
-    }
-    void adamw_update(double lr, const AdamWConfig& opt, int64_t t) {
-#ifdef FLASH_HAVE_CUDA
-        if (gpu) return cuda_model_adamw_update(gpu, lr, opt, t);
-#endif
-        cpu.adamw_update(lr, opt, t);
-    }
-    void sync_to_cpu() {
-#ifdef FLASH_HAVE_CUDA
-        if (gpu) {
-            cuda_model_get_params(gpu, cpu.params.data());
-            cuda_model_get_adam(gpu, cpu.adam_m.data(), cpu.adam_v.data());
-        }
-#endif
-    }
+namespace {
+
+// Everything a run holds besides the model.
+struct Run {
+    explicit Run(const TrainOptions& options) : o(options) {}
+    const TrainOptions& o;
+    bpe::Tokenizer tok;
+    flash_data::TokenFile train_tokens, val_tokens;
+    double val_bytes_per_token = 0;
+    FILE *metrics = nullptr, *train_tsv = nullptr, *val_tsv = nullptr;
+    double flops_per_step_token = 0;  // training FLOPs per token (3 × forward)
+    double peak = 0;                  // the CPU's measured sgemm peak (0 on the GPU, or quiet)
+    std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
+    int64_t first_step = 1;           // of this run (a resumed run starts later)
+    int T = 0;                        // sequence length
 };
 
-// cpu, cuda or auto -> whether to train on the GPU, with a clear error when cuda is asked for and absent.
-static bool want_gpu(const std::string& device) {
-    if (device == "cpu") return false;
-#ifdef FLASH_HAVE_CUDA
-    std::string why;
-    const bool ok = cuda_available(&why);
-    FLASH_CHECK(ok || device == "auto", "--device cuda: no usable GPU (" << why << ")", "use --device cpu or auto");
-    if (!ok) std::printf("--device auto: no usable GPU (%s); training on the CPU\n", why.c_str());
-    return ok;
-#else
-    FLASH_CHECK(device == "auto", "--device cuda: this build has no CUDA support (nvcc was not found by make)",
-                "install the CUDA Toolkit and rebuild, or use --device cpu");
-    return false;
-#endif
+// Data and tokenizer, with a message naming the command that prepares them.
+void load_data(Run& run) {
+    const fs::path data(run.o.data_dir);
+    for (const char* f : {"train.bin", "val.bin", "tokenizer.json"})
+        FLASH_CHECK(fs::exists(data / f), "no " << (data / f).string() << ": the training data is not prepared",
+                    "run data/prepare.sh (or ./train.sh, which prepares, builds and trains)");
+    run.tok = bpe::Tokenizer::load((data / "tokenizer.json").string());
+    run.train_tokens = flash_data::load_token_file((data / "train.bin").string(), run.tok.vocab_size());
+    run.val_tokens = flash_data::load_token_file((data / "val.bin").string(), run.tok.vocab_size());
+    run.val_bytes_per_token =
+        (double)run.tok.decode(run.val_tokens.tokens).size() / (double)run.val_tokens.tokens.size();
 }
+
+void print_header(const Run& run, const Model<float>& model, Device device, const FlashConfig& cfg) {
+    const TrainOptions& o = run.o;
+    if (device == Device::cuda) std::printf("FLASH training on the GPU (CUDA)\n");
+    else std::printf("FLASH training on the CPU, %d threads\n", omp_get_max_threads());
+    std::printf("+-----------------+------------------------------------------+\n");
+    const json model_json = config_to_json(cfg), options_json = train_options_to_json(o);
+    for (auto& kv : model_json.items()) std::printf("| %-15s | %-40s |\n", kv.key().c_str(), kv.value().dump().c_str());
+    for (auto& kv : options_json.items())
+        if (kv.key() != "model") std::printf("| %-15s | %-40s |\n", kv.key().c_str(), kv.value().dump().c_str());
+    std::printf("+-----------------+------------------------------------------+\n");
+    std::printf("parameters: %zu   FLOPs per token: %.1f M forward, %.1f M training step\n", model.param_count(),
+                model.forward_flops_per_token() / 1e6, run.flops_per_step_token / 1e6);
+    std::printf("data: %zu train tokens, %zu val tokens (%.2f bytes/token), vocab %u\n", run.train_tokens.tokens.size(),
+                run.val_tokens.tokens.size(), run.val_bytes_per_token, run.tok.vocab_size());
+    if (run.peak > 0) std::printf("matrix-multiply peak of this machine (sgemm 1024^3): %.1f GFLOP/s\n", run.peak / 1e9);
+}
+
+// Metrics: JSON lines for machines, TSV for the plot. A fresh run starts them anew, a resumed one appends.
+void open_logs(Run& run) {
+    const fs::path out(run.o.out_dir);
+    const char* mode = run.o.resume ? "a" : "w";
+    run.metrics = std::fopen((out / "metrics.jsonl").c_str(), mode);
+    run.train_tsv = std::fopen((out / "train_loss.tsv").c_str(), mode);
+    run.val_tsv = std::fopen((out / "val_loss.tsv").c_str(), mode);
+    FLASH_CHECK(run.metrics && run.train_tsv && run.val_tsv, "cannot write metrics under '" << run.o.out_dir << "'",
+                "check permissions");
+}
+
+void close_logs(Run& run) {
+    for (FILE* f : {run.metrics, run.train_tsv, run.val_tsv})
+        if (f) std::fclose(f);
+    run.metrics = run.train_tsv = run.val_tsv = nullptr;
+}
+
+// "1m05s", "2h03m": short, for the step line.
+std::string short_duration(double sec) {
+    char buf[32];
+    const long long s = (long long)std::llround(std::max(0.0, sec));
+    if (s >= 3600) std::snprintf(buf, sizeof buf, "%lldh%02lldm", s / 3600, s / 60 % 60);
+    else std::snprintf(buf, sizeof buf, "%lldm%02llds", s / 60, s % 60);
+    return buf;
+}
+
+// One line per step on stdout (with the time since the start and an estimate of the time to go), and one JSON
+// line and one TSV line in the logs.
+void log_step(const Run& run, int64_t step, double loss, double lr, double norm, double sec) {
+    const TrainOptions& o = run.o;
+    const double tok_s = (double)o.batch * run.T / sec;
+    if (!o.quiet) {
+        // the share of the CPU's measured sgemm peak; on the GPU, the model FLOP/s themselves
+        char speed[64];
+        if (run.peak > 0)
+            std::snprintf(speed, sizeof speed, "%4.1f%% of matmul peak", 100 * tok_s * run.flops_per_step_token / run.peak);
+        else std::snprintf(speed, sizeof speed, "%.2f TFLOP/s", tok_s * run.flops_per_step_token / 1e12);
+        const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - run.start).count();
+        const double left = elapsed / (double)(step - run.first_step + 1) * (double)(o.steps - step);
+        std::printf("step %6lld/%d | loss %.4f | lr %.2e | norm %7.3f | %7.1f ms | %7.0f tok/s | %s | %s elapsed, %s left\n",
+                    (long long)step, o.steps, loss, lr, norm, sec * 1e3, tok_s, speed, short_duration(elapsed).c_str(),
+                    short_duration(left).c_str());
+        std::fflush(stdout);  // one line per step, also when piped to a file
+    }
+    std::fprintf(run.metrics,
+                 "{\"step\": %lld, \"train_loss\": %.6f, \"lr\": %.6e, \"grad_norm\": %.6f, \"ms\": %.3f, "
+                 "\"tok_per_s\": %.1f}\n",
+                 (long long)step, loss, lr, norm, sec * 1e3, tok_s);
+    std::fprintf(run.train_tsv, "%lld\t%.6f\n", (long long)step, loss);
+}
+
+// Mean validation loss over the first eval_batches batches of the validation split.
+double evaluate(const Run& run, Model<float>& model, flash_data::DataLoader& val_loader) {
+    const TrainOptions& o = run.o;
+    std::vector<int32_t> inputs, targets;
+    val_loader.reset();
+    double sum = 0;
+    const int n = std::max<int>(1, std::min<int>(o.eval_batches, (int)val_loader.batches_per_epoch()));
+    for (int i = 0; i < n; i++) {
+        val_loader.next_batch(inputs, targets);
+        sum += model.forward(inputs.data(), targets.data(), o.batch, run.T);
+    }
+    return sum / n;
+}
+
+void log_eval(const Run& run, int64_t step, double val) {
+    const double bpb = val / std::log(2.0) / run.val_bytes_per_token;
+    if (!run.o.quiet) std::printf("step %6lld | val loss %.4f | val bits/byte %.4f\n", (long long)step, val, bpb);
+    std::fprintf(run.metrics, "{\"step\": %lld, \"val_loss\": %.6f, \"val_bpb\": %.6f}\n", (long long)step, val, bpb);
+    std::fprintf(run.val_tsv, "%lld\t%.6f\n", (long long)step, val);
+    std::fflush(run.metrics);
+}
+
+// loss.png from the TSV logs, when gnuplot is there.
+void plot_losses(const Run& run) {
+    const TrainOptions& o = run.o;
+    const fs::path out(o.out_dir);
+    std::fflush(run.train_tsv);
+    std::fflush(run.val_tsv);
+    if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) return;
+    const fs::path script = out / "loss.gp";
+    std::ofstream gp(script);
+    gp << "set terminal pngcairo size 900,540\nset output '" << (out / "loss.png").string() << "'\n"
+       << "set title 'FLASH training'\nset xlabel 'step'\nset ylabel 'loss (nats/token)'\nset grid\n"
+       << "plot '" << (out / "train_loss.tsv").string() << "' using 1:2 with lines title 'train', '"
+       << (out / "val_loss.tsv").string() << "' using 1:2 with linespoints title 'validation'\n";
+    gp.close();
+    if (std::system(("gnuplot '" + script.string() + "' 2>/dev/null").c_str()) != 0 && !o.quiet)
+        std::printf("note: gnuplot failed; no loss.png\n");
+}
+
+void print_sample(const Run& run, const Model<float>& model, int64_t step) {
+    const std::string text = sample_text(model, run.tok, run.o.sample_tokens, run.o.seed ^ (uint64_t)step);
+    std::printf("---- sample at step %lld ----\n%s\n----\n", (long long)step, text.c_str());
+}
+
+void checkpoint(const Run& run, const Model<float>& model, const flash_data::DataLoader& train_loader, int64_t step) {
+    const flash_data::DataLoaderState ls = train_loader.state();
+    const std::string path = save_checkpoint(run.o.out_dir, model, TrainState{step, ls.rng_state, ls.batches});
+    prune_checkpoints(run.o.out_dir, run.o.keep_ckpts);
+    if (!run.o.quiet) std::printf("checkpoint %s\n", path.c_str());
+}
+
+// Continues from the newest checkpoint in out_dir: the model, its moments and the data loader's position.
+int64_t resume(const Run& run, Model<float>& model, flash_data::DataLoader& train_loader) {
+    const std::string path = latest_checkpoint(run.o.out_dir);
+    FLASH_CHECK(!path.empty(), "--resume: no checkpoint in '" << run.o.out_dir << "'",
+                "train without --resume first, or point --out-dir at the run to continue");
+    const TrainState st = load_checkpoint(path, model);
+    flash_data::DataLoaderState ls = train_loader.state();
+    ls.rng_state = st.loader_rng;
+    ls.batches = st.loader_batches;
+    train_loader.restore(ls);
+    std::printf("resumed from %s at step %lld\n", path.c_str(), (long long)st.step);
+    return st.step;
+}
+
+}  // namespace
 
 // ====================================================================================================
 // The loop
@@ -441,67 +322,25 @@ TrainResult run_training(const TrainOptions& o) {
         omp_set_num_threads(o.threads);
         openblas_set_num_threads(o.threads);
     }
-    const bool gpu = want_gpu(o.device);
-    // Data and tokenizer.
-    const fs::path data(o.data_dir);
-    for (const char* f : {"train.bin", "val.bin", "tokenizer.json"})
-        FLASH_CHECK(fs::exists(data / f), "no " << (data / f).string() << ": the training data is not prepared",
-                    "run data/prepare.sh (or ./train.sh, which prepares, builds and trains)");
-    const bpe::Tokenizer tok = bpe::Tokenizer::load((data / "tokenizer.json").string());
-    const flash_data::TokenFile train_tokens = flash_data::load_token_file((data / "train.bin").string(), tok.vocab_size());
-    const flash_data::TokenFile val_tokens = flash_data::load_token_file((data / "val.bin").string(), tok.vocab_size());
-    const double val_bytes_per_token = (double)tok.decode(val_tokens.tokens).size() / (double)val_tokens.tokens.size();
-
-    const FlashConfig cfg = model_config_from_options(o, (int)tok.vocab_size());
+    const Device device = choose_device(o.device);
+    Run run(o);
+    load_data(run);
+    const FlashConfig cfg = model_config_from_options(o, (int)run.tok.vocab_size());
     const int B = o.batch, T = cfg.seq_len;
-    FlashModel<float> model(cfg);
-    model.init_weights(o.seed);
-    flash_data::DataLoader train_loader(train_tokens.tokens, B, T, flash_data::LoaderMode::kTrainRandom, o.seed);
-    flash_data::DataLoader val_loader(val_tokens.tokens, B, T, flash_data::LoaderMode::kValSequential);
+    run.T = T;
+    std::unique_ptr<Model<float>> model = make_model<float>(config_to_json(cfg), device);
+    model->init_weights(o.seed);
+    flash_data::DataLoader train_loader(run.train_tokens.tokens, B, T, flash_data::LoaderMode::kTrainRandom, o.seed);
+    flash_data::DataLoader val_loader(run.val_tokens.tokens, B, T, flash_data::LoaderMode::kValSequential);
+    const int64_t done = o.resume ? resume(run, *model, train_loader) : 0;
 
-    TrainState st;
-    if (o.resume) {
-        const std::string path = latest_checkpoint(o.out_dir);
-        FLASH_CHECK(!path.empty(), "--resume: no checkpoint in '" << o.out_dir << "'",
-                    "train without --resume first, or point --out-dir at the run to continue");
-        st = load_checkpoint(path, model);
-        flash_data::DataLoaderState ls = train_loader.state();
-        ls.rng_state = st.loader_rng;
-        ls.batches = st.loader_batches;
-        train_loader.restore(ls);
-        std::printf("resumed from %s at step %lld\n", path.c_str(), (long long)st.step);
-    }
-    Trainee trainee(model);
-    if (gpu) trainee.use_gpu(B, T);
     std::error_code ec;
     fs::create_directories(o.out_dir, ec);
     FLASH_CHECK(!ec, "cannot create '" << o.out_dir << "': " << ec.message(), "check permissions or pick --out-dir");
-
-    const double flops_per_token = 3 * forward_flops_per_token(cfg);
-    const double peak = (o.quiet || gpu) ? 0.0 : measure_matmul_peak();
-    if (!o.quiet) {
-        if (gpu) std::printf("FLASH training on the GPU (CUDA)\n");
-        else std::printf("FLASH training on the CPU, %d threads\n", omp_get_max_threads());
-        std::printf("+-----------------+------------------------------------------+\n");
-        const json model_json = config_to_json(cfg), options_json = train_options_to_json(o);
-        for (auto& kv : model_json.items()) std::printf("| %-15s | %-40s |\n", kv.key().c_str(), kv.value().dump().c_str());
-        for (auto& kv : options_json.items())
-            if (kv.key() != "model") std::printf("| %-15s | %-40s |\n", kv.key().c_str(), kv.value().dump().c_str());
-        std::printf("+-----------------+------------------------------------------+\n");
-        std::printf("parameters: %zu   FLOPs per token: %.1f M forward, %.1f M training step\n", model.params.size(),
-                    forward_flops_per_token(cfg) / 1e6, flops_per_token / 1e6);
-        std::printf("data: %zu train tokens, %zu val tokens (%.2f bytes/token), vocab %u\n", train_tokens.tokens.size(),
-                    val_tokens.tokens.size(), val_bytes_per_token, tok.vocab_size());
-        if (peak > 0) std::printf("matrix-multiply peak of this machine (sgemm 1024^3): %.1f GFLOP/s\n", peak / 1e9);
-    }
-
-    // Metrics: JSON lines for machines, TSV for the plot. A fresh run starts them anew.
-    const fs::path out(o.out_dir);
-    const char* mode = o.resume ? "a" : "w";
-    FILE* metrics = std::fopen((out / "metrics.jsonl").c_str(), mode);
-    FILE* train_tsv = std::fopen((out / "train_loss.tsv").c_str(), mode);
-    FILE* val_tsv = std::fopen((out / "val_loss.tsv").c_str(), mode);
-    FLASH_CHECK(metrics && train_tsv && val_tsv, "cannot write metrics under '" << o.out_dir << "'", "check permissions");
+    run.flops_per_step_token = 3 * model->forward_flops_per_token();
+    run.peak = (o.quiet || device == Device::cuda) ? 0.0 : measure_sgemm_peak();
+    if (!o.quiet) print_header(run, *model, device, cfg);
+    open_logs(run);
 
     AdamWConfig opt;
     opt.beta1 = o.beta1;
@@ -509,48 +348,16 @@ TrainResult run_training(const TrainOptions& o) {
     opt.weight_decay = o.weight_decay;
     std::vector<int32_t> inputs, targets;
     TrainResult result;
-    result.steps_done = st.step;
-
-    auto evaluate = [&]() {
-        val_loader.reset();
-        double sum = 0;
-        const int n = std::max<int>(1, std::min<int>(o.eval_batches, (int)val_loader.batches_per_epoch()));
-        for (int i = 0; i < n; i++) {
-            val_loader.next_batch(inputs, targets);
-            sum += trainee.forward(inputs.data(), targets.data(), B, T);
-        }
-        return sum / n;
-    };
-    auto checkpoint = [&](int64_t step) {
-        flash_data::DataLoaderState ls = train_loader.state();
-        TrainState now{step, ls.rng_state, ls.batches};
-        trainee.sync_to_cpu();
-        std::string path = save_checkpoint(o.out_dir, model, now);
-        prune_checkpoints(o.out_dir, o.keep_ckpts);
-        if (!o.quiet) std::printf("checkpoint %s\n", path.c_str());
-    };
-    auto plot = [&]() {
-        std::fflush(train_tsv);
-        std::fflush(val_tsv);
-        if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) return;
-        const fs::path script = out / "loss.gp";
-        std::ofstream gp(script);
-        gp << "set terminal pngcairo size 900,540\nset output '" << (out / "loss.png").string() << "'\n"
-           << "set title 'FLASH training'\nset xlabel 'step'\nset ylabel 'loss (nats/token)'\nset grid\n"
-           << "plot '" << (out / "train_loss.tsv").string() << "' using 1:2 with lines title 'train', '"
-           << (out / "val_loss.tsv").string() << "' using 1:2 with linespoints title 'validation'\n";
-        gp.close();
-        if (std::system(("gnuplot '" + script.string() + "' 2>/dev/null").c_str()) != 0 && !o.quiet)
-            std::printf("note: gnuplot failed; no loss.png\n");
-    };
-
-    if (st.step >= o.steps && !o.quiet)
+    result.steps_done = done;
+    if (done >= o.steps && !o.quiet)
         std::printf("the checkpoint is at step %lld, --steps is %d: nothing to train (raise --steps to go on)\n",
-                    (long long)st.step, o.steps);
-    for (int64_t step = st.step + 1; step <= o.steps; step++) {
+                    (long long)done, o.steps);
+    run.first_step = done + 1;
+    run.start = std::chrono::steady_clock::now();
+    for (int64_t step = done + 1; step <= o.steps; step++) {
         const auto t0 = std::chrono::steady_clock::now();
         train_loader.next_batch(inputs, targets);
-        const double loss = trainee.forward(inputs.data(), targets.data(), B, T);
+        const double loss = model->forward(inputs.data(), targets.data(), B, T);
         if (!std::isfinite(loss)) {
             std::fprintf(stderr, "error: the training loss is %g at step %lld; stopping. The last checkpoint in %s is "
                                  "intact (hint: lower --lr or --grad-clip and --resume)\n",
@@ -558,45 +365,25 @@ TrainResult run_training(const TrainOptions& o) {
             result.interrupted = true;
             break;
         }
-        const double norm = trainee.backward(o.grad_clip);
+        model->zero_grad();
+        model->backward();
+        const double norm = clip_grad_norm(*model, o.grad_clip);
         const double lr = learning_rate(o, step);
-        trainee.adamw_update(lr, opt, step);
+        model->adamw_update(lr, opt, step);
         const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        const double tok_s = B * T / sec;
         result.steps_done = step;
         result.last_train_loss = loss;
-        if (!o.quiet) {
-            // the share of the CPU's measured sgemm peak; on the GPU, the model FLOP/s themselves
-            char speed[64];
-            if (peak > 0) std::snprintf(speed, sizeof speed, "%4.1f%% of matmul peak", 100 * tok_s * flops_per_token / peak);
-            else std::snprintf(speed, sizeof speed, "%.2f TFLOP/s", tok_s * flops_per_token / 1e12);
-            std::printf("step %6lld/%d | loss %.4f | lr %.2e | norm %7.3f | %7.1f ms | %7.0f tok/s | %s\n",
-                        (long long)step, o.steps, loss, lr, norm, sec * 1e3, tok_s, speed);
-            std::fflush(stdout);  // one line per step, also when piped to a file
-        }
-        std::fprintf(metrics,
-                     "{\"step\": %lld, \"train_loss\": %.6f, \"lr\": %.6e, \"grad_norm\": %.6f, \"ms\": %.3f, "
-                     "\"tok_per_s\": %.1f}\n",
-                     (long long)step, loss, lr, norm, sec * 1e3, tok_s);
-        std::fprintf(train_tsv, "%lld\t%.6f\n", (long long)step, loss);
+        log_step(run, step, loss, lr, norm, sec);
 
         if (step % o.eval_interval == 0 || step == o.steps) {
-            const double val = evaluate();
-            const double bpb = val / std::log(2.0) / val_bytes_per_token;
-            result.last_val_loss = val;
-            if (!o.quiet) std::printf("step %6lld | val loss %.4f | val bits/byte %.4f\n", (long long)step, val, bpb);
-            std::fprintf(metrics, "{\"step\": %lld, \"val_loss\": %.6f, \"val_bpb\": %.6f}\n", (long long)step, val, bpb);
-            std::fprintf(val_tsv, "%lld\t%.6f\n", (long long)step, val);
-            std::fflush(metrics);
-            plot();
+            result.last_val_loss = evaluate(run, *model, val_loader);
+            log_eval(run, step, result.last_val_loss);
+            plot_losses(run);
         }
-        if (o.sample_interval > 0 && (step % o.sample_interval == 0 || step == o.steps) && !o.quiet) {
-            trainee.sync_to_cpu();
-            std::string text = sample_text(model, tok, o.sample_tokens, o.seed ^ (uint64_t)step);
-            std::printf("---- sample at step %lld ----\n%s\n----\n", (long long)step, text.c_str());
-        }
-        const bool stop = g_stop_requested != 0, pause = o.stop_after > 0 && step - st.step >= o.stop_after;
-        if (step % o.ckpt_interval == 0 || step == o.steps || stop || pause) checkpoint(step);
+        if (o.sample_interval > 0 && (step % o.sample_interval == 0 || step == o.steps) && !o.quiet)
+            print_sample(run, *model, step);
+        const bool stop = g_stop_requested != 0, pause = o.stop_after > 0 && step - done >= o.stop_after;
+        if (step % o.ckpt_interval == 0 || step == o.steps || stop || pause) checkpoint(run, *model, train_loader, step);
         if (stop || pause) {
             if (!o.quiet)
                 std::printf("%s: checkpoint written at step %lld; continue with --resume\n",
@@ -605,9 +392,7 @@ TrainResult run_training(const TrainOptions& o) {
             break;
         }
     }
-    std::fclose(metrics);
-    std::fclose(train_tsv);
-    std::fclose(val_tsv);
-    plot();
+    plot_losses(run);
+    close_logs(run);
     return result;
 }

@@ -1,4 +1,4 @@
-// trainer.h: training FLASH on a token file: options, the learning-rate schedule, checkpoints, the loop.
+// trainer.h: training a model on a token file: options, the learning-rate schedule, the loop.
 // train.cpp is the command line around it; the tests call these functions directly.
 #pragma once
 #include <cstdint>
@@ -6,6 +6,8 @@
 #include <vector>
 
 #include "flash.h"
+#include "formats/checkpoint.h"
+#include "formats/config.h"
 
 // Every option of ./train: its name is the long option (--name) and the key in a JSON options file.
 struct TrainOptions {
@@ -23,40 +25,26 @@ struct TrainOptions {
     std::string out_dir = "runs/flash";  // checkpoints, metrics.jsonl, loss.png
     std::string data_dir = "data";       // train.bin, val.bin, tokenizer.json
     uint64_t seed = 1337;
-    int threads = 0;                     // 0: all cores
+    int threads = 0;                     // 0: all cores, else 1..1024
     std::string device = "cpu";          // cpu | cuda | auto
     bool resume = false;
     bool quiet = false;                  // no per-step lines (tests)
 };
 
-// Parses argv (after the JSON file given with --options FILE, if any, so the command line wins).
-// Throws flash_error for an unknown option or a bad value, naming it. --help prints the options and exits.
+// Parses argv (after the JSON file given with --options FILE, if any, so the command line wins), with the one
+// option parser (options.h). Throws flash_error for an unknown option or a bad value, naming both.
 TrainOptions parse_train_options(int argc, char** argv);
 std::string train_options_help();
 nlohmann::json train_options_to_json(const TrainOptions& o);
 
 // The model config the options describe (vocab_size comes from the data).
 FlashConfig model_config_from_options(const TrainOptions& o, int vocab_size);
-FlashConfig load_model_config(const std::string& name_or_file);  // tiny | small | base | JSON file
 
 // Linear warm-up from lr/warmup to lr over `warmup` steps, then cosine decay to lr_min at `steps`.
 // step counts from 1.
 double learning_rate(const TrainOptions& o, int64_t step);
 
-// What a checkpoint holds beyond the weights: the optimizer moments and where training stands.
-struct TrainState {
-    int64_t step = 0;            // steps done
-    uint64_t loader_rng = 0;     // train data loader position
-    uint64_t loader_batches = 0;
-};
-// Written atomically (temporary file, flush, rename): out_dir/ckpt_<step>.safetensors.
-std::string save_checkpoint(const std::string& out_dir, const FlashModel<float>& m, const TrainState& st);
-// Loads a checkpoint into m (whose shape must match: else an error naming the mismatch); m is only changed
-// when the whole file was read and checked.
-TrainState load_checkpoint(const std::string& path, FlashModel<float>& m);
-// The newest out_dir/ckpt_*.safetensors ("" if none), and removal of all but the newest `keep`.
-std::string latest_checkpoint(const std::string& out_dir);
-void prune_checkpoints(const std::string& out_dir, int keep);
+// Checkpoints (save_checkpoint, load_checkpoint, latest_checkpoint, ...) are in formats/checkpoint.h.
 
 // Trains as the options say. Returns the final training loss; writes metrics.jsonl and loss.png
 // under out_dir. Stops early (with a checkpoint) when stop_requested() turns true (Ctrl-C).

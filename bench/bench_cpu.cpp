@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "flash.h"
+#include "options.h"
 
 static double seconds(const std::function<void()>& f, int reps = 3) {  // best of reps, after a warm-up
     f();  // warm-up
@@ -85,22 +86,15 @@ int main(int argc, char** argv) {
         if (argc > 1 && std::string(argv[1]) == "--scaling") return scaling(argc > 2 ? argv[2] : "scaling_cpu.png");
         FlashConfig c = config_preset("small");
         if (argc > 1) c = config_preset(argv[1]);
-        const int B = argc > 2 ? std::atoi(argv[2]) : 8;
-        if (argc > 3) c.seq_len = std::atoi(argv[3]);
+        const int B = argc > 2 ? (int)OptionTable::parse_integer("B", argv[2], 1, 1 << 20) : 8;
+        if (argc > 3) c.seq_len = (int)OptionTable::parse_integer("T", argv[3], 1, 1 << 24);
         config_validate(c);
         const int T = c.seq_len, N = B * T, d = c.d, e = c.e, s = c.s, I = c.inner(), C = c.chunk, V = c.vocab_size;
         const int G = T / C;
         std::printf("config: d=%d e=%d s=%d L=%d C=%d V=%d, B=%d T=%d, %d threads\n", d, e, s, c.n_layers, C, V, B, T,
                     omp_get_max_threads());
 
-        // sgemm peak at a large square size
-        const int n = 1024;
-        std::vector<float> a((size_t)n * n, 1.0f), b((size_t)n * n, 0.5f), cc((size_t)n * n);
-        double t = seconds([&] {
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f,
-                        cc.data(), n);
-        });
-        const double peak = 2.0 * n * n * n / t;
+        const double peak = measure_sgemm_peak();
         std::printf("sgemm 1024^3 peak: %.1f GFLOP/s\n\n", peak / 1e9);
 
         // One layer's ops at these shapes.
@@ -169,8 +163,7 @@ int main(int argc, char** argv) {
             model.backward();
             model.adamw_update(1e-4, AdamWConfig(), 1);
         });
-        const double fl = 2 * ((double)d * I + (double)e * d) * c.n_layers + 2.0 * C * (s + e) * c.n_layers +
-                          4.0 * s * e * c.n_layers + 2.0 * d * V;
+        const double fl = forward_flops_per_token(c);
         std::printf("forward %.1f ms, training step %.1f ms: %.0f tokens/s, %.1f GFLOP/s = %.0f%% of the sgemm peak\n",
                     fwd * 1e3, step * 1e3, N / step, 3 * fl * N / step / 1e9, 100 * 3 * fl * N / step / peak);
         return 0;

@@ -15,13 +15,7 @@
 
 #include "flash.h"
 #include "flash_cuda.h"
-
-// FLASH.md §4: forward FLOPs per token. The local part is counted at full C (as is customary, although the causal
-// kernels skip the upper half); the global part is counted even when C = T, where it is (nearly) no work.
-static double forward_flops_per_token(const FlashConfig& c) {
-    const double d = c.d, e = c.e, s = c.s, L = c.n_layers, C = c.chunk, V = c.vocab_size;
-    return 2 * (d * (2 * e + s) + e * d) * L + 2 * C * (s + e) * L + 4 * s * e * L + 2 * d * V;
-}
+#include "options.h"
 
 static void usage() {
     std::printf(
@@ -39,28 +33,23 @@ int main(int argc, char** argv) {
         int steps = 5, tokens_per_step = 8192;
         double peak_override = 0;
         std::vector<int> lengths = {1024, 2048, 4096, 8192};
-        for (int i = 1; i < argc; i++) {
-            std::string a = argv[i];
-            auto value = [&]() -> std::string {
-                FLASH_CHECK(i + 1 < argc, "option " << a << " needs a value", "see --help");
-                return argv[++i];
-            };
-            if (a == "--tf32") tf32 = true;
-            else if (a == "--steps") steps = std::atoi(value().c_str());
-            else if (a == "--tokens") tokens_per_step = std::atoi(value().c_str());
-            else if (a == "--peak") peak_override = std::atof(value().c_str());
-            else if (a == "--lengths") {
-                lengths.clear();
-                std::stringstream ss(value());
-                std::string item;
-                while (std::getline(ss, item, ',')) lengths.push_back(std::atoi(item.c_str()));
-            } else if (a == "--help" || a == "-h") {
+        for (int i = 1; i < argc; i++)
+            if (std::string(argv[i]) == "--help" || std::string(argv[i]) == "-h") {
                 usage();
                 return 0;
-            } else {
-                FLASH_FAIL("unknown option " << a, "see --help");
             }
-        }
+        std::string lengths_text = "1024,2048,4096,8192";
+        OptionTable options;
+        options.add_flag("tf32", tf32, "let cuBLAS use TF32 tensor cores");
+        options.add("steps", steps, "timed steps per configuration", 1, 1 << 20);
+        options.add("tokens", tokens_per_step, "tokens per step", 1, 1 << 30);
+        options.add("lengths", lengths_text, "sequence lengths, comma-separated");
+        options.add("peak", peak_override, "the GPU's peak in TFLOP/s", 0, 1e9);
+        options.parse(argc, argv);
+        lengths.clear();
+        std::stringstream ss(lengths_text);
+        for (std::string item; std::getline(ss, item, ',');)
+            lengths.push_back((int)OptionTable::parse_integer("lengths", item, 1, 1 << 24));
         FLASH_CHECK(steps > 0 && tokens_per_step > 0, "--steps and --tokens must be positive", "");
         std::string why;
         if (!cuda_available(&why)) {
@@ -91,27 +80,26 @@ int main(int argc, char** argv) {
                 const int B = std::max(1, tokens_per_step / T);
                 try {
                     config_validate(cfg);
-                    FlashCuda* m = cuda_model_create(cfg, B, T);
+                    FlashCudaModel m(cfg);
                     // Weights: small uniform noise with unit gains. The speed does not depend on the values, and
                     // this is much cheaper than the paper's init for 110M parameters on the host.
-                    std::vector<float> params(cuda_model_param_count(m));
+                    std::vector<float> params(m.param_count());
                     Rng rng(1);
                     for (float& p : params) p = (float)(0.04 * (rng.uniform() - 0.5));
                     for (const TensorSpec& spec : param_specs(cfg))
                         if (spec.name.find("norm") != std::string::npos) params[spec.offset] = 1.0f;
-                    cuda_model_set_params(m, params.data());
+                    m.copy_from_host(ModelBuffer::params, params.data());
                     std::vector<int> tokens((size_t)B * T), targets((size_t)B * T);
                     for (int& t : tokens) t = rng.below(cfg.vocab_size);
                     for (int& t : targets) t = rng.below(cfg.vocab_size);
                     AdamWConfig opt;
                     double loss = 0;
                     auto step = [&](int64_t t) {
-                        loss = cuda_model_forward(m, tokens.data(), targets.data(), B, T);
-                        cuda_model_zero_grad(m);
-                        cuda_model_backward(m);
-                        const double norm = cuda_model_grad_norm(m);
-                        if (norm > 1.0) cuda_model_scale_grads(m, 1.0 / norm);
-                        cuda_model_adamw_update(m, 1e-4, opt, t);
+                        loss = m.forward(tokens.data(), targets.data(), B, T);
+                        m.zero_grad();
+                        m.backward();
+                        clip_grad_norm(m, 1.0);
+                        m.adamw_update(1e-4, opt, t);
                     };
                     step(1);
                     step(2);
@@ -121,7 +109,6 @@ int main(int argc, char** argv) {
                     cuda_synchronize();
                     const double sec =
                         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / steps;
-                    cuda_model_destroy(m);
                     const double tok_s = (double)B * T / sec;
                     const double flops = 3 * forward_flops_per_token(cfg) * tok_s;
                     std::printf("%-11s %6d %5d %5d %10.1f %12.0f %10.2f %7.1f%% %8.4f\n", name, T, cfg.chunk, B,

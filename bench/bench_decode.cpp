@@ -22,6 +22,7 @@
 #include <omp.h>
 
 #include "decode.h"
+#include "options.h"
 
 namespace {
 
@@ -33,10 +34,7 @@ std::vector<int64_t> parse_list(const std::string& text) {
     std::stringstream ss(text);
     std::string item;
     while (std::getline(ss, item, ',')) {
-        size_t used = 0;
-        long long v = 0;
-        try { v = std::stoll(item, &used); } catch (const std::exception&) { used = 0; }
-        FLASH_CHECK(used == item.size() && v > 0, "bad position '" << item << "'", "e.g. --positions 1024,4096");
+        const long long v = OptionTable::parse_integer("positions", item, 1, 1ll << 40);
         out.push_back(v);
     }
     return out;
@@ -48,16 +46,13 @@ int main(int argc, char** argv) {
     try {
         std::vector<int64_t> positions = {1024, 4096, 16384, 65536};
         int steps = 256, reps = 3;
-        for (int i = 1; i < argc; i++) {
-            const std::string arg = argv[i];
-            FLASH_CHECK(i + 1 < argc, "option " << arg << " needs a value",
-                        "usage: build/bench_decode [--positions 1024,4096] [--steps 256] [--reps 3]");
-            const std::string value = argv[++i];
-            if (arg == "--positions") positions = parse_list(value);
-            else if (arg == "--steps") steps = std::stoi(value);
-            else if (arg == "--reps") reps = std::stoi(value);
-            else FLASH_FAIL("unknown option '" << arg << "'", "usage: build/bench_decode [--positions 1024,4096] [--steps 256] [--reps 3]");
-        }
+        std::string positions_text = "1024,4096,16384,65536";
+        OptionTable options;
+        options.add("positions", positions_text, "positions to time, comma-separated");
+        options.add("steps", steps, "timed decode steps per position", 1, 1 << 20);
+        options.add("reps", reps, "repetitions (the best is reported)", 1, 1000);
+        options.parse(argc, argv);
+        positions = parse_list(positions_text);
         FLASH_CHECK(steps > 0 && reps > 0, "--steps and --reps must be positive", "");
 
         const FlashConfig cfg = config_preset("small");
@@ -90,7 +85,7 @@ int main(int argc, char** argv) {
             }
             const double act_mb = (model.act_buf.size() + model.grad_act_buf.size()) * sizeof(float) / 1e6;
             std::vector<float> want(model.acts.logits + (size_t)P * V, model.acts.logits + (size_t)(P + 1) * V);
-            release_activations(model);
+            model.release_activations();
 
             // Cached: prefill P tokens, then time `steps` single-token steps.
             DecodeState<float> state;
@@ -98,7 +93,7 @@ int main(int argc, char** argv) {
             auto t0 = Clock::now();
             decode_prefill(model, state, tokens.data(), P, (float*)nullptr);
             const double prefill_s = seconds_since(t0);
-            release_activations(model);
+            model.release_activations();
             std::vector<float> logits(V);
             decode_step(model, state, tokens[(size_t)P], logits.data());  // position P: compare with the recompute
             double err = 0, scale = 1e-30;

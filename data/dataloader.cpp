@@ -5,13 +5,6 @@
 
 namespace flash_data {
 
-uint64_t splitmix64_next(uint64_t& state) {
-    uint64_t z = (state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 uint64_t random_below(uint64_t& state, uint64_t n) {
     FLASH_CHECK(n > 0, "random_below(0) has no valid result", "pass n >= 1");
     // Accept draws below the largest multiple of n that fits in 2^64, so every residue is equally likely.

@@ -12,10 +12,10 @@
 #include <cstdint>
 #include <vector>
 
+#include "rng.h"  // splitmix64_next
+
 namespace flash_data {
 
-// splitmix64 (Steele, Lea, Flood 2014): one 64-bit add and a mixing function. Any seed, 0 too, is fine.
-uint64_t splitmix64_next(uint64_t& state);
 // Uniform in [0, n) without modulo bias (rejects the few draws above the largest multiple of n). n > 0.
 uint64_t random_below(uint64_t& state, uint64_t n);
 

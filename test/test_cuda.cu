@@ -31,6 +31,7 @@
 
 #include "flash.h"
 #include "flash_cuda.h"
+#include "formats/config.h"
 
 namespace {
 
@@ -372,16 +373,15 @@ void check_step(const FlashConfig& c, int B_, bool strong) {
     ref.zero_grad();
     ref.backward();
 
-    FlashCuda* g = cuda_model_create(c, B_, batch.T);
-    cuda_model_set_params(g, cpu.params.data());
-    const double loss_g = cuda_model_forward(g, batch.tokens.data(), batch.targets.data(), B_, batch.T);
-    cuda_model_zero_grad(g);
-    cuda_model_backward(g);
+    FlashCudaModel g(c);
+    g.copy_from_host(ModelBuffer::params, cpu.params.data());
+    const double loss_g = g.forward(batch.tokens.data(), batch.targets.data(), B_, batch.T);
+    g.zero_grad();
+    g.backward();
     std::vector<float> grads(cpu.grads.size()), logits((size_t)B_ * batch.T * c.vocab_size);
-    cuda_model_get_grads(g, grads.data());
-    cuda_model_get_logits(g, logits.data(), logits.size());
-    const double norm_g = cuda_model_grad_norm(g);
-    cuda_model_destroy(g);
+    g.copy_to_host(ModelBuffer::grads, grads.data());
+    g.get_logits(logits.data(), logits.size());
+    const double norm_g = g.grad_norm();
 
     auto within = [](double err_gpu, double err_cpu) { return err_gpu <= std::max(1e-5, 20 * err_cpu); };
     {
@@ -425,19 +425,18 @@ TEST_CASE("forward and backward on the GPU are deterministic, bit for bit") {
     FlashModel<float> cpu(c);
     cpu.init_weights(4, true);
     Batch batch = random_batch(c, 3, 8);
-    FlashCuda* g = cuda_model_create(c, 3, c.seq_len);
-    cuda_model_set_params(g, cpu.params.data());
+    FlashCudaModel g(c);
+    g.copy_from_host(ModelBuffer::params, cpu.params.data());
     std::vector<float> grads[2];
     double losses[2], norms[2];
     for (int run = 0; run < 2; run++) {
-        losses[run] = cuda_model_forward(g, batch.tokens.data(), batch.targets.data(), 3, c.seq_len);
-        cuda_model_zero_grad(g);
-        cuda_model_backward(g);
+        losses[run] = g.forward(batch.tokens.data(), batch.targets.data(), 3, c.seq_len);
+        g.zero_grad();
+        g.backward();
         grads[run].resize(cpu.params.size());
-        cuda_model_get_grads(g, grads[run].data());
-        norms[run] = cuda_model_grad_norm(g);
+        g.copy_to_host(ModelBuffer::grads, grads[run].data());
+        norms[run] = g.grad_norm();
     }
-    cuda_model_destroy(g);
     CHECK(losses[0] == losses[1]);
     CHECK(norms[0] == norms[1]);
     CHECK(grads[0] == grads[1]);
@@ -451,44 +450,46 @@ TEST_CASE("AdamW, gradient scaling and the host copies match the CPU") {
     for (float& x : cpu.grads) x = (float)(0.1 * rng.normal());
     for (float& x : cpu.adam_m) x = (float)(0.01 * rng.normal());
     for (float& x : cpu.adam_v) x = (float)(1e-3 * rng.uniform());
-    FlashCuda* g = cuda_model_create(c, 1, c.seq_len);
-    cuda_model_set_params(g, cpu.params.data());
-    cuda_model_set_grads(g, cpu.grads.data());
-    cuda_model_set_adam(g, cpu.adam_m.data(), cpu.adam_v.data());
+    FlashCudaModel g(c);
+    g.copy_from_host(ModelBuffer::params, cpu.params.data());
+    g.copy_from_host(ModelBuffer::grads, cpu.grads.data());
+    g.copy_from_host(ModelBuffer::adam_m, cpu.adam_m.data());
+    g.copy_from_host(ModelBuffer::adam_v, cpu.adam_v.data());
     // round trip: exact
     std::vector<float> p(cpu.params.size()), gr(p.size()), m1(p.size()), m2(p.size());
-    cuda_model_get_params(g, p.data());
-    cuda_model_get_grads(g, gr.data());
-    cuda_model_get_adam(g, m1.data(), m2.data());
+    g.copy_to_host(ModelBuffer::params, p.data());
+    g.copy_to_host(ModelBuffer::grads, gr.data());
+    g.copy_to_host(ModelBuffer::adam_m, m1.data());
+    g.copy_to_host(ModelBuffer::adam_v, m2.data());
     CHECK(p == cpu.params);
     CHECK(gr == cpu.grads);
     CHECK(m1 == cpu.adam_m);
     CHECK(m2 == cpu.adam_v);
     // the grad norm: the same float values summed in double, in another order
-    CHECK(cuda_model_grad_norm(g) == doctest::Approx(cpu.grad_norm()).epsilon(1e-12));
+    CHECK(g.grad_norm() == doctest::Approx(cpu.grad_norm()).epsilon(1e-12));
     // scaling: one float multiply per value, exact
-    cuda_model_scale_grads(g, 0.5);
+    g.scale_grads(0.5);
     for (float& x : cpu.grads) x *= 0.5f;
-    cuda_model_get_grads(g, gr.data());
+    g.copy_to_host(ModelBuffer::grads, gr.data());
     CHECK(gr == cpu.grads);
     // AdamW at step 3 (bias corrections not 1): the same double arithmetic per value, rounded once to float
     AdamWConfig opt;
-    cuda_model_adamw_update(g, 1e-3, opt, 3);
+    g.adamw_update(1e-3, opt, 3);
     cpu.adamw_update(1e-3, opt, 3);
-    cuda_model_get_params(g, p.data());
-    cuda_model_get_adam(g, m1.data(), m2.data());
+    g.copy_to_host(ModelBuffer::params, p.data());
+    g.copy_to_host(ModelBuffer::adam_m, m1.data());
+    g.copy_to_host(ModelBuffer::adam_v, m2.data());
     CHECK_CLOSE(p, cpu.params, kElementwise);
     CHECK_CLOSE(m1, cpu.adam_m, kElementwise);
     CHECK_CLOSE(m2, cpu.adam_v, kElementwise);
-    cuda_model_destroy(g);
 }
 
 TEST_CASE("ten training steps on the GPU follow the CPU") {
     FlashConfig c = odd_config(true, 20, 60, 72);
     FlashModel<float> cpu(c);
     cpu.init_weights(21, false);
-    FlashCuda* g = cuda_model_create(c, 2, c.seq_len);
-    cuda_model_set_params(g, cpu.params.data());
+    FlashCudaModel g(c);
+    g.copy_from_host(ModelBuffer::params, cpu.params.data());
     AdamWConfig opt;
     for (int step = 1; step <= 10; step++) {
         Batch batch = random_batch(c, 2, 100 + step % 3);
@@ -496,33 +497,51 @@ TEST_CASE("ten training steps on the GPU follow the CPU") {
         cpu.zero_grad();
         cpu.backward();
         cpu.adamw_update(1e-2, opt, step);
-        const double lg = cuda_model_forward(g, batch.tokens.data(), batch.targets.data(), 2, c.seq_len);
-        cuda_model_zero_grad(g);
-        cuda_model_backward(g);
-        cuda_model_adamw_update(g, 1e-2, opt, step);
+        const double lg = g.forward(batch.tokens.data(), batch.targets.data(), 2, c.seq_len);
+        g.zero_grad();
+        g.backward();
+        g.adamw_update(1e-2, opt, step);
         INFO("step " << step << ": CPU loss " << lc << ", GPU loss " << lg);
         // AdamW normalises each update to ~lr whatever the gradient's size, so fp32 rounding differences in a
         // near-zero gradient can flip an update's sign: the trajectories drift apart slowly. 1e-3 after 10 steps
         // is loose for rounding and far tighter than any bug (a wrong update moves the loss by ~lr·|g| per step).
         CHECK(lg == doctest::Approx(lc).epsilon(1e-3));
     }
-    cuda_model_destroy(g);
+}
+
+TEST_CASE("make_model on the GPU: the CPU's initial weights, its loss, and clipping through the Model interface") {
+    FlashConfig c = odd_config(true, 20, 60, 72);
+    std::unique_ptr<Model<float>> g = make_model<float>(config_to_json(c), Device::cuda);
+    FlashModel<float> cpu(c);
+    cpu.init_weights(5, true);
+    g->init_weights(5, true);
+    std::vector<float> p(cpu.params.size());
+    g->copy_to_host(ModelBuffer::params, p.data());
+    CHECK(p == cpu.params);  // drawn on the host by the same function
+    Batch batch = random_batch(c, 2, 9);
+    const double lc = cpu.forward(batch.tokens.data(), batch.targets.data(), 2, c.seq_len);
+    const double lg = g->forward(batch.tokens.data(), batch.targets.data(), 2, c.seq_len);
+    CHECK(lg == doctest::Approx(lc).epsilon(1e-5));
+    g->zero_grad();
+    g->backward();
+    const double norm = g->grad_norm();
+    CHECK(clip_grad_norm(*g, 0.5 * norm) == norm);
+    CHECK(g->grad_norm() == doctest::Approx(0.5 * norm).epsilon(1e-6));
 }
 
 TEST_CASE("bad batches are refused with a clear message") {
     FlashConfig c = odd_config(true, 20, 60, 72);
-    FlashCuda* g = cuda_model_create(c, 1, c.seq_len);
+    FlashCudaModel g(c);
     std::vector<int> tokens(60, 1), targets(60, 2);
-    CHECK_THROWS_WITH_AS(cuda_model_forward(g, tokens.data(), targets.data(), 1, 50),
+    CHECK_THROWS_WITH_AS(g.forward(tokens.data(), targets.data(), 1, 50),
                          doctest::Contains("not a multiple of the chunk size"), flash_error);
     tokens[7] = 101;
-    CHECK_THROWS_WITH_AS(cuda_model_forward(g, tokens.data(), targets.data(), 1, 60),
+    CHECK_THROWS_WITH_AS(g.forward(tokens.data(), targets.data(), 1, 60),
                          doctest::Contains("token id 101 at position 7"), flash_error);
     tokens[7] = 1;
-    CHECK_THROWS_WITH_AS(cuda_model_backward(g), doctest::Contains("needs a forward with targets"), flash_error);
-    cuda_model_forward(g, tokens.data(), nullptr, 1, 60);  // logits only: fine, and the loss is NaN
-    CHECK_THROWS_WITH_AS(cuda_model_backward(g), doctest::Contains("needs a forward with targets"), flash_error);
-    cuda_model_destroy(g);
+    CHECK_THROWS_WITH_AS(g.backward(), doctest::Contains("needs a forward with targets"), flash_error);
+    g.forward(tokens.data(), nullptr, 1, 60);  // logits only: fine, and the loss is NaN
+    CHECK_THROWS_WITH_AS(g.backward(), doctest::Contains("needs a forward with targets"), flash_error);
 }
 
 }  // namespace

@@ -191,7 +191,7 @@ TEST_CASE("release_activations frees the forward's buffers, and decoding and for
     decode_init(st, m);
     std::vector<double> got(V);
     decode_prefill(m, st, tokens.data(), 9, got.data());
-    release_activations(m);
+    m.release_activations();
     CHECK(m.act_buf.capacity() == 0);
     CHECK(m.grad_act_buf.capacity() == 0);
     for (int t = 9; t < 12; t++) decode_step(m, st, tokens[t], got.data());

@@ -557,3 +557,66 @@ TEST_CASE("a failed write leaves the existing file intact") {
 }
 
 }  // namespace
+
+TEST_CASE("make_model: the config's arch picks the architecture; the Model verbs are FlashModel's own") {
+    FlashConfig c = config_preset("tiny");
+    nlohmann::json j = config_to_json(c);
+    CHECK(model_arch(j) == "flash");
+    j["arch"] = "flash";
+    std::unique_ptr<Model<double>> m = make_model<double>(j);
+    CHECK(m->arch() == "flash");
+    CHECK(m->param_count() == param_count(c));
+    CHECK(m->shape_mismatch(config_to_json(c)) == "");
+    CHECK(config_from_json(j).d == c.d);  // a FLASH config may name its arch
+    nlohmann::json other = j;
+    other["arch"] = "performer";
+    CHECK_THROWS_WITH_AS(make_model<double>(other), doctest::Contains("unknown model architecture 'performer'"),
+                         flash_error);
+    CHECK_THROWS_WITH_AS(config_from_json(other), doctest::Contains("'arch' is \"performer\""), flash_error);
+
+    // Through the interface, a step gives FlashModel's numbers.
+    FlashModel<double> direct(c);
+    direct.init_weights(3, true);
+    m->init_weights(3, true);
+    Rng rng(4);
+    std::vector<int> tok(2 * c.seq_len), tgt(2 * c.seq_len);
+    for (int& t : tok) t = rng.below(c.vocab_size);
+    for (int& t : tgt) t = rng.below(c.vocab_size);
+    CHECK(m->forward(tok.data(), tgt.data(), 2, c.seq_len) == direct.forward(tok.data(), tgt.data(), 2, c.seq_len));
+    m->zero_grad();
+    m->backward();
+    direct.zero_grad();
+    direct.backward();
+    std::vector<double> grads(m->param_count());
+    m->copy_to_host(ModelBuffer::grads, grads.data());
+    CHECK(grads == direct.grads);
+}
+
+TEST_CASE("clip_grad_norm: scales the gradients to the bound and returns the norm before; 0 or a larger bound leaves them") {
+    FlashModel<double> m(config_preset("tiny"));
+    for (size_t i = 0; i < m.grads.size(); i++) m.grads[i] = (i % 2 ? 1.0 : -1.0) * 0.25;
+    const double norm = 0.25 * std::sqrt((double)m.grads.size());
+    CHECK(clip_grad_norm(m, 0) == doctest::Approx(norm).epsilon(1e-15));
+    CHECK(clip_grad_norm(m, 2 * norm) == doctest::Approx(norm).epsilon(1e-15));
+    CHECK(m.grads[0] == -0.25);
+    CHECK(clip_grad_norm(m, 1.0) == doctest::Approx(norm).epsilon(1e-15));
+    CHECK(m.grad_norm() == doctest::Approx(1.0).epsilon(1e-12));
+    CHECK(m.grads[1] == doctest::Approx(0.25 / norm).epsilon(1e-15));
+}
+
+TEST_CASE("one layout list: activation_counts equals the span view_activations lays out") {
+    for (bool causal : {true, false}) {
+        FlashConfig c = config_preset("tiny");
+        c.causal = causal;
+        size_t n_act = 0, n_grad = 0;
+        activation_counts(c, 3, 2 * c.seq_len, &n_act, &n_grad);
+        std::vector<double> act(n_act), grad(n_grad);
+        Acts<double> a;
+        GradActs<double> g;
+        view_activations(a, g, act.data(), grad.data(), c, 3, 2 * c.seq_len);
+        const size_t N = 3 * 2 * (size_t)c.seq_len;
+        CHECK(a.losses + N == act.data() + n_act);        // the last activation ends the buffer
+        CHECK(g.dlogits + N * c.vocab_size == grad.data() + n_grad);
+        CHECK(a.layers[1].x == a.layers[0].gated + N * c.e);  // layers follow each other
+    }
+}

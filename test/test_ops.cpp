@@ -115,7 +115,7 @@ TEST_CASE("rope backward matches finite differences, and the rotation is the one
 
 void check_local_attention(bool causal) {
     Rng rng(causal ? 7 : 8);
-    const int ldv = 2 * e + s, G = T / C, nb = causal ? C : 2 * C - 1;
+    const int ldv = 2 * e + s, G = T / C, nb = rel_bias_count(C, causal);
     auto qq = randn((size_t)N * s, rng), kq = randn((size_t)N * s, rng), v = randn((size_t)N * ldv, rng);
     auto w = randn(nb, rng, 0.5), W = randn((size_t)N * e, rng);
     std::vector<double> o((size_t)N * e), relu_s((size_t)B * G * C * C);

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "common.h"
+#include "rng.h"
 #include "tokenizer/bpe.h"
 
 using bpe::Tokenizer;
@@ -28,17 +29,6 @@ Pieces split(std::string_view text) {
     return out;
 }
 
-// Our own deterministic generator (std distributions differ between standard libraries).
-struct Rng {
-    uint64_t s;
-    uint64_t next() {
-        uint64_t z = (s += 0x9E3779B97F4A7C15ull);
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-        return z ^ (z >> 31);
-    }
-    size_t below(size_t n) { return next() % n; }
-};
 
 // English-ish text made up on the spot: a fixed list of real words plus a lexicon of invented ones
 // (syllables), drawn with a skew so that some are frequent. Enough variety for BPE to learn ~1000 merges.

@@ -5,7 +5,11 @@
 #include <functional>
 #include <vector>
 
+#include "debug_state.h"
 #include "flash.h"
+#include "formats/checkpoint.h"
+#include "formats/config.h"
+#include "formats/safetensors.h"
 
 inline std::vector<double> randn(size_t n, Rng& rng, double std = 1.0, double mean = 0.0) {
     std::vector<double> x(n);

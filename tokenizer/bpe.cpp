@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common.h"
+#include "formats/json_file.h"
 #include "tokenizer/unicode_tables.h"
 
 namespace bpe {
@@ -702,12 +703,7 @@ std::string Tokenizer::to_json() const {
 Tokenizer Tokenizer::from_json(std::string_view json_text, const std::string& origin) {
     using nlohmann::json;
     const std::string hint_ours = "write it with `tokenizer/bpe train` (or data/prepare.sh)";
-    json j;
-    try {
-        j = json::parse(json_text.begin(), json_text.end());
-    } catch (const json::parse_error& e) {
-        FLASH_FAIL(origin << ": not valid JSON (" << e.what() << ")", "is it a tokenizer.json? " << hint_ours);
-    }
+    json j = parse_json(std::string(json_text), origin, "is it a tokenizer.json? " + hint_ours);
     FLASH_CHECK(j.is_object(), origin << ": the top level is not a JSON object", hint_ours);
     // A field that must be null or absent, or hold a given string in "type".
     auto type_of = [&](const char* field) -> std::string {

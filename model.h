@@ -1,0 +1,75 @@
+// model.h: the one model interface. FLASH on the CPU (flash.h: FlashModel) and on the GPU (flash_cuda.h:
+// FlashCudaModel) implement it, and so will the next architectures (Transformer++, Performer). The trainer, ./sample
+// and the debug state hold a Model and never ask which device or architecture it is.
+//
+// Every architecture keeps its parameters, gradients and AdamW moments as flat buffers in the order of its
+// tensor_specs(); the host copies of those buffers are what checkpoints hold (formats/checkpoint.h), so a checkpoint
+// made on one device resumes on the other.
+//
+// One training step, whatever the model:
+//   loss = m.forward(tokens, targets, B, T);  m.zero_grad();  m.backward();
+//   norm = clip_grad_norm(m, max_norm);       m.adamw_update(lr, opt, step);
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "ops.h"  // TensorSpec, AdamWConfig
+
+enum class ModelBuffer { params, grads, adam_m, adam_v };
+
+template <typename Real>
+struct Model {
+    virtual ~Model() = default;
+
+    // What it is.
+    virtual std::string arch() const = 0;                   // "flash" (later "transformer++", "performer")
+    virtual nlohmann::json config_json() const = 0;         // its model config, as a checkpoint stores it
+    // "" when config (e.g. read from a checkpoint) describes a model of this one's shape, else what differs, like
+    // "d: 16 vs 32" (the config's value first). Throws flash_error for a config that is not valid for this arch.
+    virtual std::string shape_mismatch(const nlohmann::json& config) const = 0;
+    virtual const std::vector<TensorSpec>& tensor_specs() const = 0;   // parameter layout, in checkpoint order
+    size_t param_count() const {
+        const std::vector<TensorSpec>& specs = tensor_specs();
+        return specs.empty() ? 0 : specs.back().offset + specs.back().count;
+    }
+    virtual double forward_flops_per_token() const = 0;     // the forward; a training step is about 3×
+
+    // Training. tokens, targets: host arrays of B*T ids; targets may be null (then only the logits are computed and
+    // the loss is NaN). forward returns the mean cross-entropy loss.
+    virtual void init_weights(uint64_t seed, bool strong = false) = 0;   // also zeroes the AdamW moments
+    virtual double forward(const int* tokens, const int* targets, int B, int T) = 0;
+    virtual void zero_grad() = 0;
+    virtual void backward() = 0;                  // after a forward with targets; accumulates (+=) into the gradients
+    virtual double grad_norm() const = 0;         // global L2 norm of the gradients, in double, deterministic
+    virtual void scale_grads(double factor) = 0;  // grads *= (float or double) factor
+    // One AdamW step, t counting from 1, decay only where the tensor's spec says so (ops.h: adamw_update).
+    virtual void adamw_update(double lr, const AdamWConfig& opt, int64_t t) = 0;
+
+    // Host copies of the flat buffers (param_count() values each, tensor_specs() layout): how load and save work.
+    virtual void copy_to_host(ModelBuffer which, Real* host) const = 0;
+    virtual void copy_from_host(ModelBuffer which, const Real* host) = 0;
+};
+
+// Gradient clipping, the one place it happens: scales the gradients so that their global norm is at most max_norm
+// (0: off). Returns the norm before clipping.
+template <typename Real>
+double clip_grad_norm(Model<Real>& m, double max_norm);
+
+// ----------------------------------------------------------------------------------------------------
+// Making a model: the one place an architecture and a device are chosen.
+
+enum class Device { cpu, cuda };
+// "cpu", "cuda" or "auto" (the GPU when one is usable, with a note when it is not) -> the device to use. Throws when
+// cuda is asked for and this build or machine has none, saying why.
+Device choose_device(const std::string& name);
+// The architecture a model config names: its "arch" key, "flash" when absent.
+std::string model_arch(const nlohmann::json& config);
+// A model of the config's architecture on the device, parameters zero (call init_weights or load a checkpoint).
+// New architectures add their branch in model.cpp. Double precision exists on the CPU only (gradient checks).
+template <typename Real>
+std::unique_ptr<Model<Real>> make_model(const nlohmann::json& config, Device device = Device::cpu);

@@ -1,0 +1,337 @@
+// ops.cpp: the CPU reference of the shared ops (ops.h). Plain loops and BLAS calls, meant to be read top to bottom.
+//
+// Parallelism: OpenMP on outer loops only (rows, columns, chunks). Every reduction is ordered: a thread owns whole
+// output elements, or writes a partial per row or chunk that is then summed serially. Results are therefore the same
+// from run to run.
+#include "ops.h"
+
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+
+// ====================================================================================================
+// BLAS: y = alpha · op(A) · op(B) + beta · C, row-major, one overload per precision.
+
+void gemm(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda, const float* B, int ldb,
+                 float beta, float* C, int ldc) {
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda,
+                B, ldb, beta, C, ldc);
+}
+void gemm(bool ta, bool tb, int M, int N, int K, double alpha, const double* A, int lda, const double* B,
+                 int ldb, double beta, double* C, int ldc) {
+    cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda,
+                B, ldb, beta, C, ldc);
+}
+
+ChunkParallelism::ChunkParallelism(int n_chunks)
+    : over_chunks(n_chunks >= omp_get_max_threads()), saved(openblas_get_num_threads()) {
+    if (over_chunks) openblas_set_num_threads(1);
+}
+ChunkParallelism::~ChunkParallelism() { openblas_set_num_threads(saved); }
+
+double measure_sgemm_peak() {
+    const int n = 1024;
+    std::vector<float> a((size_t)n * n, 1.0f), b((size_t)n * n, 0.5f), c((size_t)n * n);
+    double best = 0;
+    for (int rep = 0; rep < 10; rep++) {
+        auto t0 = std::chrono::steady_clock::now();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
+        double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        best = std::max(best, 2.0 * n * n * n / sec);
+    }
+    return best;
+}
+
+// ====================================================================================================
+// The ops. Shapes use N = B*T rows.
+
+// x[n,:] = wte[tokens[n],:]
+// x (N,d), tokens (N), wte (V,d)
+template <typename Real>
+void encoder_forward(Real* x, const int* tokens, const Real* wte, int N, int d) {
+#pragma omp parallel for
+    for (int n = 0; n < N; n++) std::memcpy(x + (size_t)n * d, wte + (size_t)tokens[n] * d, sizeof(Real) * d);
+}
+// Backward of: x[n,:] = wte[tokens[n],:]   =>   dwte[tokens[n],:] += dx[n,:]
+// A token can repeat, so rows collide: threads split the columns (whole blocks), and each sums rows in order.
+template <typename Real>
+void encoder_backward(Real* dwte, const Real* dx, const int* tokens, int N, int d) {
+#pragma omp parallel for
+    for (int j0 = 0; j0 < d; j0 += kColBlock) {
+        const int j1 = std::min(d, j0 + kColBlock);
+        for (int n = 0; n < N; n++) {
+            Real* dst = dwte + (size_t)tokens[n] * d;
+            const Real* src = dx + (size_t)n * d;
+            for (int j = j0; j < j1; j++) dst[j] += src[j];
+        }
+    }
+}
+
+// xn = g · x / sqrt(mean(x²) + eps), with ONE scalar gain g; rstd = 1/sqrt(mean(x²) + eps) is saved.
+// xn (N,d), rstd (N), x (N,d), g (1)
+template <typename Real>
+void scalenorm_forward(Real* xn, Real* rstd, const Real* x, const Real* g, int N, int d, double eps) {
+#pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        const Real* xr = x + (size_t)n * d;
+        double ss = 0;
+        for (int j = 0; j < d; j++) ss += (double)xr[j] * xr[j];
+        Real r = (Real)(1.0 / std::sqrt(ss / d + eps));
+        rstd[n] = r;
+        for (int j = 0; j < d; j++) xn[(size_t)n * d + j] = g[0] * xr[j] * r;
+    }
+}
+// Backward of: xn = g · x · rstd.   With r = 1/rstd:
+//   dg += Σ dxn·x/r;   dx += (g/r)·(dxn − x·(Σ_j dxn_j x_j)/(d·r²))
+template <typename Real>
+void scalenorm_backward(Real* dx, Real* dg, const Real* dxn, const Real* x, const Real* rstd, const Real* g, int N,
+                        int d) {
+    std::vector<double> dg_row(N);  // per-row partials, summed in order below
+#pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        const Real* xr = x + (size_t)n * d;
+        const Real* dr = dxn + (size_t)n * d;
+        double dot = 0;
+        for (int j = 0; j < d; j++) dot += (double)dr[j] * xr[j];
+        const double r = rstd[n];
+        dg_row[n] = dot * r;
+        const double c = dot * r * r / d;  // (Σ dxn x) / (d r²), with rstd = 1/r
+        for (int j = 0; j < d; j++) dx[(size_t)n * d + j] += (Real)(g[0] * r * (dr[j] - xr[j] * c));
+    }
+    double sum = 0;
+    for (int n = 0; n < N; n++) sum += dg_row[n];
+    dg[0] += (Real)sum;
+}
+
+// y = x · w + b
+// y (N,out), x (N,in), w (in,out), b (out) or null
+template <typename Real>
+void matmul_forward(Real* y, const Real* x, const Real* w, const Real* b, int N, int in, int out) {
+    if (b) {
+#pragma omp parallel for
+        for (int n = 0; n < N; n++) std::memcpy(y + (size_t)n * out, b, sizeof(Real) * out);
+    }
+    gemm(false, false, N, out, in, Real(1), x, in, w, out, b ? Real(1) : Real(0), y, out);
+}
+// Backward of: y = x · w + b   =>   dx += dy · wᵀ;  dw += xᵀ · dy;  db += Σ_rows dy
+template <typename Real>
+void matmul_backward(Real* dx, Real* dw, Real* db, const Real* dy, const Real* x, const Real* w, int N, int in,
+                     int out) {
+    gemm(false, true, N, in, out, Real(1), dy, out, w, out, Real(1), dx, in);
+    gemm(true, false, in, out, N, Real(1), x, in, dy, out, Real(1), dw, out);
+    if (db) {
+#pragma omp parallel for
+        for (int j0 = 0; j0 < out; j0 += kColBlock) {
+            const int j1 = std::min(out, j0 + kColBlock);
+            Real sum[kColBlock] = {};
+            for (int n = 0; n < N; n++)
+                for (int j = j0; j < j1; j++) sum[j - j0] += dy[(size_t)n * out + j];
+            for (int j = j0; j < j1; j++) db[j] += sum[j - j0];
+        }
+    }
+}
+
+// y = x · σ(x), elementwise over n values
+template <typename Real>
+void silu_forward(Real* y, const Real* x, size_t n) {
+#pragma omp parallel for
+    for (size_t i = 0; i < n; i++) y[i] = x[i] / (Real(1) + std::exp(-x[i]));
+}
+// Backward of: y = x · σ(x)   =>   dx += dy · σ(x) · (1 + x · (1 − σ(x)))
+template <typename Real>
+void silu_backward(Real* dx, const Real* dy, const Real* x, size_t n) {
+#pragma omp parallel for
+    for (size_t i = 0; i < n; i++) {
+        Real sig = Real(1) / (Real(1) + std::exp(-x[i]));
+        dx[i] += dy[i] * sig * (Real(1) + x[i] * (Real(1) - sig));
+    }
+}
+
+// RoPE angle tables: θ_i(t) = t · base^(−2i/s) for t = first_pos .. first_pos+T-1, in double (§1).
+// cos_t, sin_t: (T, s/2)
+void rope_tables(std::vector<double>& cos_t, std::vector<double>& sin_t, int first_pos, int T, int s, double base) {
+    const int half = s / 2;
+    cos_t.resize((size_t)T * half);
+    sin_t.resize((size_t)T * half);
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < half; i++) {
+            double theta = (double)(first_pos + t) * rope_frequency(i, s, base);
+            cos_t[(size_t)t * half + i] = std::cos(theta);
+            sin_t[(size_t)t * half + i] = std::sin(theta);
+        }
+}
+// Rotate-half RoPE, in place: r'[i] = r[i]·cos θ_i − r[i+s/2]·sin θ_i;  r'[i+s/2] = r[i+s/2]·cos θ_i + r[i]·sin θ_i
+// x (N,s); row n is at table row n mod T
+template <typename Real>
+void rope_forward(Real* x, const double* cos_t, const double* sin_t, int N, int T, int s) {
+    const int half = s / 2;
+#pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        Real* r = x + (size_t)n * s;
+        const double* c = cos_t + (size_t)(n % T) * half;
+        const double* sn = sin_t + (size_t)(n % T) * half;
+        for (int i = 0; i < half; i++) {
+            double a = r[i], b = r[i + half];
+            r[i] = (Real)(a * c[i] - b * sn[i]);
+            r[i + half] = (Real)(b * c[i] + a * sn[i]);
+        }
+    }
+}
+// Backward of the rotation above: the transpose of a rotation by θ is the rotation by −θ, applied to dx in place.
+template <typename Real>
+void rope_backward(Real* dx, const double* cos_t, const double* sin_t, int N, int T, int s) {
+    const int half = s / 2;
+#pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        Real* r = dx + (size_t)n * s;
+        const double* c = cos_t + (size_t)(n % T) * half;
+        const double* sn = sin_t + (size_t)(n % T) * half;
+        for (int i = 0; i < half; i++) {
+            double a = r[i], b = r[i + half];
+            r[i] = (Real)(a * c[i] + b * sn[i]);
+            r[i + half] = (Real)(b * c[i] - a * sn[i]);
+        }
+    }
+}
+
+// gated = u ⊙ o
+// gated (N,e); u (N,e) with row stride ldu; o (N,e)
+template <typename Real>
+void gate_forward(Real* gated, const Real* u, int ldu, const Real* o, int N, int e) {
+#pragma omp parallel for
+    for (int n = 0; n < N; n++)
+        for (int j = 0; j < e; j++) gated[(size_t)n * e + j] = u[(size_t)n * ldu + j] * o[(size_t)n * e + j];
+}
+// Backward of: gated = u ⊙ o   =>   du += dgated ⊙ o;  do += dgated ⊙ u
+template <typename Real>
+void gate_backward(Real* du, int lddu, Real* d_o, const Real* dgated, const Real* u, int ldu, const Real* o, int N,
+                   int e) {
+#pragma omp parallel for
+    for (int n = 0; n < N; n++)
+        for (int j = 0; j < e; j++) {
+            Real dg = dgated[(size_t)n * e + j];
+            du[(size_t)n * lddu + j] += dg * o[(size_t)n * e + j];
+            d_o[(size_t)n * e + j] += dg * u[(size_t)n * ldu + j];
+        }
+}
+
+// y += x: the residual connection (its backward passes the gradient through unchanged)
+template <typename Real>
+void residual_forward(Real* y, const Real* x, size_t n) {
+#pragma omp parallel for
+    for (size_t i = 0; i < n; i++) y[i] += x[i];
+}
+
+// logits = xn · wteᵀ (tied embedding)
+// logits (N,V), xn (N,d), wte (V,d)
+template <typename Real>
+void logits_forward(Real* logits, const Real* xn, const Real* wte, int N, int d, int V) {
+    gemm(false, true, N, V, d, Real(1), xn, d, wte, d, Real(0), logits, V);
+}
+// Backward of: logits = xn · wteᵀ   =>   dxn += dlogits · wte;  dwte += dlogitsᵀ · xn
+template <typename Real>
+void logits_backward(Real* dxn, Real* dwte, const Real* dlogits, const Real* xn, const Real* wte, int N, int d, int V) {
+    gemm(false, false, N, d, V, Real(1), dlogits, V, wte, d, Real(1), dxn, d);
+    gemm(true, false, V, d, N, Real(1), dlogits, V, xn, d, Real(1), dwte, d);
+}
+
+// losses[n] = logsumexp(logits[n]) − logits[n, targets[n]]; probs = softmax(logits); returns the mean loss.
+// losses (N), probs (N,V), logits (N,V), targets (N)
+template <typename Real>
+double crossentropy_forward(Real* losses, Real* probs, const Real* logits, const int* targets, int N, int V) {
+#pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        const Real* lr = logits + (size_t)n * V;
+        Real* pr = probs + (size_t)n * V;
+        Real mx = lr[0];
+        for (int k = 1; k < V; k++) mx = std::max(mx, lr[k]);
+        double sum = 0;
+        for (int k = 0; k < V; k++) {
+            pr[k] = std::exp(lr[k] - mx);
+            sum += pr[k];
+        }
+        for (int k = 0; k < V; k++) pr[k] = (Real)(pr[k] / sum);
+        losses[n] = (Real)(std::log(sum) + mx - lr[targets[n]]);
+    }
+    double total = 0;
+    for (int n = 0; n < N; n++) total += losses[n];
+    return total / N;
+}
+// Backward of: loss = mean_n (logsumexp(logits[n]) − logits[n, t_n])   =>   dlogits += (probs − onehot(t)) / N
+template <typename Real>
+void crossentropy_backward(Real* dlogits, const Real* probs, const int* targets, int N, int V) {
+    const Real scale = Real(1) / N;
+#pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        for (int k = 0; k < V; k++) {
+            Real p = probs[(size_t)n * V + k];
+            dlogits[(size_t)n * V + k] += (p - (k == targets[n] ? Real(1) : Real(0))) * scale;
+        }
+    }
+}
+
+// Every column k of m (B, G, se): the prefix sum over the G chunks of its batch row (chunk_prefix_sum_column).
+template <typename Real>
+void chunk_prefix_sum(Real* m, int B, int G, size_t se, bool exclusive, bool reverse) {
+#pragma omp parallel for
+    for (int b = 0; b < B; b++)
+        for (size_t k = 0; k < se; k++) chunk_prefix_sum_column(m + (size_t)b * G * se + k, G, se, exclusive, reverse);
+}
+
+// AdamW, per element, in double:
+//   m = β1 m + (1−β1) g;  v = β2 v + (1−β2) g²;  w −= lr · ((m/bc1) / (sqrt(v/bc2) + eps) + wd · w)
+// with bias corrections bc1 = 1 − β1^t, bc2 = 1 − β2^t, and wd = weight_decay only for tensors whose spec decays.
+template <typename Real>
+void adamw_update(Real* params, const Real* grads, Real* adam_m, Real* adam_v, const std::vector<TensorSpec>& specs,
+                  double lr, const AdamWConfig& opt, int64_t t) {
+    FLASH_CHECK(t >= 1, "AdamW step counter must start at 1, got " << t, "");
+    const double bc1 = 1.0 - std::pow(opt.beta1, (double)t), bc2 = 1.0 - std::pow(opt.beta2, (double)t);
+    for (const TensorSpec& spec : specs) {
+        const double wd = spec.decay ? opt.weight_decay : 0.0;
+        Real* w = params + spec.offset;
+        const Real* gr = grads + spec.offset;
+        Real *m1 = adam_m + spec.offset, *m2 = adam_v + spec.offset;
+#pragma omp parallel for
+        for (size_t i = 0; i < spec.count; i++) {
+            double gi = gr[i];
+            double mi = opt.beta1 * m1[i] + (1 - opt.beta1) * gi;
+            double vi = opt.beta2 * m2[i] + (1 - opt.beta2) * gi * gi;
+            m1[i] = (Real)mi;
+            m2[i] = (Real)vi;
+            double update = (mi / bc1) / (std::sqrt(vi / bc2) + opt.eps) + wd * w[i];
+            w[i] = (Real)(w[i] - lr * update);
+        }
+    }
+}
+
+
+// ====================================================================================================
+// Instantiations, float (training) and double (gradient checks). decltype names each op's own signature, so this
+// list names the ops and nothing more.
+
+#define INSTANTIATE(op)                       \
+    template decltype(op<float>) op<float>;   \
+    template decltype(op<double>) op<double>;
+INSTANTIATE(encoder_forward)
+INSTANTIATE(encoder_backward)
+INSTANTIATE(scalenorm_forward)
+INSTANTIATE(scalenorm_backward)
+INSTANTIATE(matmul_forward)
+INSTANTIATE(matmul_backward)
+INSTANTIATE(silu_forward)
+INSTANTIATE(silu_backward)
+INSTANTIATE(rope_forward)
+INSTANTIATE(rope_backward)
+INSTANTIATE(gate_forward)
+INSTANTIATE(gate_backward)
+INSTANTIATE(residual_forward)
+INSTANTIATE(logits_forward)
+INSTANTIATE(logits_backward)
+INSTANTIATE(crossentropy_forward)
+INSTANTIATE(crossentropy_backward)
+INSTANTIATE(chunk_prefix_sum)
+INSTANTIATE(adamw_update)

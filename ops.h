@@ -1,0 +1,131 @@
+// ops.h: the ops any architecture of this project reuses, CPU reference (ops.cpp). FLASH (flash.h) is built from
+// them, and so will Transformer++ and Performer be: the token embedding, the norms, the matrix products, RoPE, SiLU,
+// gating, the residual, cross-entropy, AdamW, and the chunk prefix sum of linear attention.
+//
+// House rules for every op (docs/FLASH.md §1 forward, §2 backward):
+//   - a pair op_forward / op_backward, arguments in the order: outputs, saved activations, inputs, parameters, sizes;
+//   - templated on the scalar type: float to train, double for the gradient checks;
+//   - a backward ACCUMULATES (+=) into every d... argument;
+//   - ops.cpp gives every shape next to the code, and each backward quotes the forward line it differentiates.
+// N = B*T rows of a batch of B sequences of T tokens.
+#pragma once
+#include <cstddef>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common.h"
+
+// ----------------------------------------------------------------------------------------------------
+// Parameter tensors: a name, a shape, and a place in one flat buffer (params, grads and both AdamW moments share
+// the layout). Each architecture lists its own (flash.h: param_specs).
+
+struct TensorSpec {
+    std::string name;
+    std::vector<int64_t> shape;
+    size_t offset = 0;   // in elements, into the flat buffer
+    size_t count = 0;    // number of elements
+    bool decay = false;  // AdamW weight decay applies (matrices only: not gains, biases, offsets, rel_bias)
+};
+
+// ----------------------------------------------------------------------------------------------------
+// Matrix products. gemm: C = alpha · op(A) · op(B) + beta · C, row-major, op(A) (M,K), op(B) (K,N); one overload per
+// precision (OpenBLAS sgemm / dgemm).
+void gemm(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda, const float* B, int ldb,
+          float beta, float* C, int ldc);
+void gemm(bool ta, bool tb, int M, int N, int K, double alpha, const double* A, int lda, const double* B, int ldb,
+          double beta, double* C, int ldc);
+
+// Per-chunk products run either chunks in parallel, each with a one-thread BLAS (when there are at least as many
+// chunks as threads: the usual case), or one chunk at a time with BLAS's own threads (few, large chunks, as in
+// FLASH-Quad with B = 1). In the first case OpenBLAS must not start threads of its own inside the OpenMP loop.
+struct ChunkParallelism {
+    bool over_chunks;  // use as: #pragma omp parallel for if (par.over_chunks)
+    int saved;
+    explicit ChunkParallelism(int n_chunks);
+    ~ChunkParallelism();
+};
+
+// Sums over rows (bias gradients, gain gradients, the embedding scatter) split the COLUMNS among threads, in blocks
+// of kColBlock, and walk the rows in order inside a block: reads stay contiguous, and every sum has the same order
+// whatever the number of threads.
+constexpr int kColBlock = 64;
+
+// The machine's matrix-multiply peak as a program sees it, in FLOP/s: the best of ten 1024³ sgemm calls (best, not
+// mean: on a shared machine the slow calls measure the neighbours, not the machine).
+double measure_sgemm_peak();
+
+// ----------------------------------------------------------------------------------------------------
+// The ops. Shapes are documented in ops.cpp.
+
+template <typename Real> void encoder_forward(Real* x, const int* tokens, const Real* wte, int N, int d);
+template <typename Real> void encoder_backward(Real* dwte, const Real* dx, const int* tokens, int N, int d);
+
+// ScaleNorm: one scalar gain per norm. (An RMSNorm with a vector gain, for Transformer++, goes next to it.)
+template <typename Real> void scalenorm_forward(Real* xn, Real* rstd, const Real* x, const Real* g, int N, int d, double eps);
+template <typename Real> void scalenorm_backward(Real* dx, Real* dg, const Real* dxn, const Real* x, const Real* rstd,
+                                                 const Real* g, int N, int d);
+
+template <typename Real> void matmul_forward(Real* y, const Real* x, const Real* w, const Real* b, int N, int in, int out);
+template <typename Real> void matmul_backward(Real* dx, Real* dw, Real* db, const Real* dy, const Real* x, const Real* w,
+                                              int N, int in, int out);
+
+template <typename Real> void silu_forward(Real* y, const Real* x, size_t n);
+template <typename Real> void silu_backward(Real* dx, const Real* dy, const Real* x, size_t n);
+
+// RoPE works in place: rope_forward rotates x by +θ, rope_backward rotates dx by −θ.
+// θ_i(t) = t · rope_frequency(i): the frequency of pair i of s dims, in double (§1); the tables and the decoder's
+// one-position angles both use it, so their angles are bit-identical.
+inline double rope_frequency(int i, int s, double base) { return std::pow(base, -2.0 * i / s); }
+// cos_t/sin_t: (T, s/2) tables from rope_tables; row n of x is at position first_pos + (n mod T).
+void rope_tables(std::vector<double>& cos_t, std::vector<double>& sin_t, int first_pos, int T, int s, double base);
+template <typename Real> void rope_forward(Real* x, const double* cos_t, const double* sin_t, int N, int T, int s);
+template <typename Real> void rope_backward(Real* dx, const double* cos_t, const double* sin_t, int N, int T, int s);
+
+template <typename Real> void gate_forward(Real* gated, const Real* u, int ldu, const Real* o, int N, int e);
+template <typename Real> void gate_backward(Real* du, int lddu, Real* d_o, const Real* dgated, const Real* u, int ldu,
+                                            const Real* o, int N, int e);
+
+template <typename Real> void residual_forward(Real* y, const Real* x, size_t n);
+
+template <typename Real> void logits_forward(Real* logits, const Real* xn, const Real* wte, int N, int d, int V);
+template <typename Real> void logits_backward(Real* dxn, Real* dwte, const Real* dlogits, const Real* xn, const Real* wte,
+                                              int N, int d, int V);
+
+template <typename Real> double crossentropy_forward(Real* losses, Real* probs, const Real* logits, const int* targets,
+                                                     int N, int V);
+template <typename Real> void crossentropy_backward(Real* dlogits, const Real* probs, const int* targets, int N, int V);
+
+// ----------------------------------------------------------------------------------------------------
+// The chunk prefix sum of linear attention, in place over G chunk states (each `stride` values apart):
+//   exclusive (causal):   x[g] = Σ_{h<g} x[h]   (reverse: Σ_{h>g} x[h], the backward of the forward one)
+//   total (non-causal):   x[g] = Σ_h x[h]       (its own backward)
+// One column of the sum; the CPU op below and the CUDA kernel both call it, so they add in the same order.
+template <typename Real>
+FLASH_HD inline void chunk_prefix_sum_column(Real* x, int G, size_t stride, bool exclusive, bool reverse) {
+    Real running = 0;
+    if (exclusive) {
+        for (int step = 0; step < G; step++) {
+            const int g = reverse ? G - 1 - step : step;
+            const Real p = x[(size_t)g * stride];
+            x[(size_t)g * stride] = running;
+            running += p;
+        }
+    } else {
+        for (int g = 0; g < G; g++) running += x[(size_t)g * stride];
+        for (int g = 0; g < G; g++) x[(size_t)g * stride] = running;
+    }
+}
+// Every column of m (B, G, se): per batch row, the prefix sum above over its G chunks.
+template <typename Real> void chunk_prefix_sum(Real* m, int B, int G, size_t se, bool exclusive, bool reverse);
+
+// ----------------------------------------------------------------------------------------------------
+// AdamW (decoupled weight decay), one step t ≥ 1 over the flat buffers, decay only where the spec says so.
+
+struct AdamWConfig {
+    double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
+};
+template <typename Real> void adamw_update(Real* params, const Real* grads, Real* adam_m, Real* adam_v,
+                                           const std::vector<TensorSpec>& specs, double lr, const AdamWConfig& opt,
+                                           int64_t t);
