@@ -204,6 +204,12 @@ template <typename Real> void logits_forward(Real* logits, const Real* xn, const
 template <typename Real> void logits_backward(Real* dxn, Real* dwte, const Real* dlogits, const Real* xn, const Real* wte,
                                               int N, int d, int V);
 
+// A target of kIgnoreTarget is not scored: no loss, no gradient. Evaluation windows use it for targets an earlier
+// window already scored; a masked-LM objective would use it for the positions that are not masked.
+inline constexpr int kIgnoreTarget = -1;
+// How many of targets[0..N) are scored (not kIgnoreTarget): the divisor of the mean loss, on the CPU and the GPU.
+int scored_target_count(const int* targets, int N);
+
 template <typename Real> double crossentropy_forward(Real* losses, Real* probs, const Real* logits, const int* targets,
                                                      int N, int V);
 template <typename Real> void crossentropy_backward(Real* dlogits, const Real* probs, const int* targets, int N, int V);
@@ -211,8 +217,8 @@ template <typename Real> void crossentropy_backward(Real* dlogits, const Real* p
 // ----------------------------------------------------------------------------------------------------
 // The model
 
-// A batch the model can take: B, T > 0, T a multiple of C, every token and target id in [0, V) (targets may be
-// null). Throws naming the first problem. Shared by the CPU and GPU models.
+// A batch the model can take: B, T > 0, T a multiple of C, every token id in [0, V), every target id in [0, V) or
+// kIgnoreTarget (targets may be null). Throws naming the first problem. Shared by the CPU and GPU models.
 void check_batch(const FlashConfig& cfg, const int* tokens, const int* targets, int B, int T);
 
 struct AdamWConfig {
@@ -232,7 +238,8 @@ struct FlashModel {
     GradActs<Real> dacts{};
     std::vector<double> rope_cos, rope_sin;            // (T, s/2)
     std::vector<int> tokens, targets;                  // the batch of the last forward
-    double loss = 0;                                   // mean loss of the last forward (NaN without targets)
+    double loss = 0;                                   // mean loss over the scored targets of the last forward
+                                                       // (0 when none is scored, NaN without targets)
 
     explicit FlashModel(const FlashConfig& c);
     FlashModel(const FlashModel&) = delete;            // the views point into this object's buffers
