@@ -32,7 +32,7 @@ PROGRAMS   += train
 TEST_BINS  += build/test_ops build/test_model build/test_train
 
 # The trainer calls the GPU model when CUDA was built (--device cuda|auto).
-TRAINER_OBJS = build/trainer.o build/decode.o $(MODEL_OBJS) $(TOKENIZER_OBJS) $(DATA_OBJS) $(CUDA_OBJS)
+TRAINER_OBJS = build/trainer.o build/eval.o build/decode.o $(MODEL_OBJS) $(TOKENIZER_OBJS) $(DATA_OBJS) $(CUDA_OBJS)
 build/trainer.o: CXXFLAGS += $(CUDA_CXXFLAGS)
 train: build/train.o $(TRAINER_OBJS)
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS) $(CUDA_LDLIBS)
@@ -42,6 +42,10 @@ build/test_model: build/test/test_model.o $(MODEL_OBJS)
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)
 build/test_train: build/test/test_train.o $(TRAINER_OBJS)
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS) $(CUDA_LDLIBS)
+# The validation measure (eval.h): windows, bits per byte, the loss over every token once.
+TEST_BINS  += build/test_eval
+build/test_eval: build/test/test_eval.o build/eval.o $(MODEL_OBJS) $(TOKENIZER_OBJS) $(DATA_OBJS)
+	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)
 BENCH_BINS += build/bench_cpu
 build/bench_cpu: build/bench/bench_cpu.o $(MODEL_OBJS)
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)

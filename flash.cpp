@@ -650,7 +650,7 @@ double crossentropy_forward(Real* losses, Real* probs, const Real* logits, const
     const int scored = scored_target_count(targets, N);
     return scored > 0 ? total / scored : 0.0;
 }
-// Inverts: loss = mean over scored n of (logsumexp(logits[n]) − logits[n, t_n])
+// Backward of: loss = mean over scored n of (logsumexp(logits[n]) − logits[n, t_n])
 //   =>   dlogits[n] += (probs[n] − onehot(t_n)) / scored   for each scored n (ignored rows get nothing)
 template <typename Real>
 void crossentropy_backward(Real* dlogits, const Real* probs, const int* targets, int N, int V) {

@@ -888,7 +888,7 @@ double crossentropy_forward(float* losses, float* probs, const float* logits, co
     const int scored = scored_target_count_device(targets, N);
     return scored > 0 ? total / scored : 0.0;
 }
-// Inverts: loss = mean over scored n of (logsumexp(logits[n]) − logits[n, t_n])
+// Backward of: loss = mean over scored n of (logsumexp(logits[n]) − logits[n, t_n])
 //   =>   dlogits[n] += (probs[n] − onehot(t_n)) / scored   for each scored n (ignored rows get nothing)
 __global__ void crossentropy_backward_kernel(float* dlogits, const float* probs, const int* targets, int N, int V,
                                              float scale) {
