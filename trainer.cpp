@@ -85,7 +85,7 @@ std::vector<OptionDef> option_table(TrainOptions& o) {
         def("beta1", o.beta1, "AdamW beta1"),
         def("beta2", o.beta2, "AdamW beta2"),
         def("eval-interval", o.eval_interval, "steps between validation evaluations"),
-        def("eval-batches", o.eval_batches, "validation batches per evaluation"),
+        def("eval-batches", o.eval_batches, "batches of the fixed validation sample per evaluation"),
         def("sample-interval", o.sample_interval, "steps between text samples (0: none)"),
         def("sample-tokens", o.sample_tokens, "tokens per text sample"),
         def("ckpt-interval", o.ckpt_interval, "steps between checkpoints (one is also written at the end)"),
@@ -97,6 +97,8 @@ std::vector<OptionDef> option_table(TrainOptions& o) {
         def("device", o.device, "cpu, cuda, or auto (the GPU when one is present)"),
         def("resume", o.resume, "continue from the newest checkpoint in out-dir"),
         def("quiet", o.quiet, "no per-step lines"),
+        def("eval-only", o.eval_only, "score a checkpoint on the whole validation set and exit"),
+        def("load", o.load, "checkpoint for --eval-only (default: newest in out-dir)"),
     };
 }
 
@@ -153,7 +155,7 @@ TrainOptions parse_train_options(int argc, char** argv) {
                     "options are --name value; see ./train --help");
         std::string name = a.substr(2);
         if (name == "options") { i++; continue; }
-        if (name == "resume" || name == "quiet") {  // flags
+        if (name == "resume" || name == "quiet" || name == "eval-only") {  // flags
             apply_option(o, name, true);
             continue;
         }
@@ -184,6 +186,8 @@ TrainOptions parse_train_options(int argc, char** argv) {
     FLASH_CHECK(o.ckpt_interval > 0 && o.keep_ckpts > 0, "--ckpt-interval and --keep-ckpts must be positive", "");
     FLASH_CHECK(o.device == "cpu" || o.device == "cuda" || o.device == "auto",
                 "--device must be cpu, cuda or auto, got '" << o.device << "'", "");
+    FLASH_CHECK(o.load.empty() || o.eval_only, "--load is for --eval-only (training does not start from a checkpoint)",
+                "to continue a run use --resume; to score a checkpoint use --eval-only --load CKPT");
     return o;
 }
 
@@ -457,7 +461,10 @@ TrainResult run_training(const TrainOptions& o) {
     FlashModel<float> model(cfg);
     model.init_weights(o.seed);
     flash_data::DataLoader train_loader(train_tokens.tokens, B, T, flash_data::LoaderMode::kTrainRandom, o.seed);
-    flash_data::DataLoader val_loader(val_tokens.tokens, B, T, flash_data::LoaderMode::kValSequential);
+    // Validation (eval.h): the same sample of windows, spread over the file, at every evaluation; at the end the
+    // whole set, every token once.
+    const std::vector<EvalWindow> val_sample = sample_windows(val_tokens.tokens.size(), T, o.eval_batches * B);
+    const std::vector<uint32_t> token_bytes = token_byte_lengths(tok);
 
     TrainState st;
     if (o.resume) {
@@ -511,15 +518,9 @@ TrainResult run_training(const TrainOptions& o) {
     TrainResult result;
     result.steps_done = st.step;
 
-    auto evaluate = [&]() {
-        val_loader.reset();
-        double sum = 0;
-        const int n = std::max<int>(1, std::min<int>(o.eval_batches, (int)val_loader.batches_per_epoch()));
-        for (int i = 0; i < n; i++) {
-            val_loader.next_batch(inputs, targets);
-            sum += trainee.forward(inputs.data(), targets.data(), B, T);
-        }
-        return sum / n;
+    auto evaluate = [&](const std::vector<EvalWindow>& windows) {
+        return evaluate_windows([&](const int* x, const int* y, int b, int t) { return trainee.forward(x, y, b, t); },
+                                val_tokens.tokens, windows, token_bytes, B, T);
     };
     auto checkpoint = [&](int64_t step) {
         flash_data::DataLoaderState ls = train_loader.state();
@@ -581,12 +582,15 @@ TrainResult run_training(const TrainOptions& o) {
         std::fprintf(train_tsv, "%lld\t%.6f\n", (long long)step, loss);
 
         if (step % o.eval_interval == 0 || step == o.steps) {
-            const double val = evaluate();
-            const double bpb = val / std::log(2.0) / val_bytes_per_token;
-            result.last_val_loss = val;
-            if (!o.quiet) std::printf("step %6lld | val loss %.4f | val bits/byte %.4f\n", (long long)step, val, bpb);
-            std::fprintf(metrics, "{\"step\": %lld, \"val_loss\": %.6f, \"val_bpb\": %.6f}\n", (long long)step, val, bpb);
-            std::fprintf(val_tsv, "%lld\t%.6f\n", (long long)step, val);
+            const EvalResult val = evaluate(val_sample);
+            const unsigned long long val_tokens_scored = val.tokens;
+            result.last_val_loss = val.loss();
+            if (!o.quiet)
+                std::printf("step %6lld | val loss %.4f | val bits/byte %.4f | sample of %llu tokens\n", (long long)step,
+                            val.loss(), val.bits_per_byte(), val_tokens_scored);
+            std::fprintf(metrics, "{\"step\": %lld, \"val_loss\": %.6f, \"val_bpb\": %.6f, \"val_tokens\": %llu}\n",
+                         (long long)step, val.loss(), val.bits_per_byte(), val_tokens_scored);
+            std::fprintf(val_tsv, "%lld\t%.6f\n", (long long)step, val.loss());
             std::fflush(metrics);
             plot();
         }
@@ -605,9 +609,60 @@ TrainResult run_training(const TrainOptions& o) {
             break;
         }
     }
+    if (result.steps_done == o.steps && st.step < o.steps && !result.interrupted) {
+        // The figure to compare models by: every validation token once (eval.h).
+        const auto t0 = std::chrono::steady_clock::now();
+        result.whole_val = evaluate(whole_set_windows(val_tokens.tokens.size(), T));
+        const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        if (!o.quiet)
+            std::printf("step %6lld | whole validation set: %s | %.0f s\n", (long long)o.steps,
+                        format_eval(result.whole_val).c_str(), sec);
+        std::fprintf(metrics,
+                     "{\"step\": %d, \"whole_val_loss\": %.6f, \"whole_val_bpb\": %.6f, \"whole_val_tokens\": %llu, "
+                     "\"whole_val_bytes\": %llu}\n",
+                     o.steps, result.whole_val.loss(), result.whole_val.bits_per_byte(),
+                     (unsigned long long)result.whole_val.tokens, (unsigned long long)result.whole_val.bytes);
+    }
     std::fclose(metrics);
     std::fclose(train_tsv);
     std::fclose(val_tsv);
     plot();
     return result;
+}
+
+EvalResult run_eval_only(const TrainOptions& o) {
+    if (o.threads > 0) {
+        omp_set_num_threads(o.threads);
+        openblas_set_num_threads(o.threads);
+    }
+    const bool gpu = want_gpu(o.device);
+    const std::string path = o.load.empty() ? latest_checkpoint(o.out_dir) : o.load;
+    FLASH_CHECK(!path.empty(), "--eval-only: no --load CKPT given and no checkpoint in '" << o.out_dir << "'",
+                "give --load PATH.safetensors, or the --out-dir of a run that wrote checkpoints");
+    const fs::path data(o.data_dir);
+    for (const char* f : {"val.bin", "tokenizer.json"})
+        FLASH_CHECK(fs::exists(data / f), "no " << (data / f).string() << ": the validation data is not prepared",
+                    "run data/prepare.sh, or give the --data-dir the checkpoint was trained on");
+    const bpe::Tokenizer tok = bpe::Tokenizer::load((data / "tokenizer.json").string());
+    const flash_data::TokenFile val_tokens = flash_data::load_token_file((data / "val.bin").string(), tok.vocab_size());
+    FlashModel<float> model(checkpoint_config(safetensors_read(path), path));
+    FLASH_CHECK(model.cfg.vocab_size == (int)tok.vocab_size(),
+                "checkpoint '" << path << "' has vocab_size " << model.cfg.vocab_size << " but the tokenizer in '"
+                               << o.data_dir << "' has " << tok.vocab_size(),
+                "score it on the data it was trained on (--data-dir)");
+    load_weights(path, model);
+    const int B = o.batch, T = o.seq_len ? o.seq_len : model.cfg.seq_len;
+    Trainee trainee(model);
+    if (gpu) trainee.use_gpu(B, T);
+    const std::vector<EvalWindow> windows = whole_set_windows(val_tokens.tokens.size(), T);
+    if (!o.quiet)
+        std::printf("scoring %s on the whole validation set: %zu tokens, %zu windows of %d, %d per batch, on the %s\n",
+                    path.c_str(), val_tokens.tokens.size(), windows.size(), T, B, gpu ? "GPU" : "CPU");
+    const auto t0 = std::chrono::steady_clock::now();
+    const EvalResult r =
+        evaluate_windows([&](const int* x, const int* y, int b, int t) { return trainee.forward(x, y, b, t); },
+                         val_tokens.tokens, windows, token_byte_lengths(tok), B, T);
+    const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (!o.quiet) std::printf("whole validation set: %s | %.0f s\n", format_eval(r).c_str(), sec);
+    return r;
 }
