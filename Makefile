@@ -57,12 +57,12 @@ DATA_OBJS      := build/data/tokenfile.o build/data/dataloader.o
 MODEL_OBJS     := build/ops.o build/flash.o build/model.o build/formats/config.o build/formats/safetensors.o \
                   build/formats/checkpoint.o build/debug_state.o build/options.o build/combiner.o $(CUDA_OBJS)
 DECODE_OBJS    := build/decode.o
-TRAINER_OBJS   := build/trainer.o $(DECODE_OBJS) $(MODEL_OBJS) $(TOKENIZER_OBJS) $(DATA_OBJS)
+TRAINER_OBJS   := build/trainer.o build/eval.o $(DECODE_OBJS) $(MODEL_OBJS) $(TOKENIZER_OBJS) $(DATA_OBJS)
 build/model.o: CXXFLAGS += $(CUDA_CXXFLAGS)
 
 PROGRAMS   := train sample tokenizer/bpe
 TEST_BINS  := build/test_tokenizer build/test_data build/test_ops build/test_model build/test_train \
-              build/test_options build/test_decode build/test_combiner $(CUDA_TESTS)
+              build/test_options build/test_decode build/test_eval build/test_combiner $(CUDA_TESTS)
 BENCH_BINS := build/bench_tokenizer build/bench_cpu build/bench_decode build/bench_combiner $(CUDA_BENCHES)
 
 all: $(PROGRAMS) $(TEST_BINS) $(BENCH_BINS)
@@ -98,6 +98,8 @@ build/bench_cpu: build/bench/bench_cpu.o $(MODEL_OBJS)
 build/bench_decode: build/bench/bench_decode.o $(DECODE_OBJS) $(MODEL_OBJS)
 	$(LINK)
 build/bench_cuda: build/bench/bench_cuda.o $(MODEL_OBJS)
+	$(LINK)
+build/test_eval: build/test/test_eval.o build/eval.o $(MODEL_OBJS) $(TOKENIZER_OBJS) $(DATA_OBJS)
 	$(LINK)
 build/test_combiner: build/test/test_combiner.o $(MODEL_OBJS)
 	$(LINK)

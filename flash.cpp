@@ -347,8 +347,9 @@ void check_batch(const FlashConfig& cfg, const int* tokens, const int* targets, 
         FLASH_CHECK(tokens[n] >= 0 && tokens[n] < V, "token id " << tokens[n] << " at position " << n
                                                      << " is out of range for vocab_size " << V,
                     "the data was made with another tokenizer; prepare it again or fix vocab_size");
-        FLASH_CHECK(!targets || (targets[n] >= 0 && targets[n] < V),
-                    "target id " << targets[n] << " at position " << n << " is out of range for vocab_size " << V,
+        FLASH_CHECK(!targets || (targets[n] >= 0 && targets[n] < V) || targets[n] == kIgnoreTarget,
+                    "target id " << targets[n] << " at position " << n << " is out of range for vocab_size " << V
+                                 << " (and is not " << kIgnoreTarget << ", the ignored target)",
                     "the data was made with another tokenizer; prepare it again or fix vocab_size");
     }
 }

@@ -838,8 +838,9 @@ void logits_backward(float* dxn, float* dwte, const float* dlogits, const float*
     device_gemm(true, false, V, d, N, 1.0f, dlogits, V, xn, d, 1.0f, dwte, d);
 }
 
-// losses[n] = logsumexp(logits[n]) − logits[n, targets[n]]; probs = softmax(logits). One block per row; the
-// exponentials are stored as float and summed in double, as on the CPU.
+// losses[n] = logsumexp(logits[n]) − logits[n, targets[n]] (0 where targets[n] is kIgnoreTarget);
+// probs = softmax(logits). One block per row; the exponentials are stored as float and summed in double, as on
+// the CPU.
 // losses (N), probs (N,V), logits (N,V), targets (N) on the device
 __global__ void crossentropy_forward_kernel(float* losses, float* probs, const float* logits, const int* targets,
                                             int N, int V) {
@@ -858,7 +859,13 @@ __global__ void crossentropy_forward_kernel(float* losses, float* probs, const f
     sum = block_sum(sum);
     // Each thread rescales the entries it wrote itself: no barrier needed.
     for (int k = threadIdx.x; k < V; k += blockDim.x) pr[k] = (float)(pr[k] / sum);
-    if (threadIdx.x == 0) losses[n] = (float)(log(sum) + mx - lr[targets[n]]);
+    if (threadIdx.x == 0) losses[n] = targets[n] == kIgnoreTarget ? 0.0f : (float)(log(sum) + mx - lr[targets[n]]);
+}
+// The number of scored targets, counted on the host (N ints: small next to the N×V the kernels touch).
+static int scored_target_count_device(const int* targets, int N) {
+    std::vector<int> host(N);
+    CUDA_CHECK(cudaMemcpy(host.data(), targets, sizeof(int) * N, cudaMemcpyDeviceToHost));
+    return scored_target_count(host.data(), N);
 }
 double crossentropy_forward(float* losses, float* probs, const float* logits, const int* targets, int N, int V) {
     crossentropy_forward_kernel<<<N, 512>>>(losses, probs, logits, targets, N, V);
@@ -867,19 +874,24 @@ double crossentropy_forward(float* losses, float* probs, const float* logits, co
     CUDA_CHECK(cudaMemcpy(host.data(), losses, sizeof(float) * N, cudaMemcpyDeviceToHost));
     double total = 0;  // in position order, in double: the CPU's sum
     for (int n = 0; n < N; n++) total += host[n];
-    return total / N;
+    const int scored = scored_target_count_device(targets, N);
+    return scored > 0 ? total / scored : 0.0;
 }
-// Backward of: loss = mean_n (logsumexp(logits[n]) − logits[n, t_n])   =>   dlogits += (probs − onehot(t)) / N
-__global__ void crossentropy_backward_kernel(float* dlogits, const float* probs, const int* targets, int N, int V) {
-    const float scale = 1.0f / N;
+// Backward of: loss = mean over scored n of (logsumexp(logits[n]) − logits[n, t_n])
+//   =>   dlogits[n] += (probs[n] − onehot(t_n)) / scored   for each scored n (ignored rows get nothing)
+__global__ void crossentropy_backward_kernel(float* dlogits, const float* probs, const int* targets, int N, int V,
+                                             float scale) {
     GRID_STRIDE_LOOP(i, (size_t)N * V) {
         const size_t n = i / V;
         const int k = (int)(i % V);
-        dlogits[i] += (probs[i] - (k == targets[n] ? 1.0f : 0.0f)) * scale;
+        if (targets[n] != kIgnoreTarget) dlogits[i] += (probs[i] - (k == targets[n] ? 1.0f : 0.0f)) * scale;
     }
 }
 void crossentropy_backward(float* dlogits, const float* probs, const int* targets, int N, int V) {
-    crossentropy_backward_kernel<<<blocks_for((size_t)N * V), kThreads>>>(dlogits, probs, targets, N, V);
+    const int scored = scored_target_count_device(targets, N);
+    if (scored == 0) return;
+    crossentropy_backward_kernel<<<blocks_for((size_t)N * V), kThreads>>>(dlogits, probs, targets, N, V,
+                                                                           1.0f / scored);
     CUDA_CHECK_LAUNCH("crossentropy_backward_kernel");
 }
 

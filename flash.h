@@ -170,8 +170,8 @@ template <typename Real> void global_attention_backward(Real* dql, Real* dkl, Re
 // ----------------------------------------------------------------------------------------------------
 // The model
 
-// A batch the model can take: B, T > 0, T a multiple of C, every token and target id in [0, V) (targets may be
-// null). Throws naming the first problem. Shared by the CPU and GPU models.
+// A batch the model can take: B, T > 0, T a multiple of C, every token id in [0, V), every target id in [0, V) or
+// kIgnoreTarget (targets may be null). Throws naming the first problem. Shared by the CPU and GPU models.
 void check_batch(const FlashConfig& cfg, const int* tokens, const int* targets, int B, int T);
 
 // Paper initialisation (§1) of a parameter buffer viewed by p; strong = true is the tests' initialisation far from
@@ -194,7 +194,8 @@ struct FlashModel final : Model<Real> {
     GradActs<Real> dacts{};
     std::vector<double> rope_cos, rope_sin;            // (T, s/2)
     std::vector<int> tokens, targets;                  // the batch of the last forward
-    double loss = 0;                                   // mean loss of the last forward (NaN without targets)
+    double loss = 0;                                   // mean loss over the scored targets of the last forward
+                                                       // (0 when none is scored, NaN without targets)
 
     explicit FlashModel(const FlashConfig& c);
     FlashModel(const FlashModel&) = delete;            // the views point into this object's buffers

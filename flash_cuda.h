@@ -72,7 +72,8 @@ void cuda_synchronize();   // waits for the GPU; surfaces any asynchronous kerne
 //   - encoder_backward takes the tokens on the HOST: it sorts positions by token there, so that every row of dwte
 //     is summed by one thread column in position order (deterministic, no atomics);
 //   - the RoPE tables are device arrays of double, (T, s/2), as rope_tables makes them;
-//   - crossentropy_forward copies the per-position losses to the host to return their mean.
+//   - crossentropy_forward copies the per-position losses to the host to return their mean; it and
+//     crossentropy_backward copy the targets there to count the scored ones (kIgnoreTarget, flash.h).
 namespace gpu {
 void encoder_forward(float* x, const int* tokens, const float* wte, int N, int d);
 void encoder_backward(float* dwte, const float* dx, const int* host_tokens, int N, int d);

@@ -239,7 +239,14 @@ void logits_backward(Real* dxn, Real* dwte, const Real* dlogits, const Real* xn,
     gemm(true, false, V, d, N, Real(1), dlogits, V, xn, d, Real(1), dwte, d);
 }
 
-// losses[n] = logsumexp(logits[n]) − logits[n, targets[n]]; probs = softmax(logits); returns the mean loss.
+int scored_target_count(const int* targets, int N) {
+    int scored = 0;
+    for (int n = 0; n < N; n++) scored += targets[n] != kIgnoreTarget;
+    return scored;
+}
+
+// losses[n] = logsumexp(logits[n]) − logits[n, targets[n]] (0 where targets[n] is kIgnoreTarget);
+// probs = softmax(logits); returns the mean loss over the scored targets (0 when none is scored).
 // losses (N), probs (N,V), logits (N,V), targets (N)
 template <typename Real>
 double crossentropy_forward(Real* losses, Real* probs, const Real* logits, const int* targets, int N, int V) {
@@ -255,18 +262,23 @@ double crossentropy_forward(Real* losses, Real* probs, const Real* logits, const
             sum += pr[k];
         }
         for (int k = 0; k < V; k++) pr[k] = (Real)(pr[k] / sum);
-        losses[n] = (Real)(std::log(sum) + mx - lr[targets[n]]);
+        losses[n] = targets[n] == kIgnoreTarget ? Real(0) : (Real)(std::log(sum) + mx - lr[targets[n]]);
     }
     double total = 0;
     for (int n = 0; n < N; n++) total += losses[n];
-    return total / N;
+    const int scored = scored_target_count(targets, N);
+    return scored > 0 ? total / scored : 0.0;
 }
-// Backward of: loss = mean_n (logsumexp(logits[n]) − logits[n, t_n])   =>   dlogits += (probs − onehot(t)) / N
+// Backward of: loss = mean over scored n of (logsumexp(logits[n]) − logits[n, t_n])
+//   =>   dlogits[n] += (probs[n] − onehot(t_n)) / scored   for each scored n (ignored rows get nothing)
 template <typename Real>
 void crossentropy_backward(Real* dlogits, const Real* probs, const int* targets, int N, int V) {
-    const Real scale = Real(1) / N;
+    const int scored = scored_target_count(targets, N);
+    if (scored == 0) return;
+    const Real scale = Real(1) / scored;
 #pragma omp parallel for
     for (int n = 0; n < N; n++) {
+        if (targets[n] == kIgnoreTarget) continue;
         for (int k = 0; k < V; k++) {
             Real p = probs[(size_t)n * V + k];
             dlogits[(size_t)n * V + k] += (p - (k == targets[n] ? Real(1) : Real(0))) * scale;

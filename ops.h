@@ -93,6 +93,12 @@ template <typename Real> void logits_forward(Real* logits, const Real* xn, const
 template <typename Real> void logits_backward(Real* dxn, Real* dwte, const Real* dlogits, const Real* xn, const Real* wte,
                                               int N, int d, int V);
 
+// A target of kIgnoreTarget is not scored: no loss, no gradient. Evaluation windows use it for targets an earlier
+// window already scored; the masked-LM objective uses it for the positions that are not chosen.
+inline constexpr int kIgnoreTarget = -1;
+// How many of targets[0..N) are scored (not kIgnoreTarget): the divisor of the mean loss, on the CPU and the GPU.
+int scored_target_count(const int* targets, int N);
+
 template <typename Real> double crossentropy_forward(Real* losses, Real* probs, const Real* logits, const int* targets,
                                                      int N, int V);
 template <typename Real> void crossentropy_backward(Real* dlogits, const Real* probs, const int* targets, int N, int V);

@@ -21,6 +21,10 @@ int main(int argc, char** argv) {
             if (a == "--help" || a == "-h") { std::printf("%s", train_options_help().c_str()); return 0; }
         }
         TrainOptions o = parse_train_options(argc, argv);
+        if (o.eval_only) {  // score a checkpoint on the whole validation set, print, exit
+            run_eval_only(o);
+            return 0;
+        }
         std::signal(SIGINT, on_sigint);
         TrainResult r = run_training(o);
         if (r.interrupted && !g_stop_requested) return 2;  // stopped by a non-finite loss

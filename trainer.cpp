@@ -52,7 +52,7 @@ static OptionTable option_table(TrainOptions& o) {
     t.add("beta1", o.beta1, "AdamW beta1", 0, 1);
     t.add("beta2", o.beta2, "AdamW beta2", 0, 1);
     t.add("eval-interval", o.eval_interval, "steps between validation evaluations", 1, kMaxInt);
-    t.add("eval-batches", o.eval_batches, "validation batches per evaluation", 1, kMaxInt);
+    t.add("eval-batches", o.eval_batches, "batches of the fixed validation sample per evaluation", 1, kMaxInt);
     t.add("sample-interval", o.sample_interval, "steps between text samples (0: none)", 0, kMaxInt);
     t.add("sample-tokens", o.sample_tokens, "tokens per text sample", 0, kMaxInt);
     t.add("ckpt-interval", o.ckpt_interval, "steps between checkpoints (one is also written at the end)", 1, kMaxInt);
@@ -64,6 +64,8 @@ static OptionTable option_table(TrainOptions& o) {
     t.add("device", o.device, "cpu, cuda, or auto (the GPU when one is present)");
     t.add_flag("resume", o.resume, "continue from the newest checkpoint in out-dir");
     t.add_flag("quiet", o.quiet, "no per-step lines");
+    t.add_flag("eval-only", o.eval_only, "score a checkpoint on the whole validation set and exit");
+    t.add("load", o.load, "checkpoint for --eval-only (default: newest in out-dir)");
     return t;
 }
 
@@ -95,6 +97,8 @@ TrainOptions parse_train_options(int argc, char** argv) {
                                                   << " --lr-min " << o.lr_min, "");
     FLASH_CHECK(o.device == "cpu" || o.device == "cuda" || o.device == "auto",
                 "--device must be cpu, cuda or auto, got '" << o.device << "'", "");
+    FLASH_CHECK(o.load.empty() || o.eval_only, "--load is for --eval-only (training does not start from a checkpoint)",
+                "to continue a run use --resume; to score a checkpoint use --eval-only --load CKPT");
     return o;
 }
 
@@ -157,6 +161,8 @@ struct Run {
     bpe::Tokenizer tok;
     flash_data::TokenFile train_tokens, val_tokens;
     double val_bytes_per_token = 0;
+    std::vector<uint32_t> token_bytes;    // bytes of each token id's text (bits per byte of the scored text)
+    std::vector<EvalWindow> val_sample;   // the fixed validation sample (eval.h), the same at every evaluation
     FILE *metrics = nullptr, *train_tsv = nullptr, *val_tsv = nullptr;
     double flops_per_step_token = 0;  // training FLOPs per token (3 × forward)
     double peak = 0;                  // the CPU's measured sgemm peak (0 on the GPU, or quiet)
@@ -165,17 +171,22 @@ struct Run {
     int T = 0;                        // sequence length
 };
 
-// Data and tokenizer, with a message naming the command that prepares them.
-void load_data(Run& run) {
+// Data and tokenizer, with a message naming the command that prepares them. Scoring a checkpoint (--eval-only)
+// needs no training split.
+void load_data(Run& run, bool need_train = true) {
     const fs::path data(run.o.data_dir);
-    for (const char* f : {"train.bin", "val.bin", "tokenizer.json"})
-        FLASH_CHECK(fs::exists(data / f), "no " << (data / f).string() << ": the training data is not prepared",
-                    "run data/prepare.sh (or ./train.sh, which prepares, builds and trains)");
+    std::vector<std::string> files = {"val.bin", "tokenizer.json"};
+    if (need_train) files.push_back("train.bin");
+    for (const std::string& f : files)
+        FLASH_CHECK(fs::exists(data / f), "no " << (data / f).string() << ": the data is not prepared",
+                    "run data/prepare.sh (or ./train.sh, which prepares, builds and trains), or give the --data-dir "
+                    "the model was trained on");
     run.tok = bpe::Tokenizer::load((data / "tokenizer.json").string());
-    run.train_tokens = flash_data::load_token_file((data / "train.bin").string(), run.tok.vocab_size());
+    if (need_train) run.train_tokens = flash_data::load_token_file((data / "train.bin").string(), run.tok.vocab_size());
     run.val_tokens = flash_data::load_token_file((data / "val.bin").string(), run.tok.vocab_size());
     run.val_bytes_per_token =
         (double)run.tok.decode(run.val_tokens.tokens).size() / (double)run.val_tokens.tokens.size();
+    run.token_bytes = token_byte_lengths(run.tok);
 }
 
 void print_header(const Run& run, const Model<float>& model, Device device, const FlashConfig& cfg) {
@@ -246,26 +257,38 @@ void log_step(const Run& run, int64_t step, double loss, double lr, double norm,
     std::fprintf(run.train_tsv, "%lld\t%.6f\n", (long long)step, loss);
 }
 
-// Mean validation loss over the first eval_batches batches of the validation split.
-double evaluate(const Run& run, Model<float>& model, flash_data::DataLoader& val_loader) {
-    const TrainOptions& o = run.o;
-    std::vector<int32_t> inputs, targets;
-    val_loader.reset();
-    double sum = 0;
-    const int n = std::max<int>(1, std::min<int>(o.eval_batches, (int)val_loader.batches_per_epoch()));
-    for (int i = 0; i < n; i++) {
-        val_loader.next_batch(inputs, targets);
-        sum += model.forward(inputs.data(), targets.data(), o.batch, run.T);
-    }
-    return sum / n;
+// The loss over the given validation windows (eval.h): the fixed sample during training, the whole set at the end.
+EvalResult evaluate(const Run& run, Model<float>& model, const std::vector<EvalWindow>& windows) {
+    return evaluate_windows([&](const int* x, const int* y, int b, int t) { return model.forward(x, y, b, t); },
+                            run.val_tokens.tokens, windows, run.token_bytes, run.o.batch, run.T);
 }
 
-void log_eval(const Run& run, int64_t step, double val) {
-    const double bpb = val / std::log(2.0) / run.val_bytes_per_token;
-    if (!run.o.quiet) std::printf("step %6lld | val loss %.4f | val bits/byte %.4f\n", (long long)step, val, bpb);
-    std::fprintf(run.metrics, "{\"step\": %lld, \"val_loss\": %.6f, \"val_bpb\": %.6f}\n", (long long)step, val, bpb);
-    std::fprintf(run.val_tsv, "%lld\t%.6f\n", (long long)step, val);
+void log_eval(const Run& run, int64_t step, const EvalResult& val) {
+    if (!run.o.quiet)
+        std::printf("step %6lld | val loss %.4f | val bits/byte %.4f | sample of %llu tokens\n", (long long)step,
+                    val.loss(), val.bits_per_byte(), (unsigned long long)val.tokens);
+    std::fprintf(run.metrics, "{\"step\": %lld, \"val_loss\": %.6f, \"val_bpb\": %.6f, \"val_tokens\": %llu}\n",
+                 (long long)step, val.loss(), val.bits_per_byte(), (unsigned long long)val.tokens);
+    std::fprintf(run.val_tsv, "%lld\t%.6f\n", (long long)step, val.loss());
     std::fflush(run.metrics);
+}
+
+// The figure to compare models by: every validation token once (eval.h), printed and logged.
+EvalResult evaluate_whole_set(const Run& run, Model<float>& model, int64_t step) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const EvalResult r = evaluate(run, model, whole_set_windows(run.val_tokens.tokens.size(), run.T));
+    const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (!run.o.quiet) {
+        if (step > 0) std::printf("step %6lld | ", (long long)step);
+        std::printf("whole validation set: %s | %.0f s\n", format_eval(r).c_str(), sec);
+    }
+    if (run.metrics)
+        std::fprintf(run.metrics,
+                     "{\"step\": %lld, \"whole_val_loss\": %.6f, \"whole_val_bpb\": %.6f, \"whole_val_tokens\": %llu, "
+                     "\"whole_val_bytes\": %llu}\n",
+                     (long long)step, r.loss(), r.bits_per_byte(), (unsigned long long)r.tokens,
+                     (unsigned long long)r.bytes);
+    return r;
 }
 
 // loss.png from the TSV logs, when gnuplot is there.
@@ -331,7 +354,7 @@ TrainResult run_training(const TrainOptions& o) {
     std::unique_ptr<Model<float>> model = make_model<float>(config_to_json(cfg), device);
     model->init_weights(o.seed);
     flash_data::DataLoader train_loader(run.train_tokens.tokens, B, T, flash_data::LoaderMode::kTrainRandom, o.seed);
-    flash_data::DataLoader val_loader(run.val_tokens.tokens, B, T, flash_data::LoaderMode::kValSequential);
+    run.val_sample = sample_windows(run.val_tokens.tokens.size(), T, o.eval_batches * B);
     const int64_t done = o.resume ? resume(run, *model, train_loader) : 0;
 
     std::error_code ec;
@@ -376,8 +399,9 @@ TrainResult run_training(const TrainOptions& o) {
         log_step(run, step, loss, lr, norm, sec);
 
         if (step % o.eval_interval == 0 || step == o.steps) {
-            result.last_val_loss = evaluate(run, *model, val_loader);
-            log_eval(run, step, result.last_val_loss);
+            const EvalResult val = evaluate(run, *model, run.val_sample);
+            result.last_val_loss = val.loss();
+            log_eval(run, step, val);
             plot_losses(run);
         }
         if (o.sample_interval > 0 && (step % o.sample_interval == 0 || step == o.steps) && !o.quiet)
@@ -392,7 +416,36 @@ TrainResult run_training(const TrainOptions& o) {
             break;
         }
     }
+    if (result.steps_done == o.steps && done < o.steps && !result.interrupted)
+        result.whole_val = evaluate_whole_set(run, *model, o.steps);
     plot_losses(run);
     close_logs(run);
     return result;
+}
+
+EvalResult run_eval_only(const TrainOptions& o) {
+    if (o.threads > 0) {
+        omp_set_num_threads(o.threads);
+        openblas_set_num_threads(o.threads);
+    }
+    const Device device = choose_device(o.device);
+    const std::string path = o.load.empty() ? latest_checkpoint(o.out_dir) : o.load;
+    FLASH_CHECK(!path.empty(), "--eval-only: no --load CKPT given and no checkpoint in '" << o.out_dir << "'",
+                "give --load PATH.safetensors, or the --out-dir of a run that wrote checkpoints");
+    Run run(o);
+    load_data(run, /*need_train=*/false);
+    const nlohmann::json config = checkpoint_model_config(safetensors_read(path), path);
+    std::unique_ptr<Model<float>> model = make_model<float>(config, device);
+    const int vocab = config.value("vocab_size", 0);
+    FLASH_CHECK(vocab == (int)run.tok.vocab_size(),
+                "checkpoint '" << path << "' has vocab_size " << vocab << " but the tokenizer in '" << o.data_dir
+                               << "' has " << run.tok.vocab_size(),
+                "score it on the data it was trained on (--data-dir)");
+    load_weights(path, *model);
+    run.T = o.seq_len ? o.seq_len : config.value("seq_len", 0);
+    if (!o.quiet)
+        std::printf("scoring %s on the whole validation set: %zu tokens, windows of %d, %d per batch, on the %s\n",
+                    path.c_str(), run.val_tokens.tokens.size(), run.T, o.batch,
+                    device == Device::cuda ? "GPU" : "CPU");
+    return evaluate_whole_set(run, *model, 0);  // step 0: no step to name
 }

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "eval.h"
 #include "flash.h"
 #include "formats/checkpoint.h"
 #include "formats/config.h"
@@ -29,6 +30,8 @@ struct TrainOptions {
     std::string device = "cpu";          // cpu | cuda | auto
     bool resume = false;
     bool quiet = false;                  // no per-step lines (tests)
+    bool eval_only = false;              // score a checkpoint on the whole validation set and exit
+    std::string load;                    // --eval-only's checkpoint ("": the newest in out_dir)
 };
 
 // Parses argv (after the JSON file given with --options FILE, if any, so the command line wins), with the one
@@ -50,8 +53,12 @@ double learning_rate(const TrainOptions& o, int64_t step);
 // under out_dir. Stops early (with a checkpoint) when stop_requested() turns true (Ctrl-C).
 struct TrainResult {
     int64_t steps_done = 0;
-    double last_train_loss = 0, last_val_loss = 0;
+    double last_train_loss = 0, last_val_loss = 0;  // last_val_loss: on the sample (eval.h)
+    EvalResult whole_val;  // the whole validation set, when this run reached the end of the schedule (else empty)
     bool interrupted = false;
 };
 TrainResult run_training(const TrainOptions& o);
+// ./train --eval-only: the whole validation set's loss under the checkpoint o.load (or the newest in o.out_dir),
+// on o.device with batches of o.batch rows; prints it and returns it. Needs only the data and the checkpoint.
+EvalResult run_eval_only(const TrainOptions& o);
 extern volatile int g_stop_requested;  // set by the SIGINT handler

@@ -5,7 +5,8 @@
 //   targets[t] = tokens[i + t + 1]   (the next token: what the model must predict at t)
 // Train mode draws each window's offset uniformly at random from [0, N-T-1] with a seeded splitmix64
 // (our own RNG, so the sequence is the same on every platform and compiler). Validation mode walks
-// the stream in order, windows T apart, so every target token is scored once per pass.
+// the stream in order, windows T apart, so each target token is served at most once per pass (the last
+// (N-1) mod T are never served; eval.h's whole-set windows score every one, and are what ./train evaluates with).
 // The whole position (RNG state or cursor) is a small POD, DataLoaderState, that a checkpoint stores.
 #pragma once
 #include <cstddef>

@@ -386,9 +386,11 @@ TEST_CASE("bad batches are refused with a clear message") {
     CHECK_THROWS_WITH_AS(m.forward(batch.tokens.data(), nullptr, 1, 16), doctest::Contains("token id 64 at position 5"),
                          flash_error);
     batch.tokens[5] = 0;
-    batch.targets[2] = -1;
+    batch.targets[2] = -2;
     CHECK_THROWS_WITH_AS(m.forward(batch.tokens.data(), batch.targets.data(), 1, 16),
-                         doctest::Contains("target id -1"), flash_error);
+                         doctest::Contains("target id -2 at position 2 is out of range"), flash_error);
+    batch.targets[2] = kIgnoreTarget;  // not scored, but a valid target
+    CHECK(std::isfinite(m.forward(batch.tokens.data(), batch.targets.data(), 1, 16)));
     CHECK_THROWS_WITH_AS(m.forward(batch.tokens.data(), nullptr, 1, 10), doctest::Contains("not a multiple of the chunk"),
                          flash_error);
 }

@@ -211,6 +211,39 @@ TEST_CASE("cross-entropy backward matches finite differences") {
     CHECK(mean == doctest::Approx(sum / N).epsilon(1e-15));
 }
 
+TEST_CASE("cross-entropy skips ignored targets: mean over the scored ones, no gradient into ignored rows") {
+    Rng rng(14);
+    auto logits = randn((size_t)N * V, rng, 2.0);
+    std::vector<int> targets(N);
+    for (int& t : targets) t = rng.below(V);
+    std::vector<double> losses(N), probs((size_t)N * V);
+    const double full = crossentropy_forward(losses.data(), probs.data(), logits.data(), targets.data(), N, V);
+    const std::vector<double> full_losses = losses;
+    // Ignore every third target: the mean is over the others only.
+    double scored_sum = 0;
+    int scored = 0;
+    for (int n = 0; n < N; n++)
+        if (n % 3 == 0) targets[n] = kIgnoreTarget;
+        else scored_sum += full_losses[n], scored++;
+    REQUIRE(scored == 21);
+    CHECK(scored_target_count(targets.data(), N) == 21);
+    auto loss = [&]() { return crossentropy_forward(losses.data(), probs.data(), logits.data(), targets.data(), N, V); };
+    const double mean = loss();
+    CHECK(mean == doctest::Approx(scored_sum / 21).epsilon(1e-14));
+    CHECK(mean != doctest::Approx(full).epsilon(1e-3));
+    for (int n = 0; n < N; n++) CHECK(losses[n] == (n % 3 == 0 ? 0.0 : full_losses[n]));
+    std::vector<double> dlogits(logits.size(), 0.0);
+    crossentropy_backward(dlogits.data(), probs.data(), targets.data(), N, V);
+    CHECK(gradcheck(logits, dlogits, loss) < kTol);
+    for (int k = 0; k < V; k++) CHECK(dlogits[(size_t)3 * V + k] == 0.0);  // row 3 is ignored
+    // Nothing scored: loss 0 and no gradient (not 0/0).
+    std::fill(targets.begin(), targets.end(), kIgnoreTarget);
+    CHECK(loss() == 0.0);
+    std::vector<double> dnone(logits.size(), 0.5);
+    crossentropy_backward(dnone.data(), probs.data(), targets.data(), N, V);
+    CHECK(dnone == std::vector<double>(logits.size(), 0.5));
+}
+
 TEST_CASE("residual adds in place") {
     std::vector<double> y = {1, 2, 3}, x = {10, 20, 30};
     residual_forward(y.data(), x.data(), 3);

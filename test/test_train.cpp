@@ -201,6 +201,59 @@ TEST_CASE("a short run on a tiny corpus lowers the validation loss below 1.5 nat
     fs::remove_all(dir);
 }
 
+TEST_CASE("evaluations: a fixed sample with its token count while training, the whole set at the end and with "
+          "--eval-only") {
+    const std::string dir = "/tmp/flash_test_eval_" + std::to_string(getpid());
+    fs::remove_all(dir);
+    TrainOptions o = tiny_options(dir);
+    o.steps = 8;  // evaluations at 4 and 8 on the sample, then the whole set
+    const TrainResult r = run_training(o);
+    const bpe::Tokenizer tok = bpe::Tokenizer::load(o.data_dir + "/tokenizer.json");
+    const std::vector<uint32_t> val = flash_data::load_token_file(o.data_dir + "/val.bin").tokens;
+    REQUIRE(val.size() > 400);  // more than the sample's 2 batches × 4 rows × 32 tokens
+    std::vector<std::string> val_lines, whole_lines;
+    std::ifstream in(dir + "/metrics.jsonl");
+    for (std::string line; std::getline(in, line);) {
+        if (line.find("\"val_loss\"") != std::string::npos) val_lines.push_back(line);
+        if (line.find("\"whole_val_loss\"") != std::string::npos) whole_lines.push_back(line);
+    }
+    REQUIRE(val_lines.size() == 2);
+    for (const std::string& line : val_lines) CHECK(line.find("\"val_tokens\": 256}") != std::string::npos);
+    // the whole set: every token but the first is a target, and the bytes are exactly those tokens' text
+    const std::string scored_text = tok.decode(val.data() + 1, val.size() - 1);
+    REQUIRE(whole_lines.size() == 1);
+    CHECK(r.whole_val.tokens == val.size() - 1);
+    CHECK(r.whole_val.bytes == scored_text.size());
+    CHECK(whole_lines[0].find("\"whole_val_tokens\": " + std::to_string(val.size() - 1) + ", \"whole_val_bytes\": " +
+                              std::to_string(scored_text.size()) + "}") != std::string::npos);
+    CHECK(r.whole_val.loss() > 0.5);
+    CHECK(r.whole_val.loss() < 6.0);
+    CHECK(r.whole_val.bits_per_byte() ==
+          doctest::Approx(r.whole_val.loss() * (val.size() - 1) / std::log(2.0) / scored_text.size()).epsilon(1e-12));
+
+    // --eval-only scores the checkpoint on the whole set again: the same figure (newest checkpoint, or --load)
+    const char* argv[] = {"train", "--eval-only", "--out-dir", dir.c_str(), "--data-dir", o.data_dir.c_str(),
+                          "--batch", "4", "--quiet"};
+    TrainOptions e = parse_train_options(9, (char**)argv);
+    CHECK(e.eval_only);
+    const EvalResult again = run_eval_only(e);
+    CHECK(again.tokens == r.whole_val.tokens);
+    CHECK(again.bytes == r.whole_val.bytes);
+    CHECK(again.loss() == doctest::Approx(r.whole_val.loss()).epsilon(1e-6));
+    e.load = dir + "/ckpt_00000008.safetensors";
+    e.out_dir = dir + "/nothing_here";
+    e.batch = 3;  // another batch size: other padding, the same tokens
+    const EvalResult loaded = run_eval_only(e);
+    CHECK(loaded.tokens == r.whole_val.tokens);
+    CHECK(loaded.loss() == doctest::Approx(r.whole_val.loss()).epsilon(1e-5));
+    e.load = "";
+    CHECK_THROWS_WITH_AS(run_eval_only(e), doctest::Contains("no --load CKPT given and no checkpoint in"), flash_error);
+    // --load belongs to --eval-only
+    const char* bad[] = {"train", "--load", "x.safetensors"};
+    CHECK_THROWS_WITH_AS(parse_train_options(3, (char**)bad), doctest::Contains("--load is for --eval-only"), flash_error);
+    fs::remove_all(dir);
+}
+
 TEST_CASE("a non-finite loss stops training and leaves the last checkpoint intact") {
     const std::string dir = "/tmp/flash_test_nan_" + std::to_string(getpid());
     fs::remove_all(dir);
