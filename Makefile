@@ -46,6 +46,12 @@ BENCH_BINS += build/bench_cpu
 build/bench_cpu: build/bench/bench_cpu.o $(MODEL_OBJS)
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)
 
+# ---- the baselines Transformer++ and Performer (BASELINES.md §1, §2) ----------------------------------
+BASELINE_OBJS := build/transformer.o
+TEST_BINS     += build/test_transformer
+build/test_transformer: build/test/test_transformer.o $(BASELINE_OBJS) $(MODEL_OBJS)
+	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)
+
 # ---- cached decoding and ./sample ------------------------------------------------------------------
 include mk/decode.mk
 
