@@ -329,6 +329,127 @@ Batch random_batch(const TransformerConfig& c, int B, int T, uint64_t seed) {
     return b;
 }
 
+// ---------------------------------------------------------------------------------------------------
+// The whole model against BASELINES.md §1 and §2 written out one token at a time (no heads layout, no BLAS, no
+// chunks, no stabiliser): every logit of every position.
+
+std::vector<double> naive_logits(const TransformerModel<double>& model, const std::vector<int>& tokens, int Bn, int Tn) {
+    const TransformerConfig& c = model.cfg;
+    const int D = c.d, F = c.ffn, Hn = c.n_heads, h = c.head_dim(), V = c.vocab_size, M = c.features;
+    using Vec = std::vector<double>;
+    auto rmsnorm = [&](const Vec& x, const double* g) {
+        double ms = 0;
+        for (double xi : x) ms += xi * xi / D;
+        Vec y(D);
+        for (int j = 0; j < D; j++) y[j] = g[j] * x[j] / std::sqrt(ms + c.eps);
+        return y;
+    };
+    auto times = [](const Vec& x, const double* w, int cols) {  // x · W, W (x.size(), cols)
+        Vec y(cols, 0.0);
+        for (size_t i = 0; i < x.size(); i++)
+            for (int j = 0; j < cols; j++) y[j] += x[i] * w[i * cols + j];
+        return y;
+    };
+    auto rope = [&](const double* x, int t) {  // one head's h dims at position t, rotate-half
+        Vec y(h);
+        for (int i = 0; i < h / 2; i++) {
+            const double th = t * std::pow(c.rope_base, -2.0 * i / h);
+            y[i] = x[i] * std::cos(th) - x[i + h / 2] * std::sin(th);
+            y[i + h / 2] = x[i + h / 2] * std::cos(th) + x[i] * std::sin(th);
+        }
+        return y;
+    };
+    std::vector<double> logits((size_t)Bn * Tn * V);
+    for (int b = 0; b < Bn; b++) {
+        std::vector<Vec> x(Tn, Vec(D));
+        for (int t = 0; t < Tn; t++)
+            for (int j = 0; j < D; j++) x[t][j] = model.p.wte[(size_t)tokens[b * Tn + t] * D + j];
+        for (const BlockParams<double>& lp : model.p.layers) {
+            std::vector<Vec> qkv(Tn);
+            for (int t = 0; t < Tn; t++) qkv[t] = times(rmsnorm(x[t], lp.attn_norm_g), lp.w_qkv, 3 * D);
+            std::vector<Vec> att(Tn, Vec(D, 0.0));
+            for (int i = 0; i < Hn; i++) {
+                std::vector<Vec> q(Tn), k(Tn), phq(Tn), phk(Tn);
+                for (int t = 0; t < Tn; t++) {
+                    q[t] = rope(&qkv[t][i * h], t);
+                    k[t] = rope(&qkv[t][D + i * h], t);
+                }
+                auto phi = [&](const Vec& xv) {  // φ(x) = exp(Ω x̃ − |x̃|²/2)/√m, x̃ = x/h^(1/4)
+                    Vec f(M);
+                    double sq = 0;
+                    for (int j = 0; j < h; j++) sq += xv[j] * xv[j] / std::sqrt((double)h);
+                    for (int r = 0; r < M; r++) {
+                        double wx = 0;
+                        for (int j = 0; j < h; j++) wx += lp.omega[(size_t)r * h + j] * xv[j] / std::pow(h, 0.25);
+                        f[r] = std::exp(wx - sq / 2) / std::sqrt((double)M);
+                    }
+                    return f;
+                };
+                if (c.performer())
+                    for (int t = 0; t < Tn; t++) phq[t] = phi(q[t]), phk[t] = phi(k[t]);
+                for (int a = 0; a < Tn; a++) {
+                    const int n_keys = c.causal ? a + 1 : Tn;
+                    Vec wgt(n_keys);  // unnormalised attention weights of query a
+                    double mx = -1e300;
+                    for (int kb = 0; kb < n_keys; kb++) {
+                        double s = 0;
+                        if (c.performer()) {
+                            for (int r = 0; r < M; r++) s += phq[a][r] * phk[kb][r];
+                        } else {
+                            for (int j = 0; j < h; j++) s += q[a][j] * k[kb][j];
+                            s /= std::sqrt((double)h);
+                            mx = std::max(mx, s);
+                        }
+                        wgt[kb] = s;
+                    }
+                    if (!c.performer())
+                        for (double& w : wgt) w = std::exp(w - mx);
+                    double z = 0;
+                    for (double w : wgt) z += w;
+                    for (int kb = 0; kb < n_keys; kb++)
+                        for (int j = 0; j < h; j++) att[a][i * h + j] += wgt[kb] / z * qkv[kb][2 * D + i * h + j];
+                }
+            }
+            for (int t = 0; t < Tn; t++) {
+                Vec y = times(att[t], lp.w_o, D);
+                for (int j = 0; j < D; j++) x[t][j] += y[j];
+                Vec gu = times(rmsnorm(x[t], lp.ffn_norm_g), lp.w_13, 2 * F), zz(F);
+                for (int j = 0; j < F; j++) zz[j] = gu[j] / (1 + std::exp(-gu[j])) * gu[F + j];
+                y = times(zz, lp.w_2, D);
+                for (int j = 0; j < D; j++) x[t][j] += y[j];
+            }
+        }
+        for (int t = 0; t < Tn; t++) {
+            Vec xn = rmsnorm(x[t], model.p.norm_f_g);
+            for (int v = 0; v < V; v++) {
+                double l = 0;
+                for (int j = 0; j < D; j++) l += xn[j] * model.p.wte[(size_t)v * D + j];
+                logits[((size_t)b * Tn + t) * V + v] = l;
+            }
+        }
+    }
+    return logits;
+}
+
+TEST_CASE("the whole model equals BASELINES.md §1/§2 written out one token at a time, both archs") {
+    for (const char* arch : {"transformer++", "performer"})
+        for (bool causal : {true, false})
+            for (bool strong : {false, true}) {
+                TransformerModel<double> model(tiny(arch, causal));
+                model.performer_chunk = 5;
+                model.init_weights(23, strong);
+                Batch batch = random_batch(model.cfg, 2, model.cfg.seq_len, 24);
+                model.forward(batch.tokens.data(), nullptr, batch.B, batch.T);
+                const std::vector<double> want = naive_logits(model, batch.tokens, batch.B, batch.T);
+                const double err = max_abs_diff(model.acts.logits, want.data(), want.size());
+                const std::string label = std::string(arch) + (causal ? " causal" : " non-causal") +
+                                          (strong ? " strong" : " paper") + " init";
+                MESSAGE(label << ": max |logit - naive| " << err << " (largest logit " << max_abs(want) << ")");
+                CHECK(err < 1e-12 * std::max(1.0, max_abs(want)));
+                CHECK(max_abs(want) > 1e-3);
+            }
+}
+
 TEST_CASE("the small preset: 852,480 trained parameters per block, as two FLASH small layers (BASELINES.md §1)") {
     for (const char* arch : {"transformer++", "performer"}) {
         TransformerConfig c = transformer_preset("small", arch);
@@ -635,6 +756,38 @@ TEST_CASE("float and double agree on the tiny models") {
         CHECK(std::isfinite(lf));
         CHECK(std::fabs(ld - lf) < 1e-4 * std::fabs(ld));
     }
+}
+
+TEST_CASE("forward and backward are deterministic, bit for bit, both archs") {
+    for (const char* arch : {"transformer++", "performer"}) {
+        std::vector<float> grads[2];
+        double losses[2];
+        for (int run = 0; run < 2; run++) {
+            TransformerModel<float> model(transformer_preset("tiny", arch));
+            model.init_weights(25, true);
+            Batch batch = random_batch(model.cfg, 3, model.cfg.seq_len, 26);
+            losses[run] = model.forward(batch.tokens.data(), batch.targets.data(), batch.B, batch.T);
+            model.zero_grad();
+            model.backward();
+            grads[run] = model.grads;
+        }
+        CHECK(losses[0] == losses[1]);
+        CHECK(grads[0] == grads[1]);
+    }
+}
+
+TEST_CASE("a denominator that underflows to 0 gives a non-finite output, never a silent number") {
+    // φ(q) of one query is all zeros (as when exp underflows in float): 0/0, so the loss downstream is not finite
+    // and the trainer stops with its message.
+    Rng rng(27);
+    auto phq = uniform((size_t)BH * T * m, rng, 0.05, 1.0), phk = uniform((size_t)BH * T * m, rng, 0.05, 1.0);
+    auto v = randn((size_t)BH * T * hd, rng);
+    for (int i = 0; i < m; i++) phq[(size_t)3 * m + i] = 0;
+    std::vector<double> o(v.size()), den((size_t)BH * T);
+    linear_attention_forward(o.data(), den.data(), phq.data(), phk.data(), v.data(), BH, T, hd, m, 4, true);
+    CHECK(den[3] == 0.0);
+    CHECK_FALSE(std::isfinite(o[(size_t)3 * hd]));
+    CHECK(std::isfinite(o[(size_t)4 * hd]));
 }
 
 TEST_CASE("bad batches are refused with a clear message") {
