@@ -9,6 +9,9 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
+#include <cblas.h>
+#include <omp.h>
+
 #include <cstdio>
 
 #include "testutil.h"
@@ -758,22 +761,58 @@ TEST_CASE("float and double agree on the tiny models") {
     }
 }
 
-TEST_CASE("forward and backward are deterministic, bit for bit, both archs") {
+// One float training step's loss and gradients, with `omp_threads` OpenMP and `blas_threads` OpenBLAS threads.
+std::pair<double, std::vector<float>> step_result(const TransformerConfig& c, const Batch& batch, int omp_threads,
+                                                  int blas_threads) {
+    const int saved_omp = omp_get_max_threads(), saved_blas = openblas_get_num_threads();
+    omp_set_num_threads(omp_threads);
+    openblas_set_num_threads(blas_threads);
+    TransformerModel<float> model(c);
+    model.performer_chunk = 8;
+    model.init_weights(25, true);
+    const double loss = model.forward(batch.tokens.data(), batch.targets.data(), batch.B, batch.T);
+    model.zero_grad();
+    model.backward();
+    omp_set_num_threads(saved_omp);
+    openblas_set_num_threads(saved_blas);
+    return {loss, model.grads};
+}
+
+// Our own work split (OpenMP over rows, heads' rows, column blocks) orders every reduction: with BLAS held at one
+// thread, 1 and 2 OpenMP threads give the same bits (as test_model.cpp; OpenBLAS's own split is not ours to promise).
+TEST_CASE("forward and backward are deterministic, and bit-identical with 1 and 2 OpenMP threads, both archs") {
     for (const char* arch : {"transformer++", "performer"}) {
-        std::vector<float> grads[2];
-        double losses[2];
-        for (int run = 0; run < 2; run++) {
-            TransformerModel<float> model(transformer_preset("tiny", arch));
-            model.init_weights(25, true);
-            Batch batch = random_batch(model.cfg, 3, model.cfg.seq_len, 26);
-            losses[run] = model.forward(batch.tokens.data(), batch.targets.data(), batch.B, batch.T);
-            model.zero_grad();
-            model.backward();
-            grads[run] = model.grads;
-        }
-        CHECK(losses[0] == losses[1]);
-        CHECK(grads[0] == grads[1]);
+        TransformerConfig c = transformer_preset("tiny", arch);
+        c.d = 64; c.n_heads = 4; c.ffn = 96; c.features = 24; c.seq_len = 64;
+        Batch batch = random_batch(c, 3, c.seq_len, 26);
+        auto a = step_result(c, batch, 1, 1), b = step_result(c, batch, 1, 1), two = step_result(c, batch, 2, 1);
+        INFO(arch);
+        CHECK(a.first == b.first);
+        CHECK(a.second == b.second);
+        CHECK(a.first == two.first);
+        CHECK(a.second == two.second);
+        CHECK(max_abs(std::vector<double>(a.second.begin(), a.second.end())) > 0);
     }
+}
+
+TEST_CASE("AdamW: one step by hand, weight decay on matrices only") {
+    TransformerModel<double> model(tiny("performer"));
+    model.init_weights(28, false);
+    const std::vector<double> before = model.params;
+    std::fill(model.grads.begin(), model.grads.end(), 0.5);
+    AdamWConfig opt;
+    model.adamw_update(0.01, opt, 1);
+    // first step: m̂ = g, v̂ = g², so the update is lr·(g/(|g|+eps) + wd·w)
+    int decayed = 0;
+    for (const BaselineTensorSpec& spec : model.specs) {
+        if (!spec.trained) continue;
+        const size_t i = spec.offset + spec.count - 1;
+        const double wd = spec.decay ? 0.1 : 0.0;
+        decayed += spec.decay;
+        INFO(spec.name);
+        CHECK(model.params[i] == doctest::Approx(before[i] - 0.01 * (0.5 / (0.5 + 1e-8) + wd * before[i])).epsilon(1e-14));
+    }
+    CHECK(decayed == 1 + 4 * model.cfg.n_layers);  // wte, and w_qkv, w_o, w_13, w_2 of each block
 }
 
 TEST_CASE("a denominator that underflows to 0 gives a non-finite output, never a silent number") {
