@@ -1,4 +1,4 @@
-// transformer.cpp: the CPU reference of the baselines Transformer++ (BASELINES.md §1) and Performer (§2).
+// transformer.cpp: the CPU reference of the baselines Transformer++ and Performer (BASELINES.md §1, §2).
 // Plain loops and BLAS calls, read top to bottom: configuration, layout, the new ops (each forward next to its
 // backward), the model, checkpoints. FLASH's ops (flash.h) are called for everything the two models share.
 //
@@ -97,7 +97,7 @@ TransformerConfig transformer_config_from_json(const json& j) {
     };
     get_int("vocab_size", c.vocab_size);
     get_int("d", c.d);
-    // §1's defaults follow d unless given: H = d/64 where 64 divides d (else 1), f = 3d, m = 4h.
+    // BASELINES.md §1's defaults follow d unless given: H = d/64 where 64 divides d (else 1), f = 3d, m = 4h.
     c.n_heads = (c.d % 64 == 0) ? c.d / 64 : 1;
     c.ffn = 3 * c.d;
     get_int("n_heads", c.n_heads);
@@ -145,7 +145,7 @@ std::string transformer_shape_mismatch(const TransformerConfig& a, const Transfo
 }
 
 // ====================================================================================================
-// Parameter layout (§6)
+// Parameter layout (BASELINES.md §6)
 
 std::vector<BaselineTensorSpec> transformer_param_specs(const TransformerConfig& c) {
     std::vector<BaselineTensorSpec> specs;
@@ -300,7 +300,7 @@ constexpr int kColBlock = 64;
 // ====================================================================================================
 // The ops
 
-// RMSNorm with a vector gain (§1): y = g ⊙ x · rstd, rstd = 1/sqrt(mean(x²) + eps) saved.
+// RMSNorm with a vector gain (BASELINES.md §1): y = g ⊙ x · rstd, rstd = 1/sqrt(mean(x²) + eps) saved.
 // y (N,d), rstd (N), x (N,d), g (d)
 template <typename Real>
 void rmsnorm_forward(Real* y, Real* rstd, const Real* x, const Real* g, int N, int d, double eps) {
@@ -314,7 +314,7 @@ void rmsnorm_forward(Real* y, Real* rstd, const Real* x, const Real* g, int N, i
         for (int j = 0; j < d; j++) y[(size_t)n * d + j] = g[j] * xr[j] * r;
     }
 }
-// Backward of: y = g ⊙ x · rstd.   With r = 1/rstd (§1):
+// Backward of: y = g ⊙ x · rstd.   With r = 1/rstd (BASELINES.md §1):
 //   dg += Σ_rows dy ⊙ x / r;   dx += (g ⊙ dy)/r − x·(Σ_j g_j dy_j x_j)/(d·r³)
 template <typename Real>
 void rmsnorm_backward(Real* dx, Real* dg, const Real* dy, const Real* x, const Real* rstd, const Real* g, int N,
@@ -391,7 +391,7 @@ void merge_heads_backward(Real* dx, const Real* dy, int B, int T, int H, int hd)
     }
 }
 
-// Softmax attention per head (§1), on rotated q and k:
+// Softmax attention per head (BASELINES.md §1), on rotated q and k:
 //   S[a,b] = q[a]·k[b]/√h, masked to −∞ for b > a (causal);  P = softmax_b(S);  o = P·v;
 //   lse[a] = log Σ_b exp S[a,b] is saved instead of P, so backward recomputes P = exp(S − lse) in O(T) memory.
 // o (BH,T,h), lse (BH,T), q, k, v (BH,T,h). Two BLAS products per head; one (T,T) scratch.
@@ -419,7 +419,7 @@ void softmax_attention_forward(Real* o, Real* lse, const Real* q, const Real* k,
         gemm(false, false, T, hd, T, Real(1), P.data(), T, v + r0 * hd, hd, Real(0), o + r0 * hd, hd);
     }
 }
-// Backward of: P = softmax_b(q·kᵀ/√h, masked); o = P·v   (§1):
+// Backward of: P = softmax_b(q·kᵀ/√h, masked); o = P·v   (BASELINES.md §1):
 //   dP = do·vᵀ;  dv += Pᵀ·do;  dS = P ⊙ (dP − Σ_b dP ⊙ P);  dq += dS·k/√h;  dk += dSᵀ·q/√h
 template <typename Real>
 void softmax_attention_backward(Real* dq, Real* dk, Real* dv, const Real* d_o, const Real* lse, const Real* q,
@@ -449,7 +449,7 @@ void softmax_attention_backward(Real* dq, Real* dk, Real* dv, const Real* d_o, c
     }
 }
 
-// SwiGLU (§1): z = silu(gate) ⊙ up, with gu = [gate | up]; sg = silu(gate) is saved.
+// SwiGLU (BASELINES.md §1): z = silu(gate) ⊙ up, with gu = [gate | up]; sg = silu(gate) is saved.
 // z (N,f), sg (N,f), gu (N,2f). silu is FLASH's silu_forward, one row at a time (a nested OpenMP region: serial).
 template <typename Real>
 void swiglu_forward(Real* z, Real* sg, const Real* gu, int N, int f) {
@@ -484,8 +484,8 @@ void swiglu_backward(Real* dgu, const Real* dz, const Real* gu, const Real* sg, 
     }
 }
 
-// Ω for FAVOR+ (§2), in double: ⌈m/h⌉ blocks of h rows. Per block, from rng in this order: a Gaussian (h, h)
-// matrix (row-major), whose rows are orthonormalised in order by Gram–Schmidt; then h independent N(0, I_h)
+// Ω for FAVOR+ (BASELINES.md §2), in double: ⌈m/h⌉ blocks of h rows. Per block, from rng in this order: a Gaussian
+// (h, h) matrix (row-major), whose rows are orthonormalised in order by Gram–Schmidt; then h independent N(0, I_h)
 // vectors, row r scaled to the norm of the r-th. The last block keeps its first m − h·⌊m/h⌋ rows (it draws the
 // whole block, so the stream does not depend on m mod h).
 // omega (m, h)
@@ -520,10 +520,10 @@ void draw_omega(double* omega, int m, int hd, Rng& rng) {
     }
 }
 
-// FAVOR+ positive random features (§2), per row x of q or k (after RoPE):
+// FAVOR+ positive random features (BASELINES.md §2), per row x of q or k (after RoPE):
 //   x̃ = x / h^(1/4);   u = Ω x̃ − |x̃|²/2;   φ(x) = exp(u − c) / sqrt(m)
 // c, the stabiliser, is the maximum of u over a group of rows_per_max consecutive rows and all m features (1 for
-// queries; T for keys: one c per sequence and head), or 0 when !stabilise. It takes no gradient (§2).
+// queries; T for keys: one c per sequence and head), or 0 when !stabilise. It takes no gradient (BASELINES.md §2).
 // phi (n_rows, m), x (n_rows, h), omega (m, h). One BLAS product for all rows (Ω is shared by the heads).
 template <typename Real>
 void favor_features_forward(Real* phi, const Real* x, const Real* omega, int n_rows, int rows_per_max, int hd, int m,
@@ -592,7 +592,7 @@ static void mask_upper(Real* A, int n) {
         for (int b = a + 1; b < n; b++) A[(size_t)a * n + b] = Real(0);
 }
 
-// Linear attention (§2) on the features φq = φ(q), φk = φ(k):
+// Linear attention (BASELINES.md §2) on the features φq = φ(q), φk = φ(k):
 //   causal:     [num | den][a] = Σ_{b≤a} (φq[a]·φk[b]) [v[b] | 1];   non-causal: the same over every b;   o = num/den
 // computed chunk by chunk (chunks of Cp rows; the last may be shorter): inside a chunk the masked product
 // (φQ φKᵀ ⊙ mask)·[V | 1], across chunks φQ·S with S the exclusive prefix sum of φKᵀ[V | 1] ((m, h+1)).
@@ -600,8 +600,8 @@ static void mask_upper(Real* A, int n) {
 // non-finite o, and so a non-finite loss.
 // o (BH,T,h), den (BH,T) saved; phq, phk (BH,T,m); v (BH,T,h)
 template <typename Real>
-void linear_attention_forward(Real* o, Real* den, const Real* phq, const Real* phk, const Real* v, int BH, int T, int hd,
-                              int m, int chunk, bool causal) {
+void linear_attention_forward(Real* o, Real* den, const Real* phq, const Real* phk, const Real* v, int BH, int T,
+                              int hd, int m, int chunk, bool causal) {
     FLASH_CHECK(chunk >= 1, "linear attention chunk size is " << chunk << ", must be >= 1", "use e.g. 64");
     const int w = hd + 1;
     std::vector<Real> v1((size_t)T * w), S((size_t)m * w), out((size_t)T * w), A((size_t)chunk * chunk);
@@ -912,7 +912,8 @@ TransformerConfig transformer_checkpoint_config(const SafeTensorsFile& f, const 
     try {
         j = json::parse(it->second);
     } catch (const json::exception& ex) {
-        FLASH_FAIL("'" << path << "': the config in __metadata__ is not valid JSON: " << ex.what(), "the file is corrupt");
+        FLASH_FAIL("'" << path << "': the config in __metadata__ is not valid JSON: " << ex.what(),
+                   "the file is corrupt");
     }
     try {
         return transformer_config_from_json(j);

@@ -2,9 +2,10 @@
 //
 // The same engine as FLASH (flash.h): the embedding, RoPE, SiLU, products, residual, tied logits and
 // cross-entropy are FLASH's ops, called, not copied. What is new lives here:
-//   - TransformerConfig: the §6 keys, read from and written to JSON with every field checked;
-//   - the parameter layout: one spec table in checkpoint order (§6). Ω (layers.{l}.omega, Performer only) is
-//     marked not trained: it lives in its own flat buffer `fixed`, so it has no gradient, no moments, no decay;
+//   - TransformerConfig: the BASELINES.md §6 keys, read from and written to JSON with every field checked;
+//   - the parameter layout: one spec table in checkpoint order (BASELINES.md §6). Ω (layers.{l}.omega, Performer
+//     only) is marked not trained: it lives in its own flat buffer `fixed`, so it has no gradient, no moments, no
+//     decay;
 //   - the new ops (forward/backward pairs, templated on the scalar type; shapes in transformer.cpp): RMSNorm with
 //     a vector gain, head split/merge, softmax attention with a saved log-sum-exp, SwiGLU, the FAVOR+ feature
 //     map, linear attention computed chunk by chunk;
@@ -21,7 +22,7 @@
 #include "flash.h"
 
 // ----------------------------------------------------------------------------------------------------
-// Configuration (BASELINES.md §1, §2, §6)
+// Configuration (BASELINES.md §1, BASELINES.md §2, BASELINES.md §6)
 
 struct TransformerConfig {
     std::string arch = "transformer++";  // or "performer"
@@ -44,16 +45,16 @@ struct TransformerConfig {
 // "transformer++" or "performer".
 TransformerConfig transformer_preset(const std::string& name, const std::string& arch);
 void transformer_config_validate(const TransformerConfig& c);       // throws, naming the bad field
-// Keys of §6 only; a key that does not belong to the arch is an error naming it. Missing keys: the small
-// preset's, with §1's defaults derived from d (H = d/64 where 64 divides d, else 1; f = 3d; m = 4h).
+// Keys of BASELINES.md §6 only; a key that does not belong to the arch is an error naming it. Missing keys: the small
+// preset's, with BASELINES.md §1's defaults derived from d (H = d/64 where 64 divides d, else 1; f = 3d; m = 4h).
 TransformerConfig transformer_config_from_json(const nlohmann::json& j);
 nlohmann::json transformer_config_to_json(const TransformerConfig& c);  // writes only the arch's keys
 // "" when a and b describe the same model (seq_len aside), else a list like "d: 16 vs 32".
 std::string transformer_shape_mismatch(const TransformerConfig& a, const TransformerConfig& b);
 
 // ----------------------------------------------------------------------------------------------------
-// Parameters (§6), in checkpoint order: wte, then per block attn_norm.g, ffn_norm.g, w_qkv, w_o, w_13, w_2,
-// [omega], then norm_f.g. A trained tensor's offset is into params (and grads, adam_m, adam_v, which mirror
+// Parameters (BASELINES.md §6), in checkpoint order: wte, then per block attn_norm.g, ffn_norm.g, w_qkv, w_o, w_13,
+// w_2, [omega], then norm_f.g. A trained tensor's offset is into params (and grads, adam_m, adam_v, which mirror
 // it); a tensor that is not trained (omega) has its offset into the `fixed` buffer.
 
 struct BaselineTensorSpec : TensorSpec {
@@ -177,9 +178,10 @@ template <typename Real> void favor_features_backward(Real* dx, const Real* dphi
 template <typename Real> void linear_attention_forward(Real* o, Real* den, const Real* phq, const Real* phk,
                                                        const Real* v, int BH, int T, int hd, int m, int chunk,
                                                        bool causal);
-template <typename Real> void linear_attention_backward(Real* dphq, Real* dphk, Real* dv, const Real* d_o, const Real* o,
-                                                        const Real* den, const Real* phq, const Real* phk, const Real* v,
-                                                        int BH, int T, int hd, int m, int chunk, bool causal);
+template <typename Real> void linear_attention_backward(Real* dphq, Real* dphk, Real* dv, const Real* d_o,
+                                                        const Real* o, const Real* den, const Real* phq,
+                                                        const Real* phk, const Real* v, int BH, int T, int hd, int m,
+                                                        int chunk, bool causal);
 
 // One AdamW step (t counts from 1) on one tensor of n values; weight_decay is the tensor's (0 for no decay).
 // The same arithmetic as FlashModel::adamw_update's per-tensor loop (see the note there when merging).
@@ -217,8 +219,8 @@ struct TransformerModel {
     TransformerModel& operator=(const TransformerModel&) = delete;
 
     // BASELINES.md §1: W, wte ~ N(0, 0.02), every g = 1. strong = true (tests): wte ~ N(0, 0.3), matrices of
-    // unit gain N(0, 1/fan_in), gains ~ N(1, 0.2). Ω (§2) is drawn after the trained tensors from the same Rng,
-    // so a Transformer++ and a Performer of one seed start from the same trained weights.
+    // unit gain N(0, 1/fan_in), gains ~ N(1, 0.2). Ω (BASELINES.md §2) is drawn after the trained tensors from the
+    // same Rng, so a Transformer++ and a Performer of one seed start from the same trained weights.
     void init_weights(uint64_t seed, bool strong = false);
     double forward(const int* tokens, const int* targets, int B, int T);
     void zero_grad();
@@ -227,8 +229,8 @@ struct TransformerModel {
     double grad_norm() const;
 };
 
-// Checkpoints: every tensor of the spec table (Ω included) under its §6 name, F32, with the config (and its
-// arch) in the metadata. Loading refuses another shape, a missing tensor (a Performer checkpoint without its
+// Checkpoints: every tensor of the spec table (Ω included) under its BASELINES.md §6 name, F32, with the config (and
+// its arch) in the metadata. Loading refuses another shape, a missing tensor (a Performer checkpoint without its
 // Ω above all: Ω cannot be redrawn) or a wrong shape, and then leaves the model untouched.
 template <typename Real> void save_weights(const std::string& path, const TransformerModel<Real>& m);
 template <typename Real> void load_weights(const std::string& path, TransformerModel<Real>& m);

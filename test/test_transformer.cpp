@@ -1,4 +1,4 @@
-// test_transformer.cpp: the baselines Transformer++ and Performer (BASELINES.md §1, §2, §6).
+// test_transformer.cpp: the baselines Transformer++ and Performer (BASELINES.md §1, BASELINES.md §2, BASELINES.md §6).
 //   - every new op's backward against central finite differences in double, EVERY entry of every input, causal and
 //     non-causal (error measure: gradcheck() in testutil.h, the max-norm relative error per tensor, bound 1e-6);
 //   - oracles written directly from the equations: softmax attention, and the chunked linear attention against
@@ -93,7 +93,7 @@ void check_softmax_attention(bool causal) {
     check_fd("k", gradcheck(k, dk, loss));
     check_fd("v", gradcheck(v, dv, loss));
 
-    // Oracle: softmax attention written from the equations of §1, every query of every head.
+    // Oracle: softmax attention written from the equations of BASELINES.md §1, every query of every head.
     loss();
     double max_err = 0;
     for (int bh = 0; bh < BH; bh++)
@@ -103,7 +103,8 @@ void check_softmax_attention(bool causal) {
             double mx = -1e300, z = 0;
             for (int b = 0; b < n_keys; b++) {
                 s[b] = 0;
-                for (int j = 0; j < hd; j++) s[b] += q[((size_t)bh * T + a) * hd + j] * k[((size_t)bh * T + b) * hd + j];
+                for (int j = 0; j < hd; j++)
+                    s[b] += q[((size_t)bh * T + a) * hd + j] * k[((size_t)bh * T + b) * hd + j];
                 s[b] /= std::sqrt((double)hd);
                 mx = std::max(mx, s[b]);
             }
@@ -138,14 +139,14 @@ TEST_CASE("swiglu backward matches finite differences") {
     CHECK(z[f + 3] == doctest::Approx(g0 / (1 + std::exp(-g0)) * u0).epsilon(1e-14));
 }
 
-TEST_CASE("FAVOR+ features: backward matches finite differences (c = 0), forward is the equation of §2") {
+TEST_CASE("FAVOR+ features: backward matches finite differences (c = 0), forward is the equation of BASELINES.md §2") {
     Rng rng(6);
     std::vector<double> omega((size_t)m * hd);
     draw_omega(omega.data(), m, hd, rng);
     const int rows = BH * T;
     auto x = randn((size_t)rows * hd, rng), W = randn((size_t)rows * m, rng);
     std::vector<double> phi((size_t)rows * m), dx(x.size(), 0.0);
-    // The backward treats c as a constant (§2), which is exact where c is constant: here, switched off.
+    // The backward treats c as a constant (BASELINES.md §2), which is exact where c is constant: here, switched off.
     auto loss = [&]() {
         favor_features_forward(phi.data(), x.data(), omega.data(), rows, T, hd, m, false);
         return dot(phi, W);
@@ -241,8 +242,8 @@ TEST_CASE("linear attention, non-causal: backward matches finite differences, fo
     check_linear_attention(false, 4);
 }
 
-// The whole FAVOR+ attention of §2, with both stabilisers on: features of q (one c per row) and of k (one c per
-// sequence and head), then linear attention. c depends on q and k, but it cancels, so the gradient that treats it
+// The whole FAVOR+ attention of BASELINES.md §2, with both stabilisers on: features of q (one c per row) and of k (one
+// c per sequence and head), then linear attention. c depends on q and k, but it cancels, so the gradient that treats it
 // as a constant is the exact gradient of the attention output.
 void check_favor_attention(bool causal) {
     Rng rng(causal ? 20 : 21);
@@ -269,7 +270,7 @@ void check_favor_attention(bool causal) {
     check_fd("k", gradcheck(k, dk, loss));
     check_fd("v", gradcheck(v, dv, loss));
 }
-TEST_CASE("FAVOR+ attention (features with both stabilisers, then linear attention) matches finite differences, causal") {
+TEST_CASE("FAVOR+ attention (features, both stabilisers, linear attention) matches finite differences, causal") {
     check_favor_attention(true);
 }
 TEST_CASE("FAVOR+ attention matches finite differences, non-causal") { check_favor_attention(false); }
@@ -333,10 +334,11 @@ Batch random_batch(const TransformerConfig& c, int B, int T, uint64_t seed) {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// The whole model against BASELINES.md §1 and §2 written out one token at a time (no heads layout, no BLAS, no
-// chunks, no stabiliser): every logit of every position.
+// The whole model against BASELINES.md §1 and §2 written out one token at a time (no heads layout, no BLAS, no chunks,
+// no stabiliser): every logit of every position.
 
-std::vector<double> naive_logits(const TransformerModel<double>& model, const std::vector<int>& tokens, int Bn, int Tn) {
+std::vector<double> naive_logits(const TransformerModel<double>& model, const std::vector<int>& tokens, int Bn,
+                                 int Tn) {
     const TransformerConfig& c = model.cfg;
     const int D = c.d, F = c.ffn, Hn = c.n_heads, h = c.head_dim(), V = c.vocab_size, M = c.features;
     using Vec = std::vector<double>;
@@ -434,7 +436,7 @@ std::vector<double> naive_logits(const TransformerModel<double>& model, const st
     return logits;
 }
 
-TEST_CASE("the whole model equals BASELINES.md §1/§2 written out one token at a time, both archs") {
+TEST_CASE("the whole model equals BASELINES.md §1/BASELINES.md §2 written out one token at a time, both archs") {
     for (const char* arch : {"transformer++", "performer"})
         for (bool causal : {true, false})
             for (bool strong : {false, true}) {
@@ -514,7 +516,9 @@ void check_model_gradient(const std::string& arch, bool causal, bool strong) {
 }
 TEST_CASE("model gradient, transformer++: causal, paper init") { check_model_gradient("transformer++", true, false); }
 TEST_CASE("model gradient, transformer++: causal, strong init") { check_model_gradient("transformer++", true, true); }
-TEST_CASE("model gradient, transformer++: non-causal, strong init") { check_model_gradient("transformer++", false, true); }
+TEST_CASE("model gradient, transformer++: non-causal, strong init") {
+    check_model_gradient("transformer++", false, true);
+}
 TEST_CASE("model gradient, performer: causal, paper init") { check_model_gradient("performer", true, false); }
 TEST_CASE("model gradient, performer: causal, strong init") { check_model_gradient("performer", true, true); }
 TEST_CASE("model gradient, performer: non-causal, strong init") { check_model_gradient("performer", false, true); }
@@ -538,8 +542,9 @@ TEST_CASE("performer: the loss and the gradients do not depend on the chunk size
         max_loss_diff = std::max(max_loss_diff, std::fabs(loss - ref));
         max_grad_diff = std::max(max_grad_diff, max_abs_diff(model.grads.data(), ref_grads.data(), ref_grads.size()));
     }
-    MESSAGE("chunk sizes 1..64: loss " << ref << ", max loss difference " << max_loss_diff << ", max gradient difference "
-                                       << max_grad_diff << " (largest gradient " << max_abs(ref_grads) << ")");
+    MESSAGE("chunk sizes 1..64: loss " << ref << ", max loss difference " << max_loss_diff
+                                       << ", max gradient difference " << max_grad_diff << " (largest gradient "
+                                       << max_abs(ref_grads) << ")");
     CHECK(max_loss_diff < 1e-12);
     CHECK(max_grad_diff < 1e-12 * std::max(1.0, max_abs(ref_grads)));
 }
@@ -738,8 +743,8 @@ TEST_CASE("config JSON: round trip, defaults from d, and keys of another arch re
         }
         return std::string();
     };
-    CHECK(error_of({{"arch", "transformer++"}, {"features", 64}}).find("'features' does not belong to arch transformer++") !=
-          std::string::npos);
+    CHECK(error_of({{"arch", "transformer++"}, {"features", 64}})
+              .find("'features' does not belong to arch transformer++") != std::string::npos);
     CHECK(error_of({{"arch", "performer"}, {"chunk", 64}}).find("'chunk' does not belong") != std::string::npos);
     CHECK(error_of({{"arch", "performer"}, {"block", 128}}).find("'block' does not belong") != std::string::npos);
     CHECK(error_of({{"arch", "flash"}}).find("'arch' is 'flash'") != std::string::npos);
@@ -810,7 +815,8 @@ TEST_CASE("AdamW: one step by hand, weight decay on matrices only") {
         const double wd = spec.decay ? 0.1 : 0.0;
         decayed += spec.decay;
         INFO(spec.name);
-        CHECK(model.params[i] == doctest::Approx(before[i] - 0.01 * (0.5 / (0.5 + 1e-8) + wd * before[i])).epsilon(1e-14));
+        const double want = before[i] - 0.01 * (0.5 / (0.5 + 1e-8) + wd * before[i]);
+        CHECK(model.params[i] == doctest::Approx(want).epsilon(1e-14));
     }
     CHECK(decayed == 1 + 4 * model.cfg.n_layers);  // wte, and w_qkv, w_o, w_13, w_2 of each block
 }
