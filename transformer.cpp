@@ -528,6 +528,9 @@ void draw_omega(double* omega, int m, int hd, Rng& rng) {
 template <typename Real>
 void favor_features_forward(Real* phi, const Real* x, const Real* omega, int n_rows, int rows_per_max, int hd, int m,
                             bool stabilise) {
+    FLASH_CHECK(rows_per_max >= 1 && n_rows % rows_per_max == 0,
+                "FAVOR+ stabiliser groups of " << rows_per_max << " rows do not divide " << n_rows << " rows",
+                "this is a bug in the caller: use 1 (queries) or T (keys)");
     const double quarter = std::pow((double)hd, -0.25);  // x̃ = x · quarter; |x̃|² = |x|²/√h
     gemm(false, true, n_rows, m, hd, (Real)quarter, x, hd, omega, hd, Real(0), phi, m);  // Ω x̃ for every row
     const Real inv_sqrt_m = Real(1) / std::sqrt((Real)m);
@@ -603,6 +606,7 @@ template <typename Real>
 void linear_attention_forward(Real* o, Real* den, const Real* phq, const Real* phk, const Real* v, int BH, int T,
                               int hd, int m, int chunk, bool causal) {
     FLASH_CHECK(chunk >= 1, "linear attention chunk size is " << chunk << ", must be >= 1", "use e.g. 64");
+    chunk = std::min(chunk, T);  // a chunk longer than the sequence is the whole sequence
     const int w = hd + 1;
     std::vector<Real> v1((size_t)T * w), S((size_t)m * w), out((size_t)T * w), A((size_t)chunk * chunk);
     for (int bh = 0; bh < BH; bh++) {
@@ -643,6 +647,7 @@ void linear_attention_backward(Real* dphq, Real* dphk, Real* dv, const Real* d_o
                                const Real* phq, const Real* phk, const Real* v, int BH, int T, int hd, int m, int chunk,
                                bool causal) {
     FLASH_CHECK(chunk >= 1, "linear attention chunk size is " << chunk << ", must be >= 1", "use e.g. 64");
+    chunk = std::min(chunk, T);  // a chunk longer than the sequence is the whole sequence
     const int w = hd + 1;
     std::vector<Real> v1((size_t)T * w), G((size_t)T * w), dv1((size_t)T * w), S((size_t)m * w), R((size_t)m * w),
         A((size_t)chunk * chunk), dA((size_t)chunk * chunk);
