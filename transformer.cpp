@@ -3,12 +3,13 @@
 // backward), the model, checkpoints. FLASH's ops (flash.h) are called for everything the two models share.
 //
 // Heads: q, k, v, φ and the per-head outputs are (B, H, T, ·), head-major; head bh = b*H + i is the (T, ·) matrix
-// at row bh*T. Every attention product is one BLAS call per head (and per chunk for Performer). Heads run one
-// after the other, each product with BLAS's own threads; sums over rows are ordered, so results are the same
-// from run to run.
+// at row bh*T. Every attention product is one BLAS call per head (and per chunk for Performer). Heads run in
+// parallel, or one after the other with BLAS's threads (HeadParallelism); every sum over rows is ordered, so results
+// are the same from run to run.
 #include "transformer.h"
 
 #include <cblas.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -293,6 +294,20 @@ static void gemm(bool ta, bool tb, int M, int N, int K, double alpha, const doub
                 B, ldb, beta, C, ldc);
 }
 
+// Heads run in parallel, each with a one-thread BLAS, when there are at least as many heads as threads (the usual
+// case); else one at a time with BLAS's own threads (few heads of a long sequence). OpenBLAS must not start threads
+// of its own inside the OpenMP loop. The same policy as flash.cpp's ChunkParallelism (file-local there): one struct
+// when the shared ops move to ops.h.
+struct HeadParallelism {
+    bool over_heads;  // use as: #pragma omp parallel if (par.over_heads)
+    int saved;
+    explicit HeadParallelism(int n_heads)
+        : over_heads(n_heads >= omp_get_max_threads()), saved(openblas_get_num_threads()) {
+        if (over_heads) openblas_set_num_threads(1);
+    }
+    ~HeadParallelism() { openblas_set_num_threads(saved); }
+};
+
 // Sums over rows (dg) split the columns among threads in blocks and walk the rows in order: the same order for
 // any number of threads (as flash.cpp's kColBlock).
 constexpr int kColBlock = 64;
@@ -399,24 +414,29 @@ template <typename Real>
 void softmax_attention_forward(Real* o, Real* lse, const Real* q, const Real* k, const Real* v, int BH, int T, int hd,
                                bool causal) {
     const Real scale = Real(1) / std::sqrt((Real)hd);
-    std::vector<Real> P((size_t)T * T);
-    for (int bh = 0; bh < BH; bh++) {
-        const size_t r0 = (size_t)bh * T;
-        gemm(false, true, T, T, hd, scale, q + r0 * hd, hd, k + r0 * hd, hd, Real(0), P.data(), T);
+    HeadParallelism par(BH);
+#pragma omp parallel if (par.over_heads)
+    {
+        std::vector<Real> P((size_t)T * T);
+#pragma omp for
+        for (int bh = 0; bh < BH; bh++) {
+            const size_t r0 = (size_t)bh * T;
+            gemm(false, true, T, T, hd, scale, q + r0 * hd, hd, k + r0 * hd, hd, Real(0), P.data(), T);
 #pragma omp parallel for
-        for (int a = 0; a < T; a++) {
-            Real* row = P.data() + (size_t)a * T;
-            const int n_keys = causal ? a + 1 : T;
-            Real mx = row[0];
-            for (int b = 1; b < n_keys; b++) mx = std::max(mx, row[b]);
-            double sum = 0;
-            for (int b = 0; b < n_keys; b++) sum += std::exp((double)(row[b] - mx));
-            const Real l = (Real)(mx + std::log(sum));
-            lse[r0 + a] = l;
-            for (int b = 0; b < n_keys; b++) row[b] = std::exp(row[b] - l);
-            for (int b = n_keys; b < T; b++) row[b] = Real(0);
+            for (int a = 0; a < T; a++) {
+                Real* row = P.data() + (size_t)a * T;
+                const int n_keys = causal ? a + 1 : T;
+                Real mx = row[0];
+                for (int b = 1; b < n_keys; b++) mx = std::max(mx, row[b]);
+                double sum = 0;
+                for (int b = 0; b < n_keys; b++) sum += std::exp((double)(row[b] - mx));
+                const Real l = (Real)(mx + std::log(sum));
+                lse[r0 + a] = l;
+                for (int b = 0; b < n_keys; b++) row[b] = std::exp(row[b] - l);
+                for (int b = n_keys; b < T; b++) row[b] = Real(0);
+            }
+            gemm(false, false, T, hd, T, Real(1), P.data(), T, v + r0 * hd, hd, Real(0), o + r0 * hd, hd);
         }
-        gemm(false, false, T, hd, T, Real(1), P.data(), T, v + r0 * hd, hd, Real(0), o + r0 * hd, hd);
     }
 }
 // Backward of: P = softmax_b(q·kᵀ/√h, masked); o = P·v   (BASELINES.md §1):
@@ -425,27 +445,32 @@ template <typename Real>
 void softmax_attention_backward(Real* dq, Real* dk, Real* dv, const Real* d_o, const Real* lse, const Real* q,
                                 const Real* k, const Real* v, int BH, int T, int hd, bool causal) {
     const Real scale = Real(1) / std::sqrt((Real)hd);
-    std::vector<Real> P((size_t)T * T), dS((size_t)T * T);
-    for (int bh = 0; bh < BH; bh++) {
-        const size_t r0 = (size_t)bh * T;
-        gemm(false, true, T, T, hd, scale, q + r0 * hd, hd, k + r0 * hd, hd, Real(0), P.data(), T);
-        gemm(false, true, T, T, hd, Real(1), d_o + r0 * hd, hd, v + r0 * hd, hd, Real(0), dS.data(), T);  // dP
+    HeadParallelism par(BH);
+#pragma omp parallel if (par.over_heads)
+    {
+        std::vector<Real> P((size_t)T * T), dS((size_t)T * T);
+#pragma omp for
+        for (int bh = 0; bh < BH; bh++) {
+            const size_t r0 = (size_t)bh * T;
+            gemm(false, true, T, T, hd, scale, q + r0 * hd, hd, k + r0 * hd, hd, Real(0), P.data(), T);
+            gemm(false, true, T, T, hd, Real(1), d_o + r0 * hd, hd, v + r0 * hd, hd, Real(0), dS.data(), T);  // dP
 #pragma omp parallel for
-        for (int a = 0; a < T; a++) {
-            Real* p = P.data() + (size_t)a * T;
-            Real* ds = dS.data() + (size_t)a * T;
-            const int n_keys = causal ? a + 1 : T;
-            double D = 0;
-            for (int b = 0; b < n_keys; b++) {
-                p[b] = std::exp(p[b] - lse[r0 + a]);
-                D += (double)ds[b] * p[b];
+            for (int a = 0; a < T; a++) {
+                Real* p = P.data() + (size_t)a * T;
+                Real* ds = dS.data() + (size_t)a * T;
+                const int n_keys = causal ? a + 1 : T;
+                double D = 0;
+                for (int b = 0; b < n_keys; b++) {
+                    p[b] = std::exp(p[b] - lse[r0 + a]);
+                    D += (double)ds[b] * p[b];
+                }
+                for (int b = 0; b < n_keys; b++) ds[b] = p[b] * (ds[b] - (Real)D);
+                for (int b = n_keys; b < T; b++) p[b] = ds[b] = Real(0);
             }
-            for (int b = 0; b < n_keys; b++) ds[b] = p[b] * (ds[b] - (Real)D);
-            for (int b = n_keys; b < T; b++) p[b] = ds[b] = Real(0);
+            gemm(true, false, T, hd, T, Real(1), P.data(), T, d_o + r0 * hd, hd, Real(1), dv + r0 * hd, hd);
+            gemm(false, false, T, hd, T, scale, dS.data(), T, k + r0 * hd, hd, Real(1), dq + r0 * hd, hd);
+            gemm(true, false, T, hd, T, scale, dS.data(), T, q + r0 * hd, hd, Real(1), dk + r0 * hd, hd);
         }
-        gemm(true, false, T, hd, T, Real(1), P.data(), T, d_o + r0 * hd, hd, Real(1), dv + r0 * hd, hd);
-        gemm(false, false, T, hd, T, scale, dS.data(), T, k + r0 * hd, hd, Real(1), dq + r0 * hd, hd);
-        gemm(true, false, T, hd, T, scale, dS.data(), T, q + r0 * hd, hd, Real(1), dk + r0 * hd, hd);
     }
 }
 
@@ -608,31 +633,36 @@ void linear_attention_forward(Real* o, Real* den, const Real* phq, const Real* p
     FLASH_CHECK(chunk >= 1, "linear attention chunk size is " << chunk << ", must be >= 1", "use e.g. 64");
     chunk = std::min(chunk, T);  // a chunk longer than the sequence is the whole sequence
     const int w = hd + 1;
-    std::vector<Real> v1((size_t)T * w), S((size_t)m * w), out((size_t)T * w), A((size_t)chunk * chunk);
-    for (int bh = 0; bh < BH; bh++) {
-        const size_t r0 = (size_t)bh * T;
-        const Real *fq = phq + r0 * m, *fk = phk + r0 * m;
-        append_ones(v1.data(), v + r0 * hd, T, hd);
-        if (!causal) {
-            gemm(true, false, m, w, T, Real(1), fk, m, v1.data(), w, Real(0), S.data(), w);
-            gemm(false, false, T, w, m, Real(1), fq, m, S.data(), w, Real(0), out.data(), w);
-        } else {
-            std::fill(S.begin(), S.end(), Real(0));
-            for (int c0 = 0; c0 < T; c0 += chunk) {
-                const int n = std::min(chunk, T - c0);
-                const Real *cq = fq + (size_t)c0 * m, *ck = fk + (size_t)c0 * m, *cv = v1.data() + (size_t)c0 * w;
-                Real* co = out.data() + (size_t)c0 * w;
-                gemm(false, true, n, n, m, Real(1), cq, m, ck, m, Real(0), A.data(), n);
-                mask_upper(A.data(), n);
-                gemm(false, false, n, w, n, Real(1), A.data(), n, cv, w, Real(0), co, w);
-                gemm(false, false, n, w, m, Real(1), cq, m, S.data(), w, Real(1), co, w);  // earlier chunks
-                gemm(true, false, m, w, n, Real(1), ck, m, cv, w, Real(1), S.data(), w);   // then add this one
+    HeadParallelism par(BH);
+#pragma omp parallel if (par.over_heads)
+    {
+        std::vector<Real> v1((size_t)T * w), S((size_t)m * w), out((size_t)T * w), A((size_t)chunk * chunk);
+#pragma omp for
+        for (int bh = 0; bh < BH; bh++) {
+            const size_t r0 = (size_t)bh * T;
+            const Real *fq = phq + r0 * m, *fk = phk + r0 * m;
+            append_ones(v1.data(), v + r0 * hd, T, hd);
+            if (!causal) {
+                gemm(true, false, m, w, T, Real(1), fk, m, v1.data(), w, Real(0), S.data(), w);
+                gemm(false, false, T, w, m, Real(1), fq, m, S.data(), w, Real(0), out.data(), w);
+            } else {
+                std::fill(S.begin(), S.end(), Real(0));
+                for (int c0 = 0; c0 < T; c0 += chunk) {
+                    const int n = std::min(chunk, T - c0);
+                    const Real *cq = fq + (size_t)c0 * m, *ck = fk + (size_t)c0 * m, *cv = v1.data() + (size_t)c0 * w;
+                    Real* co = out.data() + (size_t)c0 * w;
+                    gemm(false, true, n, n, m, Real(1), cq, m, ck, m, Real(0), A.data(), n);
+                    mask_upper(A.data(), n);
+                    gemm(false, false, n, w, n, Real(1), A.data(), n, cv, w, Real(0), co, w);
+                    gemm(false, false, n, w, m, Real(1), cq, m, S.data(), w, Real(1), co, w);  // earlier chunks
+                    gemm(true, false, m, w, n, Real(1), ck, m, cv, w, Real(1), S.data(), w);   // then add this one
+                }
             }
-        }
-        for (int t = 0; t < T; t++) {
-            const Real dn = out[(size_t)t * w + hd];
-            den[r0 + t] = dn;
-            for (int j = 0; j < hd; j++) o[(r0 + t) * hd + j] = out[(size_t)t * w + j] / dn;
+            for (int t = 0; t < T; t++) {
+                const Real dn = out[(size_t)t * w + hd];
+                den[r0 + t] = dn;
+                for (int j = 0; j < hd; j++) o[(r0 + t) * hd + j] = out[(size_t)t * w + j] / dn;
+            }
         }
     }
 }
@@ -649,61 +679,66 @@ void linear_attention_backward(Real* dphq, Real* dphk, Real* dv, const Real* d_o
     FLASH_CHECK(chunk >= 1, "linear attention chunk size is " << chunk << ", must be >= 1", "use e.g. 64");
     chunk = std::min(chunk, T);  // a chunk longer than the sequence is the whole sequence
     const int w = hd + 1;
-    std::vector<Real> v1((size_t)T * w), G((size_t)T * w), dv1((size_t)T * w), S((size_t)m * w), R((size_t)m * w),
-        A((size_t)chunk * chunk), dA((size_t)chunk * chunk);
-    for (int bh = 0; bh < BH; bh++) {
-        const size_t r0 = (size_t)bh * T;
-        const Real *fq = phq + r0 * m, *fk = phk + r0 * m;
-        Real *dfq = dphq + r0 * m, *dfk = dphk + r0 * m;
-        append_ones(v1.data(), v + r0 * hd, T, hd);
-        for (int t = 0; t < T; t++) {
-            const Real* dot_ = d_o + (r0 + t) * hd;
-            const Real* ot = o + (r0 + t) * hd;
-            double dd = 0;
-            for (int j = 0; j < hd; j++) {
-                G[(size_t)t * w + j] = dot_[j] / den[r0 + t];
-                dd += (double)dot_[j] * ot[j];
+    HeadParallelism par(BH);
+#pragma omp parallel if (par.over_heads)
+    {
+        std::vector<Real> v1((size_t)T * w), G((size_t)T * w), dv1((size_t)T * w), S((size_t)m * w), R((size_t)m * w),
+            A((size_t)chunk * chunk), dA((size_t)chunk * chunk);
+#pragma omp for
+        for (int bh = 0; bh < BH; bh++) {
+            const size_t r0 = (size_t)bh * T;
+            const Real *fq = phq + r0 * m, *fk = phk + r0 * m;
+            Real *dfq = dphq + r0 * m, *dfk = dphk + r0 * m;
+            append_ones(v1.data(), v + r0 * hd, T, hd);
+            for (int t = 0; t < T; t++) {
+                const Real* dot_ = d_o + (r0 + t) * hd;
+                const Real* ot = o + (r0 + t) * hd;
+                double dd = 0;
+                for (int j = 0; j < hd; j++) {
+                    G[(size_t)t * w + j] = dot_[j] / den[r0 + t];
+                    dd += (double)dot_[j] * ot[j];
+                }
+                G[(size_t)t * w + hd] = (Real)(-dd) / den[r0 + t];
             }
-            G[(size_t)t * w + hd] = (Real)(-dd) / den[r0 + t];
+            std::fill(dv1.begin(), dv1.end(), Real(0));
+            if (!causal) {
+                gemm(true, false, m, w, T, Real(1), fk, m, v1.data(), w, Real(0), S.data(), w);
+                gemm(false, true, T, m, w, Real(1), G.data(), w, S.data(), w, Real(1), dfq, m);
+                gemm(true, false, m, w, T, Real(1), fq, m, G.data(), w, Real(0), R.data(), w);
+                gemm(false, true, T, m, w, Real(1), v1.data(), w, R.data(), w, Real(1), dfk, m);
+                gemm(false, false, T, w, m, Real(1), fk, m, R.data(), w, Real(1), dv1.data(), w);
+            } else {
+                std::fill(S.begin(), S.end(), Real(0));
+                for (int c0 = 0; c0 < T; c0 += chunk) {  // forward sweep: S and the terms inside chunks
+                    const int n = std::min(chunk, T - c0);
+                    const Real *cq = fq + (size_t)c0 * m, *ck = fk + (size_t)c0 * m, *cv = v1.data() + (size_t)c0 * w;
+                    const Real* cg = G.data() + (size_t)c0 * w;
+                    Real *cdq = dfq + (size_t)c0 * m, *cdk = dfk + (size_t)c0 * m, *cdv = dv1.data() + (size_t)c0 * w;
+                    gemm(false, true, n, m, w, Real(1), cg, w, S.data(), w, Real(1), cdq, m);
+                    gemm(false, true, n, n, m, Real(1), cq, m, ck, m, Real(0), A.data(), n);
+                    mask_upper(A.data(), n);
+                    gemm(false, true, n, n, w, Real(1), cg, w, cv, w, Real(0), dA.data(), n);
+                    mask_upper(dA.data(), n);
+                    gemm(false, false, n, m, n, Real(1), dA.data(), n, ck, m, Real(1), cdq, m);
+                    gemm(true, false, n, m, n, Real(1), dA.data(), n, cq, m, Real(1), cdk, m);
+                    gemm(true, false, n, w, n, Real(1), A.data(), n, cg, w, Real(1), cdv, w);
+                    gemm(true, false, m, w, n, Real(1), ck, m, cv, w, Real(1), S.data(), w);
+                }
+                std::fill(R.begin(), R.end(), Real(0));
+                const int last = ((T - 1) / chunk) * chunk;
+                for (int c0 = last; c0 >= 0; c0 -= chunk) {  // reverse sweep: R = Σ over later chunks
+                    const int n = std::min(chunk, T - c0);
+                    const Real *cq = fq + (size_t)c0 * m, *ck = fk + (size_t)c0 * m, *cv = v1.data() + (size_t)c0 * w;
+                    const Real* cg = G.data() + (size_t)c0 * w;
+                    Real *cdk = dfk + (size_t)c0 * m, *cdv = dv1.data() + (size_t)c0 * w;
+                    gemm(false, true, n, m, w, Real(1), cv, w, R.data(), w, Real(1), cdk, m);
+                    gemm(false, false, n, w, m, Real(1), ck, m, R.data(), w, Real(1), cdv, w);
+                    gemm(true, false, m, w, n, Real(1), cq, m, cg, w, Real(1), R.data(), w);
+                }
+            }
+            for (int t = 0; t < T; t++)
+                for (int j = 0; j < hd; j++) dv[(r0 + t) * hd + j] += dv1[(size_t)t * w + j];
         }
-        std::fill(dv1.begin(), dv1.end(), Real(0));
-        if (!causal) {
-            gemm(true, false, m, w, T, Real(1), fk, m, v1.data(), w, Real(0), S.data(), w);
-            gemm(false, true, T, m, w, Real(1), G.data(), w, S.data(), w, Real(1), dfq, m);
-            gemm(true, false, m, w, T, Real(1), fq, m, G.data(), w, Real(0), R.data(), w);
-            gemm(false, true, T, m, w, Real(1), v1.data(), w, R.data(), w, Real(1), dfk, m);
-            gemm(false, false, T, w, m, Real(1), fk, m, R.data(), w, Real(1), dv1.data(), w);
-        } else {
-            std::fill(S.begin(), S.end(), Real(0));
-            for (int c0 = 0; c0 < T; c0 += chunk) {  // forward sweep: S and the terms inside chunks
-                const int n = std::min(chunk, T - c0);
-                const Real *cq = fq + (size_t)c0 * m, *ck = fk + (size_t)c0 * m, *cv = v1.data() + (size_t)c0 * w;
-                const Real* cg = G.data() + (size_t)c0 * w;
-                Real *cdq = dfq + (size_t)c0 * m, *cdk = dfk + (size_t)c0 * m, *cdv = dv1.data() + (size_t)c0 * w;
-                gemm(false, true, n, m, w, Real(1), cg, w, S.data(), w, Real(1), cdq, m);
-                gemm(false, true, n, n, m, Real(1), cq, m, ck, m, Real(0), A.data(), n);
-                mask_upper(A.data(), n);
-                gemm(false, true, n, n, w, Real(1), cg, w, cv, w, Real(0), dA.data(), n);
-                mask_upper(dA.data(), n);
-                gemm(false, false, n, m, n, Real(1), dA.data(), n, ck, m, Real(1), cdq, m);
-                gemm(true, false, n, m, n, Real(1), dA.data(), n, cq, m, Real(1), cdk, m);
-                gemm(true, false, n, w, n, Real(1), A.data(), n, cg, w, Real(1), cdv, w);
-                gemm(true, false, m, w, n, Real(1), ck, m, cv, w, Real(1), S.data(), w);
-            }
-            std::fill(R.begin(), R.end(), Real(0));
-            const int last = ((T - 1) / chunk) * chunk;
-            for (int c0 = last; c0 >= 0; c0 -= chunk) {  // reverse sweep: R = Σ over later chunks
-                const int n = std::min(chunk, T - c0);
-                const Real *cq = fq + (size_t)c0 * m, *ck = fk + (size_t)c0 * m, *cv = v1.data() + (size_t)c0 * w;
-                const Real* cg = G.data() + (size_t)c0 * w;
-                Real *cdk = dfk + (size_t)c0 * m, *cdv = dv1.data() + (size_t)c0 * w;
-                gemm(false, true, n, m, w, Real(1), cv, w, R.data(), w, Real(1), cdk, m);
-                gemm(false, false, n, w, m, Real(1), ck, m, R.data(), w, Real(1), cdv, w);
-                gemm(true, false, m, w, n, Real(1), cq, m, cg, w, Real(1), R.data(), w);
-            }
-        }
-        for (int t = 0; t < T; t++)
-            for (int j = 0; j < hd; j++) dv[(r0 + t) * hd + j] += dv1[(size_t)t * w + j];
     }
 }
 
