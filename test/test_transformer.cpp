@@ -586,8 +586,8 @@ void check_causality(const std::string& arch, bool strong) {
         model.forward(changed.data(), nullptr, 1, Tn);
         const double earlier = max_abs_diff(before.data(), model.acts.logits, (size_t)t * V);
         const double at_t = max_abs_diff(before.data() + (size_t)t * V, model.acts.logits + (size_t)t * V, V);
-        MESSAGE((arch + (strong ? " strong" : " paper")) << " init, token " << t << ": earlier logits moved by " << earlier
-                  << ", logits at t by " << at_t);
+        MESSAGE((arch + (strong ? " strong" : " paper")) << " init, token " << t << ": earlier logits moved by "
+                                                         << earlier << ", logits at t by " << at_t);
         // Transformer++: exactly 0. Performer: the key stabiliser c moves with a later key, which changes the
         // earlier outputs by rounding only (BASELINES.md §2).
         CHECK(earlier <= 1e-13 * max_abs(before));
