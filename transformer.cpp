@@ -691,12 +691,12 @@ void linear_attention_backward(Real* dphq, Real* dphk, Real* dv, const Real* d_o
             Real *dfq = dphq + r0 * m, *dfk = dphk + r0 * m;
             append_ones(v1.data(), v + r0 * hd, T, hd);
             for (int t = 0; t < T; t++) {
-                const Real* dot_ = d_o + (r0 + t) * hd;
+                const Real* dout = d_o + (r0 + t) * hd;
                 const Real* ot = o + (r0 + t) * hd;
                 double dd = 0;
                 for (int j = 0; j < hd; j++) {
-                    G[(size_t)t * w + j] = dot_[j] / den[r0 + t];
-                    dd += (double)dot_[j] * ot[j];
+                    G[(size_t)t * w + j] = dout[j] / den[r0 + t];
+                    dd += (double)dout[j] * ot[j];
                 }
                 G[(size_t)t * w + hd] = (Real)(-dd) / den[r0 + t];
             }
@@ -742,6 +742,8 @@ void linear_attention_backward(Real* dphq, Real* dphk, Real* dv, const Real* d_o
     }
 }
 
+// AdamW on one tensor, decoupled weight decay: the arithmetic of FlashModel::adamw_update's per-tensor loop, which
+// cannot call this until the two share ops.h (see transformer.h).
 template <typename Real>
 void adamw_tensor_update(Real* w, const Real* g, Real* m1, Real* m2, size_t n, double lr, double weight_decay,
                          const AdamWConfig& opt, int64_t t) {
