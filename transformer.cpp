@@ -743,7 +743,7 @@ void linear_attention_backward(Real* dphq, Real* dphk, Real* dv, const Real* d_o
 }
 
 // AdamW on one tensor, decoupled weight decay: the arithmetic of FlashModel::adamw_update's per-tensor loop, which
-// cannot call this until the two share ops.h (see transformer.h).
+// does not call this yet: it should, once the shared ops live in ops.h (see transformer.h).
 template <typename Real>
 void adamw_tensor_update(Real* w, const Real* g, Real* m1, Real* m2, size_t n, double lr, double weight_decay,
                          const AdamWConfig& opt, int64_t t) {

@@ -184,7 +184,8 @@ template <typename Real> void linear_attention_backward(Real* dphq, Real* dphk, 
                                                         int chunk, bool causal);
 
 // One AdamW step (t counts from 1) on one tensor of n values; weight_decay is the tensor's (0 for no decay).
-// The same arithmetic as FlashModel::adamw_update's per-tensor loop (see the note there when merging).
+// The same arithmetic as FlashModel::adamw_update's per-tensor loop; once both live beside ops.h, FlashModel should
+// call this one instead of its own loop.
 template <typename Real> void adamw_tensor_update(Real* w, const Real* g, Real* m1, Real* m2, size_t n, double lr,
                                                   double weight_decay, const AdamWConfig& opt, int64_t t);
 
