@@ -98,22 +98,6 @@ static void local_attention_one_query(Real* quad, const Real* qq, const Real* kq
     }
 }
 
-// One token's work (a few million multiply-adds for the small config) is too small to share among threads: the
-// fork and join of every op cost more than they save, and far more when the cores are busy (measured, small config,
-// 2 cores under load: 1.9 ms per token on one thread, 90-400 ms on two). So a step runs on the calling thread only,
-// OpenMP and OpenBLAS alike; the previous settings come back when it ends.
-struct SingleThreaded {
-    int omp_saved, blas_saved;
-    SingleThreaded() : omp_saved(omp_get_max_threads()), blas_saved(openblas_get_num_threads()) {
-        omp_set_num_threads(1);
-        openblas_set_num_threads(1);
-    }
-    ~SingleThreaded() {
-        omp_set_num_threads(omp_saved);
-        openblas_set_num_threads(blas_saved);
-    }
-};
-
 template <typename Real>
 void decode_step(const FlashModel<Real>& model, DecodeState<Real>& state, int token, Real* logits_out) {
     check_state(model, state);

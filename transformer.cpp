@@ -514,37 +514,47 @@ void draw_omega(double* omega, int m, int hd, Rng& rng) {
     }
 }
 
+// The FAVOR+ exponents (BASELINES.md §2), per row x of q or k (after RoPE):   x̃ = x / h^(1/4);   u = Ω x̃ − |x̃|²/2
+// u (n_rows, m), x (n_rows, h), omega (m, h). One BLAS product for all rows (Ω is shared by the heads).
+template <typename Real>
+void favor_exponents_forward(Real* u, const Real* x, const Real* omega, int n_rows, int hd, int m) {
+    const double quarter = std::pow((double)hd, -0.25);  // x̃ = x · quarter; |x̃|² = |x|²/√h
+    gemm(false, true, n_rows, m, hd, (Real)quarter, x, hd, omega, hd, Real(0), u, m);  // Ω x̃ for every row
+#pragma omp parallel for
+    for (int r = 0; r < n_rows; r++) {
+        double sq = 0;
+        for (int j = 0; j < hd; j++) sq += (double)x[(size_t)r * hd + j] * x[(size_t)r * hd + j];
+        const Real half_sq = (Real)(sq * quarter * quarter / 2);
+        for (int j = 0; j < m; j++) u[(size_t)r * m + j] -= half_sq;
+    }
+}
+// φ = exp(u − c) / sqrt(m), in place over n values of rows of m features, one stabiliser c for them all.
+template <typename Real>
+void favor_exp(Real* phi, Real c, size_t n, int m) {
+    const Real inv_sqrt_m = Real(1) / std::sqrt((Real)m);
+    for (size_t i = 0; i < n; i++) phi[i] = std::exp(phi[i] - c) * inv_sqrt_m;
+}
+
 // FAVOR+ positive random features (BASELINES.md §2), per row x of q or k (after RoPE):
-//   x̃ = x / h^(1/4);   u = Ω x̃ − |x̃|²/2;   φ(x) = exp(u − c) / sqrt(m)
+//   u = favor_exponents_forward(x);   φ(x) = exp(u − c) / sqrt(m)
 // c, the stabiliser, is the maximum of u over a group of rows_per_max consecutive rows and all m features (1 for
 // queries; T for keys: one c per sequence and head), or 0 when !stabilise. It takes no gradient (BASELINES.md §2).
-// phi (n_rows, m), x (n_rows, h), omega (m, h). One BLAS product for all rows (Ω is shared by the heads).
+// phi (n_rows, m), x (n_rows, h), omega (m, h).
 template <typename Real>
 void favor_features_forward(Real* phi, const Real* x, const Real* omega, int n_rows, int rows_per_max, int hd, int m,
                             bool stabilise) {
     FLASH_CHECK(rows_per_max >= 1 && n_rows % rows_per_max == 0,
                 "FAVOR+ stabiliser groups of " << rows_per_max << " rows do not divide " << n_rows << " rows",
                 "this is a bug in the caller: use 1 (queries) or T (keys)");
-    const double quarter = std::pow((double)hd, -0.25);  // x̃ = x · quarter; |x̃|² = |x|²/√h
-    gemm(false, true, n_rows, m, hd, (Real)quarter, x, hd, omega, hd, Real(0), phi, m);  // Ω x̃ for every row
-    const Real inv_sqrt_m = Real(1) / std::sqrt((Real)m);
+    favor_exponents_forward(phi, x, omega, n_rows, hd, m);
     const int n_groups = n_rows / rows_per_max;
+    const size_t group_size = (size_t)rows_per_max * m;
 #pragma omp parallel for
     for (int grp = 0; grp < n_groups; grp++) {
+        Real* u = phi + grp * group_size;
         Real c = -std::numeric_limits<Real>::infinity();
-        for (int r = grp * rows_per_max; r < (grp + 1) * rows_per_max; r++) {
-            double sq = 0;
-            for (int j = 0; j < hd; j++) sq += (double)x[(size_t)r * hd + j] * x[(size_t)r * hd + j];
-            const Real half_sq = (Real)(sq * quarter * quarter / 2);
-            Real* u = phi + (size_t)r * m;
-            for (int j = 0; j < m; j++) {
-                u[j] -= half_sq;
-                c = std::max(c, u[j]);
-            }
-        }
-        if (!stabilise) c = 0;
-        for (size_t i = (size_t)grp * rows_per_max * m; i < (size_t)(grp + 1) * rows_per_max * m; i++)
-            phi[i] = std::exp(phi[i] - c) * inv_sqrt_m;
+        for (size_t i = 0; i < group_size; i++) c = std::max(c, u[i]);
+        favor_exp(u, stabilise ? c : Real(0), group_size, m);
     }
 }
 // Backward of: φ = exp(Ω x̃ − |x̃|²/2 − c)/sqrt(m), x̃ = x/h^(1/4), c a constant:
@@ -981,6 +991,8 @@ INSTANTIATE(softmax_attention_forward)
 INSTANTIATE(softmax_attention_backward)
 INSTANTIATE(swiglu_forward)
 INSTANTIATE(swiglu_backward)
+INSTANTIATE(favor_exponents_forward)
+INSTANTIATE(favor_exp)
 INSTANTIATE(favor_features_forward)
 INSTANTIATE(favor_features_backward)
 INSTANTIATE(linear_attention_forward)

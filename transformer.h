@@ -168,6 +168,12 @@ template <typename Real> void swiglu_backward(Real* dgu, const Real* dz, const R
 
 // Ω (m, h), BASELINES.md §2: ⌈m/h⌉ blocks of h orthonormal rows (Gram–Schmidt in double), row norms χ_h.
 void draw_omega(double* omega, int m, int hd, Rng& rng);
+// u = Ω x̃ − |x̃|²/2, x̃ = x / h^(1/4): the exponent of every feature of every row. u (n_rows, m), x (n_rows, h).
+template <typename Real> void favor_exponents_forward(Real* u, const Real* x, const Real* omega, int n_rows, int hd,
+                                                      int m);
+// φ = exp(u − c) / sqrt(m) in place, n values (rows of m features) sharing one stabiliser c.
+template <typename Real> void favor_exp(Real* phi, Real c, size_t n, int m);
+// φ = favor_exp(favor_exponents_forward(x), c) with c the largest exponent of its group of rows.
 // rows_per_max: how many consecutive rows share one stabiliser c (1 for queries, T for keys: one per sequence
 // and head). stabilise = false sets c = 0 (the tests' check that c cancels).
 template <typename Real> void favor_features_forward(Real* phi, const Real* x, const Real* omega, int n_rows,
