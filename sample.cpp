@@ -1,16 +1,19 @@
-// sample.cpp: the `./sample` command: generate text from a FLASH checkpoint, streaming it as it comes.
+// sample.cpp: the `./sample` command: generate text from a checkpoint of any arch, streaming it as it comes.
 //
-//   checkpoint (safetensors, FLASH.md §7) --> FlashModel<float>
-//   prompt --tokenizer--> ids --decode_prefill (chunked forward, then cached steps)--> logits
-//   repeat: sample_token (temperature, top-k, top-p, seeded) --> print its bytes --> decode_step --> logits
+//   checkpoint (safetensors, FLASH.md §7, BASELINES.md §6) --open_decoder, by its arch--> a cached decoder
+//   prompt --tokenizer--> ids --prefill (a forward over the prompt, then cached steps)--> logits
+//   repeat: sample_token (temperature, top-k, top-p, seeded) --> print its bytes --> step --> logits
 //
-// Each generated token costs the same whatever its position (FLASH.md §3), so --length can be as long as you like.
+// FLASH's tokens cost the same whatever their position (FLASH.md §3), so --length can be as long as you like;
+// Transformer++'s cost and cache grow with the position, Performer's are constant, the Combiner's grow as t/c.
 #include <chrono>
 #include <cstdio>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "decode.h"
+#include "decode_baselines.h"
 #include "formats/checkpoint.h"
 #include "options.h"
 #include "tokenizer/bpe.h"
@@ -44,7 +47,8 @@ OptionTable option_table(Options& o) {
 std::string usage() {
     Options defaults;
     return "usage: ./sample --checkpoint PATH [options]\n"
-           "  generate text from a FLASH checkpoint, printed as it is generated\noptions:\n" +
+           "  generate text from a checkpoint (flash, transformer++, performer), printed as it is generated\n"
+           "options:\n" +
            option_table(defaults).help() + "  --help              this text\n";
 }
 
@@ -61,19 +65,59 @@ void emit(const std::string& bytes) {
     std::fflush(stdout);
 }
 
+// What ./sample needs of a cached decoder, whatever the architecture: a model and its decoder state, float.
+struct TextDecoder {
+    virtual ~TextDecoder() = default;
+    virtual int vocab_size() const = 0;
+    virtual void prefill(const int* tokens, int64_t n, float* logits) = 0;  // then frees the prefill's activations
+    virtual void step(int token, float* logits) = 0;
+    virtual size_t cache_bytes() const = 0;
+};
+
+// FLASH (decode.h) and the baselines (decode_baselines.h) have the same decoder verbs, overloaded on the model.
+template <typename ModelT, typename StateT>
+struct CachedDecoder : TextDecoder {
+    ModelT model;
+    StateT state;
+    template <typename Config>
+    explicit CachedDecoder(const Config& cfg) : model(cfg) {}
+    int vocab_size() const override { return model.cfg.vocab_size; }
+    void prefill(const int* tokens, int64_t n, float* logits) override {
+        decode_prefill(model, state, tokens, n, logits);
+        release(model);
+    }
+    void step(int token, float* logits) override { decode_step(model, state, token, logits); }
+    size_t cache_bytes() const override { return state.cache_bytes(); }
+    // Generation needs only the cache, not the prefill forward's buffers.
+    static void release(FlashModel<float>& m) { m.release_activations(); }
+    static void release(TransformerModel<float>&) {}  // (no release_activations yet: the prompt's are kept)
+};
+
+// The one place ./sample picks a decoder: the checkpoint's arch (its config's "arch", "flash" when absent).
+// Hook for the Combiner arch: it is a TransformerModel, so it needs no branch here, only baseline_attention's line.
+std::unique_ptr<TextDecoder> open_decoder(const std::string& path) {
+    SafeTensorsFile file = safetensors_read(path);
+    const std::string arch = model_arch(checkpoint_model_config(file, path));
+    if (arch == "flash") {
+        auto dec = std::make_unique<CachedDecoder<FlashModel<float>, DecodeState<float>>>(checkpoint_config(file, path));
+        load_param_tensors(dec->model, dec->model.params, file, "", path);
+        decode_init(dec->state, dec->model);  // refuses a non-causal model
+        return dec;
+    }
+    const TransformerConfig cfg = transformer_checkpoint_config(file, path);  // refuses an arch it does not know
+    file = SafeTensorsFile{};
+    auto dec = std::make_unique<CachedDecoder<TransformerModel<float>, BaselineDecodeState<float>>>(cfg);
+    load_weights(path, dec->model);
+    decode_init(dec->state, dec->model);  // refuses a non-causal model
+    return dec;
+}
+
 int run(const Options& o) {
     using clock = std::chrono::steady_clock;
-    // The model: config from the checkpoint's metadata, then the weights from the same (once read) file.
-    SafeTensorsFile file = safetensors_read(o.checkpoint);
-    const FlashConfig cfg = checkpoint_config(file, o.checkpoint);
-    FlashModel<float> model(cfg);  // the cached decoder is FLASH's (docs/FLASH.md §3)
-    load_param_tensors(model, model.params, file, "", o.checkpoint);
-    file = SafeTensorsFile{};  // the weights are in the model now
-    DecodeState<float> state;
-    decode_init(state, model);  // refuses a non-causal model
+    std::unique_ptr<TextDecoder> decoder = open_decoder(o.checkpoint);
 
     const bpe::Tokenizer tok = bpe::Tokenizer::load(o.tokenizer);
-    const int V = cfg.vocab_size;
+    const int V = decoder->vocab_size();
     // Sample only ids both sides know: a model may have a vocabulary padded beyond the tokenizer's.
     const int V_sample = std::min<int>(V, (int)tok.vocab_size());
     if ((int)tok.vocab_size() != V && !o.quiet)
@@ -96,8 +140,7 @@ int run(const Options& o) {
     if (!o.quiet) emit(o.prompt);
     std::vector<float> logits(V);
     const auto t0 = clock::now();
-    decode_prefill(model, state, prompt.data(), (int64_t)prompt.size(), logits.data());
-    model.release_activations();  // the prefill's forward buffers: generation only needs the cache
+    decoder->prefill(prompt.data(), (int64_t)prompt.size(), logits.data());
     const auto t1 = clock::now();
 
     Rng rng(o.seed);
@@ -107,7 +150,7 @@ int run(const Options& o) {
         if (next == (int)tok.eot_id() && !o.ignore_eot) break;
         const uint32_t id = (uint32_t)next;
         emit(tok.decode(&id, 1));
-        if (generated + 1 < o.length) decode_step(model, state, next, logits.data());
+        if (generated + 1 < o.length) decoder->step(next, logits.data());
     }
     const auto t2 = clock::now();
     emit("\n");
@@ -119,7 +162,7 @@ int run(const Options& o) {
                      "[sample] prompt %zu tokens in %.3f s; generated %lld tokens in %.3f s (%.2f ms/token); "
                      "cache %.2f MB\n",
                      prompt.size(), prefill_s, generated, gen_s, generated ? 1e3 * gen_s / generated : 0.0,
-                     state.cache_bytes() / 1e6);
+                     decoder->cache_bytes() / 1e6);
     }
     return 0;
 }
