@@ -4,6 +4,8 @@
 // only the attention of one query against the cache is written here (softmax, FAVOR+), or taken from combiner.h.
 #include "decode_baselines.h"
 
+#include <cblas.h>
+
 #include <algorithm>
 #include <climits>
 #include <cmath>
@@ -104,6 +106,15 @@ static void check_tokens(const BaselineDecodeState<Real>& state, const int* toke
                     "the tokenizer and the model disagree; use the tokenizer the model was trained with");
 }
 
+// y = alpha · op(A) · x for a row-major (rows, cols) matrix A with row stride lda; op(A) = Aᵀ when trans.
+// (A decode step is one row against the cache: a matrix-vector product, which reads the cache once.)
+static void gemv(bool trans, int rows, int cols, float alpha, const float* A, int lda, const float* x, float* y) {
+    cblas_sgemv(CblasRowMajor, trans ? CblasTrans : CblasNoTrans, rows, cols, alpha, A, lda, x, 1, 0.0f, y, 1);
+}
+static void gemv(bool trans, int rows, int cols, double alpha, const double* A, int lda, const double* x, double* y) {
+    cblas_dgemv(CblasRowMajor, trans ? CblasTrans : CblasNoTrans, rows, cols, alpha, A, lda, x, 1, 0.0, y, 1);
+}
+
 // Softmax attention of one query row against every cached key (BASELINES.md §1), as softmax_attention_forward
 // computes its row: scores by BLAS, the max in Real, the sum in double, P = exp(S − lse), o = P · V.
 // o (d); q (d) rotated; k, v (n, d) token rows; scores (n) scratch
@@ -114,14 +125,14 @@ static void softmax_attention_one_query(Real* o, Real* scores, const Real* q, co
     const Real scale = Real(1) / std::sqrt((Real)hd);
     for (int head = 0; head < H; head++) {
         const size_t col = (size_t)head * hd;
-        gemm(false, true, 1, n, hd, scale, q + col, hd, k + col, d, Real(0), scores, n);
+        gemv(false, n, hd, scale, k + col, d, q + col, scores);  // scores = K_head · q / √h
         Real mx = scores[0];
         for (int b = 1; b < n; b++) mx = std::max(mx, scores[b]);
         double sum = 0;
         for (int b = 0; b < n; b++) sum += std::exp((double)(scores[b] - mx));
         const Real lse = (Real)(mx + std::log(sum));
         for (int b = 0; b < n; b++) scores[b] = std::exp(scores[b] - lse);
-        gemm(false, false, 1, hd, n, Real(1), scores, n, v + col, d, Real(0), o + col, hd);
+        gemv(true, n, hd, Real(1), v + col, d, scores, o + col);  // o = V_headᵀ · P
     }
 }
 
