@@ -5,6 +5,7 @@
 //        probability 0.15 (at least one per sequence); a chosen position's input becomes <|mask|> with probability
 //        0.8, a uniformly random ordinary (not special) token with 0.1, and stays as it is with 0.1. Its target is
 //        the original token; every other target is kIgnoreTarget (-1), so the loss is the mean over the chosen.
+//        Every position may be chosen, <|endoftext|> too (where a document ends is part of the text to recover).
 // The masking of a sequence is a pure function of (seed, step, sequence index): a resumed run masks the same
 // tokens. Validation masks each window once and for all with kMlmEvalSeed (step 0, sequence = the window's offset
 // in the validation stream), the same at every evaluation, in every run.
