@@ -52,10 +52,12 @@ endif
 
 # ---- objects ----------------------------------------------------------------------------------------
 TOKENIZER_OBJS := build/tokenizer/bpe.o
-DATA_OBJS      := build/data/tokenfile.o build/data/dataloader.o
+DATA_OBJS      := build/data/tokenfile.o build/data/dataloader.o build/data/mlm.o
 # The model: shared ops, FLASH, the interface and its factory, the file formats (and the GPU model where built).
 MODEL_OBJS     := build/ops.o build/flash.o build/model.o build/formats/config.o build/formats/safetensors.o \
                   build/formats/checkpoint.o build/debug_state.o build/options.o build/combiner.o build/transformer.o $(CUDA_OBJS)
+# The debug state masks its batch for --objective mlm (data/mlm.h). ($^ lists an object named twice once.)
+MODEL_OBJS     += build/data/mlm.o build/data/dataloader.o
 DECODE_OBJS    := build/decode.o build/decode_baselines.o
 TRAINER_OBJS   := build/trainer.o build/eval.o $(DECODE_OBJS) $(MODEL_OBJS) $(TOKENIZER_OBJS) $(DATA_OBJS)
 build/model.o: CXXFLAGS += $(CUDA_CXXFLAGS)
@@ -63,7 +65,7 @@ build/model.o: CXXFLAGS += $(CUDA_CXXFLAGS)
 PROGRAMS   := train sample tokenizer/bpe
 TEST_BINS  := build/test_tokenizer build/test_data build/test_ops build/test_model build/test_train \
               build/test_options build/test_decode build/test_eval build/test_combiner build/test_transformer \
-              build/test_decode_baselines $(CUDA_TESTS)
+              build/test_decode_baselines build/test_mlm $(CUDA_TESTS)
 BENCH_BINS := build/bench_tokenizer build/bench_cpu build/bench_decode build/bench_combiner $(CUDA_BENCHES)
 
 all: $(PROGRAMS) $(TEST_BINS) $(BENCH_BINS)
@@ -87,6 +89,8 @@ build/test_model: build/test/test_model.o $(MODEL_OBJS)
 build/test_train: build/test/test_train.o $(TRAINER_OBJS)
 	$(LINK)
 build/test_options: build/test/test_options.o $(TRAINER_OBJS)
+	$(LINK)
+build/test_mlm: build/test/test_mlm.o $(TRAINER_OBJS)
 	$(LINK)
 build/test_decode: build/test/test_decode.o $(DECODE_OBJS) $(MODEL_OBJS)
 	$(LINK)

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <vector>
 
+#include "data/mlm.h"
 #include "flash.h"
 #include "formats/checkpoint.h"
 #include "formats/config.h"
@@ -34,7 +35,7 @@ template double write_debug_state(const std::string&, Model<double>&, const int*
 namespace {
 
 struct DebugStateOptions {
-    std::string out, model = "tiny", load;
+    std::string out, model = "tiny", load, objective = "ar";
     uint64_t seed = 1;
     bool strong = false, dbl = false;
     int batch = 2;
@@ -49,6 +50,8 @@ OptionTable debug_state_table(DebugStateOptions& o) {
     t.add_flag("strong-init", o.strong, "gamma ~ N(1,0.5), beta and rel_bias ~ N(0,0.5) (FLASH.md section 1)");
     t.add("batch", o.batch, "batch rows; T is the config's seq_len", 1, 1 << 20);
     t.add_flag("double", o.dbl, "compute and write in double precision (F64) instead of float (F32)");
+    t.add("objective", o.objective, "ar (targets: the next tokens) or mlm (a masked batch, targets -1 where not "
+                                    "chosen; needs a model config with \"causal\": false)");
     return t;
 }
 
@@ -58,16 +61,29 @@ void debug_state(const DebugStateOptions& o, const FlashConfig& cfg) {
     if (o.load.empty()) model->init_weights(o.seed, o.strong);
     else load_weights(o.load, *model);
     const int B = o.batch, T = cfg.seq_len, N = B * T;
-    // A random batch: the targets are the inputs shifted by one, as in training.
-    Rng rng(o.seed ^ 0xBA7C4ull);
-    std::vector<int> stream(N + B);
-    for (int& t : stream) t = rng.below(cfg.vocab_size);
+    const flash_data::Objective objective = flash_data::parse_objective(o.objective);
+    flash_data::check_objective_fits_model(objective, model->config_json().value("causal", true));
     std::vector<int> tokens(N), targets(N);
-    for (int b = 0; b < B; b++)
-        for (int t = 0; t < T; t++) {
-            tokens[b * T + t] = stream[b * (T + 1) + t];
-            targets[b * T + t] = stream[b * (T + 1) + t + 1];
-        }
+    Rng rng(o.seed ^ 0xBA7C4ull);
+    if (objective == flash_data::Objective::ar) {
+        // A random batch: the targets are the inputs shifted by one, as in training.
+        std::vector<int> stream(N + B);
+        for (int& t : stream) t = rng.below(cfg.vocab_size);
+        for (int b = 0; b < B; b++)
+            for (int t = 0; t < T; t++) {
+                tokens[b * T + t] = stream[b * (T + 1) + t];
+                targets[b * T + t] = stream[b * (T + 1) + t + 1];
+            }
+    } else {
+        // Random ordinary tokens, masked as in training at step 0 (row b: sequence b). The special ids are those of
+        // a tokenizer trained by tokenizer/bpe (bpe.h): <|endoftext|> then <|mask|>, the last two ids.
+        const uint32_t V = (uint32_t)cfg.vocab_size;
+        FLASH_CHECK(V >= 3, "a masked batch needs a vocabulary beyond the two special tokens, got " << V, "");
+        const flash_data::MlmVocab vocab{V, V - 1, {V - 2, V - 1}};
+        for (int& t : tokens) t = (int)flash_data::random_ordinary_token(rng.state, vocab);
+        for (int b = 0; b < B; b++)
+            flash_data::mlm_mask(o.seed, 0, (uint64_t)b, &tokens[b * T], T, vocab, &tokens[b * T], &targets[b * T]);
+    }
     const double loss = write_debug_state(o.out, *model, tokens.data(), targets.data(), B, T);
     std::printf("wrote %s: B=%d T=%d loss=%.9g, %zu parameters and their gradients (%s)\n", o.out.c_str(), B, T, loss,
                 model->param_count(), sizeof(Real) == 4 ? "F32" : "F64");

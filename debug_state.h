@@ -1,6 +1,7 @@
 // debug_state.h: the debug state, one file that outside checks and ports (the CUDA code, another framework) compare
 // against: a batch, its loss, every parameter under the names of docs/FLASH.md §7 and every parameter's gradient as
-// grad.<name>, in the model's precision (F32 or F64), as safetensors.
+// grad.<name>, in the model's precision (F32 or F64), as safetensors. With --objective mlm the batch is masked as in
+// training (data/mlm.h): batch.targets holds -1 where a position is not chosen.
 #pragma once
 #include <string>
 

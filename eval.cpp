@@ -18,13 +18,16 @@ static uint64_t full_window_count(size_t n_tokens, int T) {
     return (n_tokens - 1) / (uint64_t)T;
 }
 
-std::vector<EvalWindow> whole_set_windows(size_t n_tokens, int T) {
-    const uint64_t full = full_window_count(n_tokens, T);
+std::vector<EvalWindow> whole_set_windows(size_t n_tokens, int T, flash_data::Objective objective) {
+    full_window_count(n_tokens, T);  // checks the sizes
+    // The targets are tokens shift..n-1: the next token (ar) or the token itself (mlm).
+    const uint64_t shift = objective == flash_data::Objective::ar ? 1 : 0, targets = n_tokens - shift;
+    const uint64_t full = targets / T;
     std::vector<EvalWindow> windows;
     for (uint64_t j = 0; j < full; j++) windows.push_back({j * T, 0});
-    // Targets 1..full*T are scored; the rest, `left` of them, by a window that ends at the last token.
-    const uint64_t left = (n_tokens - 1) - full * T;
-    if (left > 0) windows.push_back({n_tokens - 1 - T, T - (int)left});
+    // Targets up to full*T are scored; the rest, `left` of them, by a window that ends at the last token.
+    const uint64_t left = targets - full * T;
+    if (left > 0) windows.push_back({n_tokens - shift - T, T - (int)left});
     return windows;
 }
 
@@ -52,7 +55,7 @@ double EvalResult::bits_per_byte() const { return ::bits_per_byte(nats, bytes); 
 
 EvalResult evaluate_windows(const EvalForward& forward, const std::vector<uint32_t>& tokens,
                             const std::vector<EvalWindow>& windows, const std::vector<uint32_t>& token_bytes, int B,
-                            int T) {
+                            int T, const flash_data::MlmVocab* mlm) {
     FLASH_CHECK(B >= 1 && T >= 1, "evaluation needs B >= 1 and T >= 1, got B=" << B << " T=" << T, "");
     std::vector<int> inputs((size_t)B * T), targets((size_t)B * T);
     EvalResult r;
@@ -67,17 +70,19 @@ EvalResult evaluate_windows(const EvalForward& forward, const std::vector<uint32
                 continue;
             }
             const EvalWindow& w = windows[first + b];
-            FLASH_CHECK(w.offset + T + 1 <= tokens.size() && w.first_scored >= 0 && w.first_scored <= T,
+            FLASH_CHECK(w.offset + T + (mlm ? 0 : 1) <= tokens.size() && w.first_scored >= 0 && w.first_scored <= T,
                         "evaluation window at " << w.offset << " does not fit the " << tokens.size() << "-token stream",
                         "make the windows with whole_set_windows or sample_windows for this stream and T");
             for (int t = 0; t < T; t++) {
                 in[t] = (int)tokens[w.offset + t];
-                const uint32_t target = tokens[w.offset + t + 1];
-                tg[t] = t < w.first_scored ? kIgnoreTarget : (int)target;
-                if (t >= w.first_scored) {
-                    scored++;
-                    r.bytes += token_bytes.at(target);
-                }
+                tg[t] = (int)tokens[w.offset + t + (mlm ? 0 : 1)];
+            }
+            if (mlm) flash_data::mlm_mask(flash_data::kMlmEvalSeed, 0, w.offset, in, T, *mlm, in, tg);
+            for (int t = 0; t < T; t++) {
+                if (t < w.first_scored) tg[t] = kIgnoreTarget;
+                if (tg[t] == kIgnoreTarget) continue;
+                scored++;
+                r.bytes += token_bytes.at(tg[t]);
             }
         }
         // forward returns the mean over this batch's scored targets; the sum is what adds up across batches.

@@ -12,11 +12,18 @@
 //               evaluation and in every run on the same data (the training seed does not change them).
 // Bits per byte = total nats / ln 2 / the bytes of exactly the text scored: the summed byte lengths of the scored
 // target tokens (each id's bytes in the tokenizer; <|endoftext|> counts its 13).
+//
+// The masked-LM objective (data/mlm.h) scores windows of T tokens with no shift: the whole set's windows are T
+// apart from 0 (and one that ends at the last token, its positions before first_scored never chosen), so every
+// token is in exactly one window's scored part; each window is masked once and for all (kMlmEvalSeed, its offset),
+// and the scored tokens are the chosen ones (about 15%), their bytes the bits per byte's divisor.
 #pragma once
 #include <cstdint>
 #include <functional>
 #include <string>
 #include <vector>
+
+#include "data/mlm.h"
 
 namespace bpe {
 class Tokenizer;
@@ -30,7 +37,9 @@ struct EvalWindow {
 inline constexpr uint64_t kEvalSampleSeed = 0x5EED0E7A1ull;
 
 // The windows that score every target of an n_tokens stream exactly once (see above). Needs n_tokens >= T+1.
-std::vector<EvalWindow> whole_set_windows(size_t n_tokens, int T);
+// For mlm: windows of T tokens whose scored parts cover every token once.
+std::vector<EvalWindow> whole_set_windows(size_t n_tokens, int T,
+                                          flash_data::Objective objective = flash_data::Objective::ar);
 // `count` full windows, one per stratum of the whole set's full windows, in file order; all of them (fewer than
 // count) when the file has no more.
 std::vector<EvalWindow> sample_windows(size_t n_tokens, int T, int count, uint64_t seed = kEvalSampleSeed);
@@ -52,10 +61,11 @@ double bits_per_byte(double nats, uint64_t bytes);  // nats / ln 2 / bytes
 using EvalForward = std::function<double(const int* inputs, const int* targets, int B, int T)>;
 
 // Scores the windows in batches of B rows (the last batch padded with rows whose targets are all ignored, so the
-// model always sees B rows). Sums in window order, in double.
+// model always sees B rows). Sums in window order, in double. With mlm (not null), each window is a masked-LM row
+// under validation's fixed masking (see above); else an auto-regressive one.
 EvalResult evaluate_windows(const EvalForward& forward, const std::vector<uint32_t>& tokens,
                             const std::vector<EvalWindow>& windows, const std::vector<uint32_t>& token_bytes, int B,
-                            int T);
+                            int T, const flash_data::MlmVocab* mlm = nullptr);
 
 // One line for logs: "val loss 4.5500 nats/token | 1.5660 bits/byte | 282153 tokens, 1181857 bytes".
 std::string format_eval(const EvalResult& r);

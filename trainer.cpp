@@ -17,6 +17,7 @@
 #include <fstream>
 
 #include "data/dataloader.h"
+#include "data/mlm.h"
 #include "data/tokenfile.h"
 #include "decode.h"
 #include "formats/json_file.h"
@@ -62,6 +63,8 @@ static OptionTable option_table(TrainOptions& o) {
     t.add("seed", o.seed, "seed of the weights and the data order");
     t.add("threads", o.threads, "CPU threads (0: all cores)", 0, 1024);
     t.add("device", o.device, "cpu, cuda, or auto (the GPU when one is present)");
+    t.add("objective", o.objective, "ar (auto-regressive) or mlm (masked LM: needs a model config with \"causal\": "
+                                    "false; docs/BASELINES.md section 4)");
     t.add_flag("resume", o.resume, "continue from the newest checkpoint in out-dir");
     t.add_flag("quiet", o.quiet, "no per-step lines");
     t.add_flag("eval-only", o.eval_only, "score a checkpoint on the whole validation set and exit");
@@ -97,6 +100,7 @@ TrainOptions parse_train_options(int argc, char** argv) {
                                                   << " --lr-min " << o.lr_min, "");
     FLASH_CHECK(o.device == "cpu" || o.device == "cuda" || o.device == "auto",
                 "--device must be cpu, cuda or auto, got '" << o.device << "'", "");
+    flash_data::parse_objective(o.objective);  // throws for an unknown one
     FLASH_CHECK(o.load.empty() || o.eval_only, "--load is for --eval-only (training does not start from a checkpoint)",
                 "to continue a run use --resume; to score a checkpoint use --eval-only --load CKPT");
     return o;
@@ -169,7 +173,28 @@ struct Run {
     std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
     int64_t first_step = 1;           // of this run (a resumed run starts later)
     int T = 0;                        // sequence length
+    flash_data::Objective objective = flash_data::Objective::ar;
+    flash_data::MlmVocab mlm_vocab;   // the mask and special ids (mlm only)
+    const flash_data::MlmVocab* mlm() const { return objective == flash_data::Objective::mlm ? &mlm_vocab : nullptr; }
 };
+
+// The objective of the options, and for mlm the tokenizer's mask token: a tokenizer trained before <|mask|> existed
+// serves ar only.
+void set_objective(Run& run) {
+    run.objective = flash_data::parse_objective(run.o.objective);
+    if (run.objective != flash_data::Objective::mlm) return;
+    FLASH_CHECK(run.tok.has_mask(),
+                "--objective mlm needs the <|mask|> token, and the tokenizer in '" << run.o.data_dir
+                    << "' was trained before it existed",
+                "retrain the tokenizer and the token files: data/prepare.sh --force (the old tokenizer still serves "
+                "--objective ar)");
+    run.mlm_vocab = {run.tok.vocab_size(), run.tok.mask_id(), run.tok.special_ids()};
+}
+
+// The model must suit the objective (data/mlm.h); every architecture's config says "causal" (absent: causal).
+void check_model_objective(const Run& run, const Model<float>& model) {
+    flash_data::check_objective_fits_model(run.objective, model.config_json().value("causal", true));
+}
 
 // Data and tokenizer, with a message naming the command that prepares them. Scoring a checkpoint (--eval-only)
 // needs no training split.
@@ -187,6 +212,7 @@ void load_data(Run& run, bool need_train = true) {
     run.val_bytes_per_token =
         (double)run.tok.decode(run.val_tokens.tokens).size() / (double)run.val_tokens.tokens.size();
     run.token_bytes = token_byte_lengths(run.tok);
+    set_objective(run);
 }
 
 void print_header(const Run& run, const Model<float>& model, Device device, const FlashConfig& cfg) {
@@ -260,15 +286,18 @@ void log_step(const Run& run, int64_t step, double loss, double lr, double norm,
 // The loss over the given validation windows (eval.h): the fixed sample during training, the whole set at the end.
 EvalResult evaluate(const Run& run, Model<float>& model, const std::vector<EvalWindow>& windows) {
     return evaluate_windows([&](const int* x, const int* y, int b, int t) { return model.forward(x, y, b, t); },
-                            run.val_tokens.tokens, windows, run.token_bytes, run.o.batch, run.T);
+                            run.val_tokens.tokens, windows, run.token_bytes, run.o.batch, run.T, run.mlm());
 }
 
 void log_eval(const Run& run, int64_t step, const EvalResult& val) {
     if (!run.o.quiet)
-        std::printf("step %6lld | val loss %.4f | val bits/byte %.4f | sample of %llu tokens\n", (long long)step,
-                    val.loss(), val.bits_per_byte(), (unsigned long long)val.tokens);
-    std::fprintf(run.metrics, "{\"step\": %lld, \"val_loss\": %.6f, \"val_bpb\": %.6f, \"val_tokens\": %llu}\n",
-                 (long long)step, val.loss(), val.bits_per_byte(), (unsigned long long)val.tokens);
+        std::printf("step %6lld | val loss %.4f | val bits/byte %.4f | sample of %llu %stokens\n", (long long)step,
+                    val.loss(), val.bits_per_byte(), (unsigned long long)val.tokens, run.mlm() ? "masked " : "");
+    std::fprintf(run.metrics,
+                 "{\"step\": %lld, \"objective\": \"%s\", \"val_loss\": %.6f, \"val_bpb\": %.6f, "
+                 "\"val_tokens\": %llu}\n",
+                 (long long)step, flash_data::objective_name(run.objective), val.loss(), val.bits_per_byte(),
+                 (unsigned long long)val.tokens);
     std::fprintf(run.val_tsv, "%lld\t%.6f\n", (long long)step, val.loss());
     std::fflush(run.metrics);
 }
@@ -276,18 +305,19 @@ void log_eval(const Run& run, int64_t step, const EvalResult& val) {
 // The figure to compare models by: every validation token once (eval.h), printed and logged.
 EvalResult evaluate_whole_set(const Run& run, Model<float>& model, int64_t step) {
     const auto t0 = std::chrono::steady_clock::now();
-    const EvalResult r = evaluate(run, model, whole_set_windows(run.val_tokens.tokens.size(), run.T));
+    const EvalResult r = evaluate(run, model, whole_set_windows(run.val_tokens.tokens.size(), run.T, run.objective));
     const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (!run.o.quiet) {
         if (step > 0) std::printf("step %6lld | ", (long long)step);
-        std::printf("whole validation set: %s | %.0f s\n", format_eval(r).c_str(), sec);
+        std::printf("whole validation set%s: %s | %.0f s\n", run.mlm() ? " (masked LM, the chosen tokens)" : "",
+                    format_eval(r).c_str(), sec);
     }
     if (run.metrics)
         std::fprintf(run.metrics,
-                     "{\"step\": %lld, \"whole_val_loss\": %.6f, \"whole_val_bpb\": %.6f, \"whole_val_tokens\": %llu, "
-                     "\"whole_val_bytes\": %llu}\n",
-                     (long long)step, r.loss(), r.bits_per_byte(), (unsigned long long)r.tokens,
-                     (unsigned long long)r.bytes);
+                     "{\"step\": %lld, \"objective\": \"%s\", \"whole_val_loss\": %.6f, \"whole_val_bpb\": %.6f, "
+                     "\"whole_val_tokens\": %llu, \"whole_val_bytes\": %llu}\n",
+                     (long long)step, flash_data::objective_name(run.objective), r.loss(), r.bits_per_byte(),
+                     (unsigned long long)r.tokens, (unsigned long long)r.bytes);
     return r;
 }
 
@@ -316,7 +346,9 @@ void print_sample(const Run& run, const Model<float>& model, int64_t step) {
 
 void checkpoint(const Run& run, const Model<float>& model, const flash_data::DataLoader& train_loader, int64_t step) {
     const flash_data::DataLoaderState ls = train_loader.state();
-    const std::string path = save_checkpoint(run.o.out_dir, model, TrainState{step, ls.rng_state, ls.batches});
+    const std::string path =
+        save_checkpoint(run.o.out_dir, model,
+                        TrainState{step, ls.rng_state, ls.batches, flash_data::objective_name(run.objective)});
     prune_checkpoints(run.o.out_dir, run.o.keep_ckpts);
     if (!run.o.quiet) std::printf("checkpoint %s\n", path.c_str());
 }
@@ -327,6 +359,10 @@ int64_t resume(const Run& run, Model<float>& model, flash_data::DataLoader& trai
     FLASH_CHECK(!path.empty(), "--resume: no checkpoint in '" << run.o.out_dir << "'",
                 "train without --resume first, or point --out-dir at the run to continue");
     const TrainState st = load_checkpoint(path, model);
+    FLASH_CHECK(st.objective == flash_data::objective_name(run.objective),
+                "checkpoint '" << path << "' was trained with --objective " << st.objective << ", this run asks for "
+                               << flash_data::objective_name(run.objective),
+                "resume with --objective " << st.objective << ", or use another --out-dir for a new run");
     flash_data::DataLoaderState ls = train_loader.state();
     ls.rng_state = st.loader_rng;
     ls.batches = st.loader_batches;
@@ -355,7 +391,8 @@ TrainResult run_training(const TrainOptions& o) {
     model->init_weights(o.seed);
     flash_data::DataLoader train_loader(run.train_tokens.tokens, B, T, flash_data::LoaderMode::kTrainRandom, o.seed);
     run.val_sample = sample_windows(run.val_tokens.tokens.size(), T, o.eval_batches * B);
-    const int64_t done = o.resume ? resume(run, *model, train_loader) : 0;
+    const int64_t done = o.resume ? resume(run, *model, train_loader) : 0;  // first: it names another objective
+    check_model_objective(run, *model);
 
     std::error_code ec;
     fs::create_directories(o.out_dir, ec);
@@ -379,7 +416,7 @@ TrainResult run_training(const TrainOptions& o) {
     run.start = std::chrono::steady_clock::now();
     for (int64_t step = done + 1; step <= o.steps; step++) {
         const auto t0 = std::chrono::steady_clock::now();
-        train_loader.next_batch(inputs, targets);
+        flash_data::make_batch(run.objective, train_loader, run.mlm(), o.seed, (uint64_t)step, inputs, targets);
         const double loss = model->forward(inputs.data(), targets.data(), B, T);
         if (!std::isfinite(loss)) {
             std::fprintf(stderr, "error: the training loss is %g at step %lld; stopping. The last checkpoint in %s is "
@@ -404,7 +441,8 @@ TrainResult run_training(const TrainOptions& o) {
             log_eval(run, step, val);
             plot_losses(run);
         }
-        if (o.sample_interval > 0 && (step % o.sample_interval == 0 || step == o.steps) && !o.quiet)
+        // (text samples need a causal model: none under mlm)
+        if (o.sample_interval > 0 && (step % o.sample_interval == 0 || step == o.steps) && !o.quiet && !run.mlm())
             print_sample(run, *model, step);
         const bool stop = g_stop_requested != 0, pause = o.stop_after > 0 && step - done >= o.stop_after;
         if (step % o.ckpt_interval == 0 || step == o.steps || stop || pause) checkpoint(run, *model, train_loader, step);
@@ -436,6 +474,7 @@ EvalResult run_eval_only(const TrainOptions& o) {
     load_data(run, /*need_train=*/false);
     const nlohmann::json config = checkpoint_model_config(safetensors_read(path), path);
     std::unique_ptr<Model<float>> model = make_model<float>(config, device);
+    check_model_objective(run, *model);
     const int vocab = config.value("vocab_size", 0);
     FLASH_CHECK(vocab == (int)run.tok.vocab_size(),
                 "checkpoint '" << path << "' has vocab_size " << vocab << " but the tokenizer in '" << o.data_dir

@@ -48,7 +48,7 @@ while [ $# -gt 0 ]; do
         *) die "unknown argument '$1' (see data/prepare.sh --help)" ;;
     esac
 done
-[[ "$VOCAB" =~ ^[0-9]+$ ]] && [ "$VOCAB" -ge 257 ] || die "--vocab-size must be a number >= 257 (256 bytes + <|endoftext|>), got '$VOCAB'"
+[[ "$VOCAB" =~ ^[0-9]+$ ]] && [ "$VOCAB" -ge 258 ] || die "--vocab-size must be a number >= 258 (256 bytes + <|endoftext|> + <|mask|>), got '$VOCAB'"
 for f in "${TEXT_FILES[@]+"${TEXT_FILES[@]}"}"; do
     [ -f "$f" ] && [ -r "$f" ] || die "--text: cannot read '$f'"
 done
@@ -169,6 +169,10 @@ write_split val
 # ---- tokenizer and token files --------------------------------------------------------------------------
 if [ -s "$DATA_DIR/tokenizer.json" ]; then
     say "reusing data/tokenizer.json"
+    # One trained before <|mask|> existed keeps its ids and serves auto-regressive training; ./train --objective mlm
+    # needs the mask token.
+    grep -q '"<|mask|>"' "$DATA_DIR/tokenizer.json" ||
+        say "note: data/tokenizer.json has no <|mask|> token (fine for --objective ar; for mlm: data/prepare.sh --force)"
 else
     say "training a $VOCAB-token vocabulary on data/train.txt"
     "$BPE" train --vocab-size "$VOCAB" --out "$DATA_DIR/tokenizer.json" "$DATA_DIR/train.txt"  # written atomically
@@ -194,4 +198,4 @@ for name in train val; do
     bytes=$(( $(wc -c < "$DATA_DIR/$name.txt") - docs * ${#EOT} ))  # the text, without the separators
     printf '%-6s %10s %12s %12s %12s\n' "$name" "$docs" "$bytes" "$tokens" "$(awk -v b="$bytes" -v t="$((tokens - docs))" 'BEGIN { printf "%.2f", (t > 0 ? b / t : 0) }')"
 done
-echo "vocab size $vocab (incl. <|endoftext|>); files in data/: tokenizer.json train.bin val.bin (and train.txt val.txt)"
+echo "vocab size $vocab (incl. the special tokens); files in data/: tokenizer.json train.bin val.bin (and train.txt val.txt)"

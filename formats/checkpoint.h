@@ -1,7 +1,7 @@
 // formats/checkpoint.h: what this project's safetensors files hold (docs/FLASH.md §7), for any Model (model.h):
 //   - weights: every parameter under its name (float32), and the model config under __metadata__.config;
 //   - a checkpoint: the weights, the AdamW moments (adam_m.<name>, adam_v.<name>) and __metadata__.train_state
-//     (step and data-loader position), written atomically as out_dir/ckpt_<step>.safetensors.
+//     (step, data-loader position and objective), written atomically as out_dir/ckpt_<step>.safetensors.
 // A file is read and checked whole before a model changes: a failure leaves the model as it was.
 #pragma once
 #include <cstdint>
@@ -37,6 +37,7 @@ struct TrainState {
     int64_t step = 0;            // steps done
     uint64_t loader_rng = 0;     // train data loader position
     uint64_t loader_batches = 0;
+    std::string objective = "ar";  // the training objective (data/mlm.h); a checkpoint without one is from ar
 };
 // Written atomically (temporary file, flush, rename): out_dir/ckpt_<step>.safetensors. Returns the path.
 std::string save_checkpoint(const std::string& out_dir, const Model<float>& m, const TrainState& st);

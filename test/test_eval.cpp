@@ -128,9 +128,9 @@ TEST_CASE("bits per byte: a hand-computed example, the bytes of exactly the scor
     CHECK(bits_per_byte(8.0, 4) == doctest::Approx(8.0 / std::log(2.0) / 4).epsilon(1e-15));
     CHECK(bits_per_byte(8 * std::log(2.0), 4) == doctest::Approx(2.0).epsilon(1e-15));
 
-    const bpe::Tokenizer tok;  // untrained: byte tokens of 1 byte, <|endoftext|> of 13
+    const bpe::Tokenizer tok;  // untrained: byte tokens of 1 byte, <|endoftext|> of 13, <|mask|> of 8
     const std::vector<uint32_t> bytes = token_byte_lengths(tok);
-    REQUIRE(bytes.size() == 257);
+    REQUIRE(bytes.size() == 258);
     CHECK(bytes[tok.eot_id()] == 13);
     CHECK(bytes[tok.byte_id('a')] == 1);
     // the stream <eot> a b <eot> c: targets a, b, <eot>, c are scored (token 0 never): 1 + 1 + 13 + 1 = 16 bytes

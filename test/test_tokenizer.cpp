@@ -152,8 +152,8 @@ TEST_CASE("worked BPE example: aaabdaaabac") {
     // One pre-token. Pair counts: aa 4 (overlapping), ab 2, others 1 -> "aa"=256.
     // Then [aa a b d aa a b a c]: (aa,a)=2 and (a,b)=2 tie -> the smaller pair (97,98) "ab"=257.
     // Then [aa ab d aa ab a c]: (aa,ab)=2 -> "aaab"=258. Then all pairs count 1 -> smallest (97,99) "ac"=259.
-    Tokenizer tok = Tokenizer::train({"aaabdaaabac"}, 261);
-    REQUIRE(tok.vocab_size() == 261);
+    Tokenizer tok = Tokenizer::train({"aaabdaaabac"}, 262);  // 4 merges + <|endoftext|> + <|mask|>
+    REQUIRE(tok.vocab_size() == 262);
     REQUIRE(tok.merges().size() == 4);
     CHECK(tok.merges()[0].left == 'a');
     CHECK(tok.merges()[0].right == 'a');
@@ -169,6 +169,8 @@ TEST_CASE("worked BPE example: aaabdaaabac") {
     CHECK(tok.token_bytes(259) == "ac");
     CHECK(tok.eot_id() == 260);
     CHECK(tok.token_bytes(260) == "<|endoftext|>");
+    CHECK(tok.mask_id() == 261);
+    CHECK(tok.token_bytes(261) == "<|mask|>");
     CHECK(tok.encode("aaabdaaabac") == Ids{258, 'd', 258, 259});
     CHECK(tok.encode("aaaa") == Ids{256, 256});
     CHECK(tok.encode("aaa") == Ids{256, 'a'});
@@ -181,7 +183,7 @@ TEST_CASE("worked BPE example with several words: ab ab ab cd") {
     // Pre-tokens: "ab", " ab" x2, " cd". Pairs: (a,b) 3, (' ',a) 2, (' ',c) 1, (c,d) 1.
     // 256 = "ab"; then " ab" is [' ', 256] x2 -> 257 = " ab"; then (' ',c) and (c,d) tie at 1 ->
     // (32,99) first: 258 = " c"; then 259 = " cd".
-    Tokenizer tok = Tokenizer::train({"ab ab ab cd"}, 261);
+    Tokenizer tok = Tokenizer::train({"ab ab ab cd"}, 262);
     REQUIRE(tok.merges().size() == 4);
     CHECK(tok.token_bytes(256) == "ab");
     CHECK(tok.token_bytes(257) == " ab");
@@ -191,7 +193,7 @@ TEST_CASE("worked BPE example with several words: ab ab ab cd") {
     CHECK(tok.encode("cd ab") == Ids{'c', 'd', 257});
     // Asking for more than the text offers stops when no pair is left.
     Tokenizer more = Tokenizer::train({"ab ab ab cd"}, 1000);
-    CHECK(more.vocab_size() == 261);
+    CHECK(more.vocab_size() == 262);
 }
 
 TEST_CASE("training is deterministic and reaches the requested vocab size") {
@@ -199,7 +201,8 @@ TEST_CASE("training is deterministic and reaches the requested vocab size") {
     Tokenizer a = Tokenizer::train({corpus}, 700);
     Tokenizer b = Tokenizer::train({corpus}, 700);
     CHECK(a.vocab_size() == 700);
-    CHECK(a.eot_id() == 699);
+    CHECK(a.eot_id() == 698);
+    CHECK(a.mask_id() == 699);
     CHECK(a.to_json() == b.to_json());
     // Learned merges compress: fewer tokens than bytes.
     CHECK(a.encode(corpus).size() * 2 < corpus.size());
@@ -213,8 +216,9 @@ TEST_CASE("training never merges across or into <|endoftext|>") {
     CHECK(tok.encode("xy<|endoftext|>xy") == Ids{256, tok.eot_id(), 256});
     // Empty training text: just bytes and the special token.
     Tokenizer empty = Tokenizer::train({""}, 4096);
-    CHECK(empty.vocab_size() == 257);
+    CHECK(empty.vocab_size() == 258);
     CHECK(empty.eot_id() == 256);
+    CHECK(empty.mask_id() == 257);
     CHECK_THROWS_WITH_AS(Tokenizer::train({"abc"}, 100), doctest::Contains("vocab size 100 is too small"), flash_error);
 }
 
@@ -311,7 +315,7 @@ TEST_CASE("decode refuses ids outside the vocabulary") {
 
 // ---- tokenizer.json --------------------------------------------------------------------------------------
 TEST_CASE("tokenizer.json has the Hugging Face layout") {
-    Tokenizer tok = Tokenizer::train({"ab ab ab cd"}, 261);
+    Tokenizer tok = Tokenizer::train({"ab ab ab cd"}, 262);
     json j = json::parse(tok.to_json());
     CHECK(j["version"] == "1.0");
     CHECK(j["normalizer"].is_null());
@@ -320,15 +324,19 @@ TEST_CASE("tokenizer.json has the Hugging Face layout") {
     CHECK(j["pre_tokenizer"]["use_regex"] == true);
     CHECK(j["decoder"]["type"] == "ByteLevel");
     CHECK(j["model"]["type"] == "BPE");
-    CHECK(j["model"]["vocab"].size() == 261);
+    CHECK(j["model"]["vocab"].size() == 262);
     CHECK(j["model"]["vocab"]["\xC4\xA0"] == 32);               // "Ġ" is the space byte
     CHECK(j["model"]["vocab"]["\xC4\xA0" "cd"] == 259);         // " cd"
     CHECK(j["model"]["merges"] == json::array({"a b", "\xC4\xA0 ab", "\xC4\xA0 c", "\xC4\xA0" "c d"}));
-    REQUIRE(j["added_tokens"].size() == 1);
+    REQUIRE(j["added_tokens"].size() == 2);
     CHECK(j["added_tokens"][0]["id"] == 260);
     CHECK(j["added_tokens"][0]["content"] == "<|endoftext|>");
     CHECK(j["added_tokens"][0]["special"] == true);
     CHECK(j["added_tokens"][0]["normalized"] == false);
+    CHECK(j["added_tokens"][1]["id"] == 261);
+    CHECK(j["added_tokens"][1]["content"] == "<|mask|>");
+    CHECK(j["added_tokens"][1]["special"] == true);
+    CHECK(j["model"]["vocab"]["<|mask|>"] == 261);
 }
 
 TEST_CASE("tokenizer.json save/load round trip") {
@@ -368,8 +376,37 @@ TEST_CASE("tokenizer.json with other ids and merges written as pairs (as newer H
     CHECK(tok.decode(tok.encode("ba ab\xFF")) == "ba ab\xFF");
 }
 
+TEST_CASE("<|mask|>: one id in text, and a tokenizer.json from before it existed still loads") {
+    Tokenizer tok = Tokenizer::train({"ab ab ab cd"}, 262);
+    REQUIRE(tok.has_mask());
+    CHECK(tok.special_ids() == Ids{260, 261});
+    CHECK(tok.encode("ab<|mask|> cd<|endoftext|>") == Ids{256, 261, 259, 260});
+    CHECK(tok.encode("<|mask|>", false).size() > 1);  // without allow_special: plain text
+    CHECK(tok.decode(Ids{261}) == "<|mask|>");
+    // The old file: no <|mask|> in added_tokens nor in the vocab. Same ids for everything else.
+    json old = json::parse(tok.to_json());
+    old["added_tokens"].erase(1);
+    old["model"]["vocab"].erase("<|mask|>");
+    Tokenizer before = Tokenizer::from_json(old.dump(), "old.json");
+    CHECK_FALSE(before.has_mask());
+    CHECK(before.mask_id() == bpe::kNoToken);
+    CHECK(before.vocab_size() == 261);
+    CHECK(before.eot_id() == 260);
+    CHECK(before.special_ids() == Ids{260});
+    CHECK(before.encode("ab cd<|endoftext|>") == tok.encode("ab cd<|endoftext|>"));
+    const Ids plain = before.encode("<|mask|>");  // HF does the same with that file: ordinary text
+    CHECK(plain.size() > 1);
+    CHECK(before.decode(plain) == "<|mask|>");
+    CHECK(json::parse(before.to_json())["added_tokens"].size() == 1);  // saved as it was
+    // <|mask|> twice is refused.
+    json twice = json::parse(tok.to_json());
+    twice["added_tokens"].push_back(twice["added_tokens"][1]);
+    CHECK_THROWS_WITH_AS(Tokenizer::from_json(twice.dump(), "t.json"),
+                         doctest::Contains("<|mask|> is listed twice in added_tokens"), flash_error);
+}
+
 TEST_CASE("malformed or foreign tokenizer.json files are refused, each with its own message") {
-    const std::string good = Tokenizer::train({"ab ab ab cd"}, 261).to_json();
+    const std::string good = Tokenizer::train({"ab ab ab cd"}, 262).to_json();
     auto with = [&](auto mutate) {
         json j = json::parse(good);
         mutate(j);
@@ -408,7 +445,7 @@ TEST_CASE("malformed or foreign tokenizer.json files are refused, each with its 
     CHECK_THROWS_WITH_AS(load(with([](json& j) { j["model"]["vocab"].erase("\xC4\xA0" "cd"); })),
                          doctest::Contains("no token has id 259"), flash_error);
     CHECK_THROWS_WITH_AS(load(with([](json& j) { j["model"]["vocab"]["qq"] = 900; })),
-                         doctest::Contains("no token has id 261 (ids run up to 900)"), flash_error);
+                         doctest::Contains("no token has id 262 (ids run up to 900)"), flash_error);
     CHECK_THROWS_WITH_AS(load(with([](json& j) {
                              j["model"]["vocab"].erase("Z");
                              j["model"]["vocab"]["ZZ"] = 'Z';

@@ -282,16 +282,29 @@ private:
 
 inline uint64_t pair_key(uint32_t left, uint32_t right) { return ((uint64_t)left << 32) | right; }
 
-// Calls on_segment(text) for each piece between <|endoftext|> markers and on_special() for each marker.
+// A special token's text and id.
+struct Special {
+    std::string_view text;
+    uint32_t id;
+};
+
+// Calls on_segment(text) for each piece between special-token markers and on_special(id) for each marker (the
+// earliest one first; two markers never overlap, as both start with "<|" and end with "|>" with no "|>" inside).
 template <class OnSegment, class OnSpecial>
-void split_special(std::string_view text, OnSegment on_segment, OnSpecial on_special) {
+void split_special(std::string_view text, const std::vector<Special>& specials, OnSegment on_segment,
+                   OnSpecial on_special) {
     size_t pos = 0;
     for (;;) {
-        size_t at = text.find(kEndOfText, pos);
-        if (at == std::string_view::npos) break;
+        size_t at = std::string_view::npos;
+        const Special* found = nullptr;
+        for (const Special& sp : specials) {
+            size_t a = text.find(sp.text, pos);
+            if (a < at) at = a, found = &sp;
+        }
+        if (!found) break;
         if (at > pos) on_segment(text.substr(pos, at - pos));
-        on_special();
-        pos = at + kEndOfText.size();
+        on_special(found->id);
+        pos = at + found->text.size();
     }
     if (pos < text.size()) on_segment(text.substr(pos));
 }
@@ -316,13 +329,22 @@ public:
 
 // ================================ the tokenizer =======================================================
 Tokenizer::Tokenizer() {
-    tokens_.resize(257);
+    tokens_.resize(258);
     for (int b = 0; b < 256; b++) {
         tokens_[b] = std::string(1, (char)b);
         byte_to_id_[b] = (uint32_t)b;
     }
     eot_id_ = 256;
     tokens_[eot_id_] = std::string(kEndOfText);
+    mask_id_ = 257;
+    tokens_[mask_id_] = std::string(kMask);
+}
+
+std::vector<uint32_t> Tokenizer::special_ids() const {
+    std::vector<uint32_t> ids = {eot_id_};
+    if (has_mask()) ids.push_back(mask_id_);
+    std::sort(ids.begin(), ids.end());
+    return ids;
 }
 
 const std::string& Tokenizer::token_bytes(uint32_t id) const {
@@ -350,8 +372,8 @@ void Tokenizer::build_merge_index() {
 // current count when popped, and an entry is pushed whenever a pair's count grows, so the top entry,
 // once its count is current, is the true maximum.
 Tokenizer Tokenizer::train(const std::vector<std::string_view>& texts, uint32_t vocab_size, const Progress& progress) {
-    FLASH_CHECK(vocab_size >= 257, "vocab size " << vocab_size << " is too small",
-                "it must hold the 256 byte tokens and <|endoftext|>: use at least 257");
+    FLASH_CHECK(vocab_size >= 258, "vocab size " << vocab_size << " is too small",
+                "it must hold the 256 byte tokens, <|endoftext|> and <|mask|>: use at least 258");
     FLASH_CHECK(vocab_size <= (1u << 30), "vocab size " << vocab_size << " is too large", "use at most 2^30");
 
     // 1. Distinct words and their counts.
@@ -359,7 +381,7 @@ Tokenizer Tokenizer::train(const std::vector<std::string_view>& texts, uint32_t 
     std::vector<uint64_t> word_count;
     for (std::string_view text : texts) {
         split_special(
-            text,
+            text, {{kEndOfText, 0}, {kMask, 0}},
             [&](std::string_view seg) {
                 for (size_t pos = 0; pos < seg.size();) {
                     size_t end = next_pretoken(seg, pos);
@@ -374,12 +396,12 @@ Tokenizer Tokenizer::train(const std::vector<std::string_view>& texts, uint32_t 
                     pos = end;
                 }
             },
-            [] {});
+            [](uint32_t) {});
     }
     const size_t n_words = word_index.size();
 
     Tokenizer tok;
-    tok.tokens_.pop_back();  // <|endoftext|> goes back at the end, after the merges
+    tok.tokens_.resize(256);  // <|endoftext|> and <|mask|> go back at the end, after the merges
     std::vector<std::vector<uint32_t>> words(n_words);
     for (uint32_t w = 0; w < n_words; w++) {
         std::string_view bytes = word_index.key(w);
@@ -416,7 +438,7 @@ Tokenizer Tokenizer::train(const std::vector<std::string_view>& texts, uint32_t 
     std::unordered_map<std::string, uint32_t> id_of_bytes;
     for (uint32_t id = 0; id < tok.tokens_.size(); id++) id_of_bytes.emplace(tok.tokens_[id], id);
 
-    const size_t target_tokens = vocab_size - 1;  // everything but <|endoftext|>
+    const size_t target_tokens = vocab_size - 2;  // everything but <|endoftext|> and <|mask|>
     std::vector<std::pair<uint64_t, int64_t>> deltas;  // this merge's pair-count changes
     while (tok.tokens_.size() < target_tokens && !heap.empty()) {
         HeapItem top = heap.top();
@@ -492,6 +514,8 @@ Tokenizer Tokenizer::train(const std::vector<std::string_view>& texts, uint32_t 
 
     tok.eot_id_ = (uint32_t)tok.tokens_.size();
     tok.tokens_.push_back(std::string(kEndOfText));
+    tok.mask_id_ = (uint32_t)tok.tokens_.size();
+    tok.tokens_.push_back(std::string(kMask));
     tok.build_merge_index();
     if (progress) progress(tok.tokens_.size(), vocab_size);
     return tok;
@@ -634,7 +658,9 @@ void Tokenizer::encode_append(std::string_view text, std::vector<uint32_t>& out,
             if (progress) progress((size_t)(seg.data() + pos - text.data()), text.size());
         }
     };
-    if (allow_special) split_special(text, encode_text, [&] { out.push_back(eot_id_); });
+    std::vector<Special> specials = {{kEndOfText, eot_id_}};
+    if (has_mask()) specials.push_back({kMask, mask_id_});
+    if (allow_special) split_special(text, specials, encode_text, [&](uint32_t id) { out.push_back(id); });
     else encode_text(text);
     if (progress) progress(text.size(), text.size());
 }
@@ -666,7 +692,7 @@ std::string Tokenizer::to_json() const {
         // make writing a large vocabulary quadratic. The keys are unique (checked on load and by train).
         auto& entries = static_cast<ojson::object_t::Container&>(vocab.get_ref<ojson::object_t&>());
         entries.reserve(tokens_.size());
-        // <|endoftext|> is listed too (as GPT-2's file does), so that HF gives it this id for certain.
+        // The special tokens are listed too (as GPT-2's file does), so that HF gives them these ids for certain.
         for (uint32_t id = 0; id < tokens_.size(); id++) entries.emplace_back(bytes_to_unicode(tokens_[id]), ojson(id));
     }
     ojson merges = ojson::array();
@@ -677,13 +703,15 @@ std::string Tokenizer::to_json() const {
     j["version"] = "1.0";
     j["truncation"] = nullptr;
     j["padding"] = nullptr;
-    j["added_tokens"] = ojson::array({ojson{{"id", eot_id_},
-                                            {"content", std::string(kEndOfText)},
-                                            {"single_word", false},
-                                            {"lstrip", false},
-                                            {"rstrip", false},
-                                            {"normalized", false},
-                                            {"special", true}}});
+    j["added_tokens"] = ojson::array();
+    for (uint32_t id : special_ids())
+        j["added_tokens"].push_back(ojson{{"id", id},
+                                          {"content", tokens_[id]},
+                                          {"single_word", false},
+                                          {"lstrip", false},
+                                          {"rstrip", false},
+                                          {"normalized", false},
+                                          {"special", true}});
     j["normalizer"] = nullptr;
     j["pre_tokenizer"] = ojson{{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}};
     j["post_processor"] = nullptr;
@@ -767,21 +795,28 @@ Tokenizer Tokenizer::from_json(std::string_view json_text, const std::string& or
     FLASH_CHECK(j.contains("added_tokens") && j["added_tokens"].is_array(),
                 origin << ": no \"added_tokens\" array", "the file must declare " << kEndOfText << "; " << hint_ours);
     bool have_eot = false;
-    uint32_t eot_id = 0;
+    uint32_t eot_id = 0, mask_id = kNoToken;
     for (const json& t : j["added_tokens"]) {
         FLASH_CHECK(t.is_object() && t.contains("id") && t["id"].is_number_unsigned() && t.contains("content") &&
                         t["content"].is_string(),
                     origin << ": an added_tokens entry lacks an integer \"id\" or a string \"content\": " << t.dump(), hint_ours);
         std::string content = t["content"];
         uint32_t id = t["id"].get<uint32_t>();
-        FLASH_CHECK(content == kEndOfText, origin << ": added token \"" << content << "\" is not supported, only " << kEndOfText,
+        FLASH_CHECK(content == kEndOfText || content == kMask, origin << ": added token \"" << content
+                        << "\" is not supported, only " << kEndOfText << " and " << kMask,
                     "remove other special tokens");
         auto same = id_of_string.find(bytes_to_unicode(content));
-        FLASH_CHECK(!have_eot, origin << ": " << kEndOfText << " is listed twice in added_tokens", hint_ours);
+        const bool eot = content == kEndOfText;
+        FLASH_CHECK(eot ? !have_eot : mask_id == kNoToken, origin << ": " << content << " is listed twice in added_tokens",
+                    hint_ours);
         // GPT-2's files (and ours) also list it in the vocab under the same id; then it is assigned already.
         if (same == id_of_string.end() || same->second != id) assign(id, content, content);
-        have_eot = true;
-        eot_id = id;
+        if (eot) {
+            have_eot = true;
+            eot_id = id;
+        } else {
+            mask_id = id;
+        }
     }
     FLASH_CHECK(have_eot, origin << ": added_tokens lacks " << kEndOfText, "the document separator is required; " << hint_ours);
     for (uint32_t id = 0; id < tokens.size(); id++)
@@ -791,6 +826,7 @@ Tokenizer Tokenizer::from_json(std::string_view json_text, const std::string& or
     Tokenizer tok;
     tok.tokens_ = std::move(tokens);
     tok.eot_id_ = eot_id;
+    tok.mask_id_ = mask_id;
     for (int b = 0; b < 256; b++) {
         auto it = id_of_string.find(bytes_to_unicode(std::string(1, (char)b)));
         char hex[8];

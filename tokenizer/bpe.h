@@ -3,7 +3,9 @@
 //   text --split on <|endoftext|>--> segments --pre-tokenize (GPT-2 regex, by hand)--> words
 //        --bytes--> initial ids --apply merges by rank--> token ids
 //
-// Token ids: the 256 single bytes, then one token per learned merge, then <|endoftext|> last.
+// Token ids: the 256 single bytes, then one token per learned merge, then <|endoftext|>, then <|mask|> last.
+// A tokenizer.json from before <|mask|> existed (no mask in added_tokens) still loads, with has_mask() false:
+// it serves auto-regressive training as before; the masked-LM objective needs the mask token.
 // A trained tokenizer gives byte b the id b; a loaded tokenizer.json may number tokens any way it
 // likes (every id in [0, vocab_size) used once), so the code never assumes "id < 256 means a byte".
 //
@@ -20,8 +22,11 @@
 
 namespace bpe {
 
-// The one special token. It separates documents; encode() turns its text into one id.
+// The special tokens; encode() turns each one's text into one id. <|endoftext|> separates documents; <|mask|> is
+// what the masked-LM objective puts in place of a hidden token (data/mlm.h).
 inline constexpr std::string_view kEndOfText = "<|endoftext|>";
+inline constexpr std::string_view kMask = "<|mask|>";
+inline constexpr uint32_t kNoToken = UINT32_MAX;  // mask_id() of a tokenizer without <|mask|>
 
 // ---- pre-tokenizer ---------------------------------------------------------------------------------
 // GPT-2's pattern, implemented by hand (no regex engine, so it is fast and has no dependency):
@@ -56,18 +61,18 @@ public:
         uint32_t result;       // the id it becomes
     };
 
-    // The untrained tokenizer: the 256 byte tokens and <|endoftext|> (vocab_size 257).
+    // The untrained tokenizer: the 256 byte tokens, <|endoftext|> and <|mask|> (vocab_size 258).
     Tokenizer();
 
-    // Learns merges on texts until the vocabulary (bytes + merges + <|endoftext|>) has vocab_size
-    // tokens, or no pair occurs any more (then it is smaller: check vocab_size()). Each text is split on
-    // <|endoftext|> first; the special token is never part of a merge. Ties between equally frequent
+    // Learns merges on texts until the vocabulary (bytes + merges + <|endoftext|> + <|mask|>) has vocab_size
+    // tokens, or no pair occurs any more (then it is smaller: check vocab_size()). Each text is split on the
+    // special tokens first; they are never part of a merge. Ties between equally frequent
     // pairs go to the pair with the smaller (left id, right id), so training is deterministic.
     static Tokenizer train(const std::vector<std::string_view>& texts, uint32_t vocab_size,
                            const Progress& progress = nullptr);
 
-    // Text to ids. With allow_special, each "<|endoftext|>" in text becomes eot_id(); without, it is
-    // encoded as ordinary text. Any byte string is accepted (invalid UTF-8, NUL bytes, empty).
+    // Text to ids. With allow_special, each "<|endoftext|>" in text becomes eot_id() (and "<|mask|>" mask_id(),
+    // when the tokenizer has it, as HF does); without, they are encoded as ordinary text. Any byte string is accepted (invalid UTF-8, NUL bytes, empty).
     std::vector<uint32_t> encode(std::string_view text, bool allow_special = true) const;
     // Same, appending to out; progress gets (bytes done, bytes total) about every megabyte.
     void encode_append(std::string_view text, std::vector<uint32_t>& out, bool allow_special = true,
@@ -83,6 +88,10 @@ public:
 
     uint32_t vocab_size() const { return (uint32_t)tokens_.size(); }
     uint32_t eot_id() const { return eot_id_; }
+    bool has_mask() const { return mask_id_ != kNoToken; }
+    uint32_t mask_id() const { return mask_id_; }  // kNoToken when !has_mask()
+    // The special tokens' ids, ascending: what is never an "ordinary" token.
+    std::vector<uint32_t> special_ids() const;
     const std::vector<Merge>& merges() const { return merges_; }  // in rank order (first learned first)
     const std::string& token_bytes(uint32_t id) const;             // a token's bytes ("<|endoftext|>" for eot)
     uint32_t byte_id(uint8_t b) const { return byte_to_id_[b]; }
@@ -90,7 +99,8 @@ public:
     // tokenizer.json text (Hugging Face format) and back. from_json refuses, with a flash_error naming
     // the problem, anything this class cannot reproduce exactly: not JSON, not a BPE model, another
     // pre-tokenizer or a normalizer, vocab strings outside the byte alphabet, missing byte tokens,
-    // duplicate or missing ids, merges of unknown tokens, added tokens other than <|endoftext|>.
+    // duplicate or missing ids, merges of unknown tokens, added tokens other than <|endoftext|> and
+    // <|mask|> (<|endoftext|> is required, <|mask|> optional).
     std::string to_json() const;
     static Tokenizer from_json(std::string_view json_text, const std::string& origin = "tokenizer.json");
     void save(const std::string& path) const;
@@ -106,6 +116,7 @@ private:
     std::vector<Merge> merges_;        // rank -> merge
     uint32_t byte_to_id_[256];
     uint32_t eot_id_ = 256;
+    uint32_t mask_id_ = 257;
     std::unordered_map<uint64_t, uint32_t> merge_rank_;  // (left << 32 | right) -> rank
 };
 

@@ -56,8 +56,8 @@ Args parse_args(int argc, char** argv) {
             char* end = nullptr;
             errno = 0;
             unsigned long n = strtoul(v.c_str(), &end, 10);
-            FLASH_CHECK(errno == 0 && end && *end == 0 && !v.empty() && n >= 257 && n <= (1ul << 30),
-                        "--vocab-size " << v << " is not a number in [257, 2^30]", "e.g. --vocab-size 4096");
+            FLASH_CHECK(errno == 0 && end && *end == 0 && !v.empty() && n >= 258 && n <= (1ul << 30),
+                        "--vocab-size " << v << " is not a number in [258, 2^30]", "e.g. --vocab-size 4096");
             a.vocab_size = (uint32_t)n;
         } else if (arg.size() > 1 && arg[0] == '-') FLASH_FAIL("unknown option " << arg, "see `tokenizer/bpe --help`");
         else a.files.push_back(arg);
