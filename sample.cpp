@@ -65,6 +65,9 @@ int run(const Options& o) {
     using clock = std::chrono::steady_clock;
     // The model: config from the checkpoint's metadata, then the weights from the same (once read) file.
     SafeTensorsFile file = safetensors_read(o.checkpoint);
+    const std::string arch = model_arch(checkpoint_model_config(file, o.checkpoint));
+    FLASH_CHECK(arch == "flash", "'" << o.checkpoint << "' holds a " << arch << " model; ./sample decodes FLASH only so far",
+                "the baselines' cached decoders are next; ./train's text samples work for every arch");
     const FlashConfig cfg = checkpoint_config(file, o.checkpoint);
     FlashModel<float> model(cfg);  // the cached decoder is FLASH's (docs/FLASH.md §3)
     load_param_tensors(model, model.params, file, "", o.checkpoint);

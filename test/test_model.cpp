@@ -571,10 +571,13 @@ TEST_CASE("make_model: the config's arch picks the architecture; the Model verbs
     CHECK(m->shape_mismatch(config_to_json(c)) == "");
     CHECK(config_from_json(j).d == c.d);  // a FLASH config may name its arch
     nlohmann::json other = j;
-    other["arch"] = "performer";
-    CHECK_THROWS_WITH_AS(make_model<double>(other), doctest::Contains("unknown model architecture 'performer'"),
+    other["arch"] = "lstm";
+    CHECK_THROWS_WITH_AS(make_model<double>(other), doctest::Contains("unknown model architecture 'lstm'"),
                          flash_error);
+    other["arch"] = "performer";
     CHECK_THROWS_WITH_AS(config_from_json(other), doctest::Contains("'arch' is \"performer\""), flash_error);
+    CHECK_THROWS_WITH_AS(make_model<double>(other), doctest::Contains("'chunk' does not belong to arch performer"),
+                         flash_error);
 
     // Through the interface, a step gives FlashModel's numbers.
     FlashModel<double> direct(c);
