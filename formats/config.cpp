@@ -23,8 +23,9 @@ FlashConfig config_from_json(const json& j) {
     for (auto it = j.begin(); it != j.end(); ++it) {
         bool ok = false;
         for (const char* k : known) ok = ok || it.key() == k;
-        FLASH_CHECK(ok, "unknown model config field '" << it.key() << "'",
-                    "the fields are vocab_size, d, e, s, n_layers, chunk, seq_len, causal, eps, rope_base");
+        FLASH_CHECK(ok, "unknown model config field '" << it.key() << "': it does not belong to arch flash",
+                    "the fields of flash are arch, vocab_size, d, e, s, n_layers, chunk, seq_len, causal, eps, "
+                    "rope_base");
     }
     auto get_int = [&](const char* k, int& dst) {
         if (!j.contains(k)) return;
@@ -62,7 +63,7 @@ FlashConfig config_from_json(const json& j) {
 }
 
 json config_to_json(const FlashConfig& c) {
-    return json{{"vocab_size", c.vocab_size}, {"d", c.d}, {"e", c.e}, {"s", c.s}, {"n_layers", c.n_layers},
+    return json{{"arch", "flash"}, {"vocab_size", c.vocab_size}, {"d", c.d}, {"e", c.e}, {"s", c.s}, {"n_layers", c.n_layers},
                 {"chunk", c.chunk}, {"seq_len", c.seq_len}, {"causal", c.causal}, {"eps", c.eps},
                 {"rope_base", c.rope_base}};
 }

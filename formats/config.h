@@ -10,7 +10,7 @@
 #include "transformer.h"
 
 FlashConfig config_from_json(const nlohmann::json& j);      // missing keys keep the small config's values
-nlohmann::json config_to_json(const FlashConfig& c);
+nlohmann::json config_to_json(const FlashConfig& c);      // with "arch": "flash", as every arch writes its own
 // "" when a and b describe the same model (seq_len aside: it is a training choice, not a shape),
 // else a list like "d: 16 vs 32, chunk: 4 vs 8".
 std::string config_shape_mismatch(const FlashConfig& a, const FlashConfig& b);
