@@ -87,8 +87,9 @@ int debug_state_main(int argc, char** argv) {
             return 0;
         }
     table.parse(argc, argv);
-    const nlohmann::json cfg = o.load.empty() ? load_model_config_json(o.model)
-                                              : normalized_model_config(checkpoint_model_config(safetensors_read(o.load), o.load));
+    const nlohmann::json cfg =
+        o.load.empty() ? load_model_config_json(o.model)
+                       : normalized_model_config(checkpoint_model_config(safetensors_read(o.load), o.load));
     if (o.dbl) debug_state<double>(o, cfg);
     else debug_state<float>(o, cfg);
     return 0;

@@ -66,7 +66,8 @@ int run(const Options& o) {
     // The model: config from the checkpoint's metadata, then the weights from the same (once read) file.
     SafeTensorsFile file = safetensors_read(o.checkpoint);
     const std::string arch = model_arch(checkpoint_model_config(file, o.checkpoint));
-    FLASH_CHECK(arch == "flash", "'" << o.checkpoint << "' holds a " << arch << " model; ./sample decodes FLASH only so far",
+    FLASH_CHECK(arch == "flash",
+                "'" << o.checkpoint << "' holds a " << arch << " model; ./sample decodes FLASH only so far",
                 "the baselines' cached decoders are next; ./train's text samples work for every arch");
     const FlashConfig cfg = checkpoint_config(file, o.checkpoint);
     FlashModel<float> model(cfg);  // the cached decoder is FLASH's (docs/FLASH.md §3)

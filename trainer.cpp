@@ -126,8 +126,9 @@ json model_config_from_options(const TrainOptions& o, int vocab_size) {
     }
     for (const auto& [name, value] : {std::pair<const char*, int>{"e", o.e}, {"s", o.s}, {"chunk", o.chunk}})
         FLASH_CHECK(value == 0, "--" << name << " is a FLASH option; arch " << arch << " has no '" << name << "'",
-                    "leave it out" << (std::string(name) == "chunk" ? " (Combiner's span is the config key block)"
-                                                                     : "") << ", or write a JSON model config");
+                    "leave it out" << (std::string(name) == "chunk" && arch == "combiner"
+                                           ? " (Combiner's span is the config key block: write a JSON model config)"
+                                           : ""));
     if (o.d) {  // a new width: the widths that follow d (BASELINES.md §1) follow it
         c["d"] = o.d;
         for (const char* k : {"n_heads", "ffn", "features"}) c.erase(k);

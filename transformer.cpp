@@ -805,8 +805,9 @@ void TransformerModel<Real>::backward() {
             favor_features_backward(g.dq, g.dphq, la.phq, la.q, lp.omega, BH * T, hd, m);
             favor_features_backward(g.dk, g.dphk, la.phk, la.k, lp.omega, BH * T, hd, m);
         } else if (cfg.combiner()) {
-            combiner_attention_backward(g.dq, g.dk, g.dv, hd, g.doh, view_combiner_saved(la.comb, BH, T, 1, hd, cfg.block),
-                                        la.q, la.k, la.v, hd, BH, T, 1, hd, cfg.block, cfg.causal);
+            combiner_attention_backward(g.dq, g.dk, g.dv, hd, g.doh,
+                                        view_combiner_saved(la.comb, BH, T, 1, hd, cfg.block), la.q, la.k, la.v, hd,
+                                        BH, T, 1, hd, cfg.block, cfg.causal);
         } else {
             softmax_attention_backward(g.dq, g.dk, g.dv, g.doh, la.lse, la.q, la.k, la.v, BH, T, hd, cfg.causal);
         }

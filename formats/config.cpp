@@ -202,7 +202,8 @@ json load_model_config_json(const std::string& name) {
     if (name == "tiny" || name == "small" || name == "base") return config_to_json(config_preset(name));
     for (const char* arch : {"transformer++", "performer", "combiner"})
         for (const char* size : {"tiny", "small"})
-            if (name == std::string(arch) + "-" + size) return transformer_config_to_json(transformer_preset(size, arch));
+            if (name == std::string(arch) + "-" + size)
+                return transformer_config_to_json(transformer_preset(size, arch));
     std::string names;
     for (const std::string& n : model_preset_names()) names += (names.empty() ? "" : ", ") + n;
     return normalized_model_config(

@@ -215,8 +215,8 @@ TEST_CASE("every baseline: N steps equal K steps, a checkpoint and a resume, bit
 TEST_CASE("the trainer's model options: FLASH's --e, --s, --chunk are errors for a baseline; --d and --layers apply") {
     TrainOptions o = baseline_options("combiner", "/tmp/unused");
     o.chunk = 8;
-    CHECK_THROWS_WITH_AS(model_config_from_options(o, 300), doctest::Contains("--chunk is a FLASH option; arch combiner"),
-                         flash_error);
+    CHECK_THROWS_WITH_AS(model_config_from_options(o, 300),
+                         doctest::Contains("--chunk is a FLASH option; arch combiner"), flash_error);
     o.chunk = 0;
     o.e = 8;
     CHECK_THROWS_WITH_AS(model_config_from_options(o, 300), doctest::Contains("--e is a FLASH option"), flash_error);

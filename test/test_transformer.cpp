@@ -567,8 +567,8 @@ TEST_CASE("Combiner: T not a multiple of block is refused, naming both") {
                          doctest::Contains("T=14 is not a multiple of Combiner's block c=4"), flash_error);
     TransformerConfig c = tiny("combiner");
     c.seq_len = 18;
-    CHECK_THROWS_WITH_AS(transformer_config_validate(c), doctest::Contains("'seq_len' (18) is not a multiple of 'block'"),
-                         flash_error);
+    CHECK_THROWS_WITH_AS(transformer_config_validate(c),
+                         doctest::Contains("'seq_len' (18) is not a multiple of 'block'"), flash_error);
 }
 
 TEST_CASE("performer: the loss and the gradients do not depend on the chunk size") {
