@@ -58,7 +58,7 @@ MODEL_OBJS     := build/ops.o build/flash.o build/model.o build/formats/config.o
                   build/formats/checkpoint.o build/debug_state.o build/options.o build/combiner.o build/transformer.o $(CUDA_OBJS)
 # The debug state masks its batch for --objective mlm (data/mlm.h). ($^ lists an object named twice once.)
 MODEL_OBJS     += build/data/mlm.o build/data/dataloader.o
-DECODE_OBJS    := build/decode.o build/decode_baselines.o
+DECODE_OBJS    := build/decode.o build/decode_baselines.o build/decoder.o
 TRAINER_OBJS   := build/trainer.o build/eval.o $(DECODE_OBJS) $(MODEL_OBJS) $(TOKENIZER_OBJS) $(DATA_OBJS)
 build/model.o: CXXFLAGS += $(CUDA_CXXFLAGS)
 

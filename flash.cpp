@@ -342,16 +342,7 @@ void check_batch(const FlashConfig& cfg, const int* tokens, const int* targets, 
     FLASH_CHECK(B > 0 && T > 0, "batch shape must be positive, got B=" << B << " T=" << T, "");
     FLASH_CHECK(T % cfg.chunk == 0, "sequence length T=" << T << " is not a multiple of the chunk size C=" << cfg.chunk,
                 "use T = G*C; only the cached decoder handles other lengths");
-    const int N = B * T, V = cfg.vocab_size;
-    for (int n = 0; n < N; n++) {
-        FLASH_CHECK(tokens[n] >= 0 && tokens[n] < V, "token id " << tokens[n] << " at position " << n
-                                                     << " is out of range for vocab_size " << V,
-                    "the data was made with another tokenizer; prepare it again or fix vocab_size");
-        FLASH_CHECK(!targets || (targets[n] >= 0 && targets[n] < V) || targets[n] == kIgnoreTarget,
-                    "target id " << targets[n] << " at position " << n << " is out of range for vocab_size " << V
-                                 << " (and is not " << kIgnoreTarget << ", the ignored target)",
-                    "the data was made with another tokenizer; prepare it again or fix vocab_size");
-    }
+    check_token_ids(tokens, targets, B * T, cfg.vocab_size);
 }
 
 template <typename Real>

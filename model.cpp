@@ -5,6 +5,7 @@
 
 #include "flash.h"
 #include "formats/config.h"
+#include "transformer.h"
 #ifdef FLASH_HAVE_CUDA
 #include "flash_cuda.h"
 #endif
@@ -55,8 +56,14 @@ std::unique_ptr<Model<Real>> make_model(const nlohmann::json& config, Device dev
         FLASH_FAIL("this build has no CUDA support", "build where nvcc exists, or use --device cpu");
 #endif
     }
-    // Next: "transformer++" and "performer", each with its own config struct, ops file and Model class.
-    FLASH_FAIL("unknown model architecture '" << arch << "'", "this program knows \"flash\"");
+    if (is_transformer_arch(arch)) {
+        const TransformerConfig cfg = transformer_config_from_json(config);
+        FLASH_CHECK(device == Device::cpu, "arch " << arch << " has no CUDA model yet (only FLASH runs on the GPU)",
+                    "use --device cpu for " << arch);
+        return std::make_unique<TransformerModel<Real>>(cfg);
+    }
+    FLASH_FAIL("unknown model architecture '" << arch << "'",
+               "\"arch\" is one of flash (the default), transformer++, performer, combiner");
 }
 template std::unique_ptr<Model<float>> make_model(const nlohmann::json&, Device);
 template std::unique_ptr<Model<double>> make_model(const nlohmann::json&, Device);

@@ -1,5 +1,5 @@
 // model.h: the one model interface. FLASH on the CPU (flash.h: FlashModel) and on the GPU (flash_cuda.h:
-// FlashCudaModel) implement it, and so will the next architectures (Transformer++, Performer). The trainer, ./sample
+// FlashCudaModel) implement it, and so do the baselines (transformer.h: TransformerModel). The trainer, ./sample
 // and the debug state hold a Model and never ask which device or architecture it is.
 //
 // Every architecture keeps its parameters, gradients and AdamW moments as flat buffers in the order of its
@@ -27,12 +27,14 @@ struct Model {
     virtual ~Model() = default;
 
     // What it is.
-    virtual std::string arch() const = 0;                   // "flash" (later "transformer++", "performer")
+    virtual std::string arch() const = 0;                   // "flash", "transformer++", "performer", "combiner"
     virtual nlohmann::json config_json() const = 0;         // its model config, as a checkpoint stores it
     // "" when config (e.g. read from a checkpoint) describes a model of this one's shape, else what differs, like
     // "d: 16 vs 32" (the config's value first). Throws flash_error for a config that is not valid for this arch.
     virtual std::string shape_mismatch(const nlohmann::json& config) const = 0;
-    virtual const std::vector<TensorSpec>& tensor_specs() const = 0;   // parameter layout, in checkpoint order
+    // Parameter layout, in checkpoint order; a tensor that is not trained (TensorSpec::trained, Performer's Ω) is in
+    // params and every weights file, and has zeros in grads and the moments, which checkpoints leave out.
+    virtual const std::vector<TensorSpec>& tensor_specs() const = 0;
     size_t param_count() const {
         const std::vector<TensorSpec>& specs = tensor_specs();
         return specs.empty() ? 0 : specs.back().offset + specs.back().count;

@@ -239,6 +239,18 @@ void logits_backward(Real* dxn, Real* dwte, const Real* dlogits, const Real* xn,
     gemm(true, false, V, d, N, Real(1), dlogits, V, xn, d, Real(1), dwte, d);
 }
 
+void check_token_ids(const int* tokens, const int* targets, int N, int V) {
+    for (int n = 0; n < N; n++) {
+        FLASH_CHECK(tokens[n] >= 0 && tokens[n] < V, "token id " << tokens[n] << " at position " << n
+                                                     << " is out of range for vocab_size " << V,
+                    "the data was made with another tokenizer; prepare it again or fix vocab_size");
+        FLASH_CHECK(!targets || (targets[n] >= 0 && targets[n] < V) || targets[n] == kIgnoreTarget,
+                    "target id " << targets[n] << " at position " << n << " is out of range for vocab_size " << V
+                                 << " (and is not " << kIgnoreTarget << ", the ignored target)",
+                    "the data was made with another tokenizer; prepare it again or fix vocab_size");
+    }
+}
+
 int scored_target_count(const int* targets, int N) {
     int scored = 0;
     for (int n = 0; n < N; n++) scored += targets[n] != kIgnoreTarget;
@@ -294,6 +306,12 @@ void chunk_prefix_sum(Real* m, int B, int G, size_t se, bool exclusive, bool rev
         for (size_t k = 0; k < se; k++) chunk_prefix_sum_column(m + (size_t)b * G * se + k, G, se, exclusive, reverse);
 }
 
+size_t trained_param_count(const std::vector<TensorSpec>& specs) {
+    size_t n = 0;
+    for (const TensorSpec& t : specs) n += t.trained ? t.count : 0;
+    return n;
+}
+
 // AdamW, per element, in double:
 //   m = β1 m + (1−β1) g;  v = β2 v + (1−β2) g²;  w −= lr · ((m/bc1) / (sqrt(v/bc2) + eps) + wd · w)
 // with bias corrections bc1 = 1 − β1^t, bc2 = 1 − β2^t, and wd = weight_decay only for tensors whose spec decays.
@@ -303,6 +321,7 @@ void adamw_update(Real* params, const Real* grads, Real* adam_m, Real* adam_v, c
     FLASH_CHECK(t >= 1, "AdamW step counter must start at 1, got " << t, "");
     const double bc1 = 1.0 - std::pow(opt.beta1, (double)t), bc2 = 1.0 - std::pow(opt.beta2, (double)t);
     for (const TensorSpec& spec : specs) {
+        if (!spec.trained) continue;  // Ω: no gradient, no moments, no decay
         const double wd = spec.decay ? opt.weight_decay : 0.0;
         Real* w = params + spec.offset;
         const Real* gr = grads + spec.offset;

@@ -19,7 +19,10 @@
 
 // ----------------------------------------------------------------------------------------------------
 // Parameter tensors: a name, a shape, and a place in one flat buffer (params, grads and both AdamW moments share
-// the layout). Each architecture lists its own (flash.h: param_specs).
+// the layout). Each architecture lists its own (flash.h: param_specs, transformer.h: transformer_param_specs).
+// A tensor that is not trained (Performer's Ω, BASELINES.md §2) is part of the model and of every weights file,
+// but gets no gradient, no moments and no decay: its grads and moments stay zero, and checkpoints hold no moments
+// for it.
 
 struct TensorSpec {
     std::string name;
@@ -27,7 +30,10 @@ struct TensorSpec {
     size_t offset = 0;   // in elements, into the flat buffer
     size_t count = 0;    // number of elements
     bool decay = false;  // AdamW weight decay applies (matrices only: not gains, biases, offsets, rel_bias)
+    bool trained = true;  // false: drawn at initialisation, saved, never updated
 };
+// Elements of the tensors that are trained (what "parameters" counts in logs).
+size_t trained_param_count(const std::vector<TensorSpec>& specs);
 
 // ----------------------------------------------------------------------------------------------------
 // Matrix products. gemm: C = alpha · op(A) · op(B) + beta · C, row-major, op(A) (M,K), op(B) (K,N); one overload per
@@ -96,6 +102,9 @@ template <typename Real> void logits_backward(Real* dxn, Real* dwte, const Real*
 // A target of kIgnoreTarget is not scored: no loss, no gradient. Evaluation windows use it for targets an earlier
 // window already scored; the masked-LM objective uses it for the positions that are not chosen.
 inline constexpr int kIgnoreTarget = -1;
+// A batch's ids, the checks every architecture makes: every token in [0, V), every target in [0, V) or
+// kIgnoreTarget (targets may be null). Throws naming the first bad id and its position.
+void check_token_ids(const int* tokens, const int* targets, int N, int V);
 // How many of targets[0..N) are scored (not kIgnoreTarget): the divisor of the mean loss, on the CPU and the GPU.
 int scored_target_count(const int* targets, int N);
 
@@ -127,7 +136,8 @@ FLASH_HD inline void chunk_prefix_sum_column(Real* x, int G, size_t stride, bool
 template <typename Real> void chunk_prefix_sum(Real* m, int B, int G, size_t se, bool exclusive, bool reverse);
 
 // ----------------------------------------------------------------------------------------------------
-// AdamW (decoupled weight decay), one step t ≥ 1 over the flat buffers, decay only where the spec says so.
+// AdamW (decoupled weight decay), one step t ≥ 1 over the flat buffers, decay only where the spec says so; tensors
+// that are not trained are skipped. Every architecture's update is this one function.
 
 struct AdamWConfig {
     double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;

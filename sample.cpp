@@ -1,6 +1,6 @@
 // sample.cpp: the `./sample` command: generate text from a checkpoint of any arch, streaming it as it comes.
 //
-//   checkpoint (safetensors, FLASH.md §7, BASELINES.md §6) --open_decoder, by its arch--> a cached decoder
+//   checkpoint (safetensors, FLASH.md §7, BASELINES.md §6) --open_text_decoder (decoder.h), by its arch--> a cached decoder
 //   prompt --tokenizer--> ids --prefill (a forward over the prompt, then cached steps)--> logits
 //   repeat: sample_token (temperature, top-k, top-p, seeded) --> print its bytes --> step --> logits
 //
@@ -12,9 +12,8 @@
 #include <string>
 #include <vector>
 
-#include "decode.h"
-#include "decode_baselines.h"
-#include "formats/checkpoint.h"
+#include "decode.h"  // sample_token
+#include "decoder.h"
 #include "options.h"
 #include "tokenizer/bpe.h"
 
@@ -47,7 +46,7 @@ OptionTable option_table(Options& o) {
 std::string usage() {
     Options defaults;
     return "usage: ./sample --checkpoint PATH [options]\n"
-           "  generate text from a checkpoint (flash, transformer++, performer), printed as it is generated\n"
+           "  generate text from a checkpoint (flash, transformer++, performer, combiner), printed as it is generated\n"
            "options:\n" +
            option_table(defaults).help() + "  --help              this text\n";
 }
@@ -65,56 +64,9 @@ void emit(const std::string& bytes) {
     std::fflush(stdout);
 }
 
-// What ./sample needs of a cached decoder, whatever the architecture: a model and its decoder state, float.
-struct TextDecoder {
-    virtual ~TextDecoder() = default;
-    virtual int vocab_size() const = 0;
-    virtual void prefill(const int* tokens, int64_t n, float* logits) = 0;  // then frees the prefill's activations
-    virtual void step(int token, float* logits) = 0;
-    virtual size_t cache_bytes() const = 0;
-};
-
-// FLASH (decode.h) and the baselines (decode_baselines.h) have the same decoder verbs, overloaded on the model.
-template <typename ModelT, typename StateT>
-struct CachedDecoder : TextDecoder {
-    ModelT model;
-    StateT state;
-    template <typename Config>
-    explicit CachedDecoder(const Config& cfg) : model(cfg) {}
-    int vocab_size() const override { return model.cfg.vocab_size; }
-    void prefill(const int* tokens, int64_t n, float* logits) override {
-        decode_prefill(model, state, tokens, n, logits);
-        release(model);
-    }
-    void step(int token, float* logits) override { decode_step(model, state, token, logits); }
-    size_t cache_bytes() const override { return state.cache_bytes(); }
-    // Generation needs only the cache, not the prefill forward's buffers.
-    static void release(FlashModel<float>& m) { m.release_activations(); }
-    static void release(TransformerModel<float>&) {}  // (no release_activations yet: the prompt's are kept)
-};
-
-// The one place ./sample picks a decoder: the checkpoint's arch (its config's "arch", "flash" when absent).
-// Hook for the Combiner arch: it is a TransformerModel, so it needs no branch here, only baseline_attention's line.
-std::unique_ptr<TextDecoder> open_decoder(const std::string& path) {
-    SafeTensorsFile file = safetensors_read(path);
-    const std::string arch = model_arch(checkpoint_model_config(file, path));
-    if (arch == "flash") {
-        auto dec = std::make_unique<CachedDecoder<FlashModel<float>, DecodeState<float>>>(checkpoint_config(file, path));
-        load_param_tensors(dec->model, dec->model.params, file, "", path);
-        decode_init(dec->state, dec->model);  // refuses a non-causal model
-        return dec;
-    }
-    const TransformerConfig cfg = transformer_checkpoint_config(file, path);  // refuses an arch it does not know
-    file = SafeTensorsFile{};
-    auto dec = std::make_unique<CachedDecoder<TransformerModel<float>, BaselineDecodeState<float>>>(cfg);
-    load_weights(path, dec->model);
-    decode_init(dec->state, dec->model);  // refuses a non-causal model
-    return dec;
-}
-
 int run(const Options& o) {
     using clock = std::chrono::steady_clock;
-    std::unique_ptr<TextDecoder> decoder = open_decoder(o.checkpoint);
+    std::unique_ptr<TextDecoder> decoder = open_text_decoder(o.checkpoint);
 
     const bpe::Tokenizer tok = bpe::Tokenizer::load(o.tokenizer);
     const int V = decoder->vocab_size();

@@ -1,5 +1,5 @@
-// train.cpp: the ./train command. It trains FLASH (trainer.cpp does the work), or with --debug-state writes the
-// state that the CUDA port and outside checks compare against: a batch, its loss, every parameter and every
+// train.cpp: the ./train command. It trains a model of any arch (trainer.cpp does the work), or with --debug-state
+// writes the state that the CUDA port and outside checks compare against: a batch, its loss, every parameter and every
 // parameter's gradient.
 #include <csignal>
 #include <cstdio>

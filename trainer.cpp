@@ -20,6 +20,7 @@
 #include "data/mlm.h"
 #include "data/tokenfile.h"
 #include "decode.h"
+#include "decoder.h"
 #include "formats/json_file.h"
 #include "options.h"
 #include "tokenizer/bpe.h"
@@ -35,13 +36,14 @@ volatile int g_stop_requested = 0;
 static OptionTable option_table(TrainOptions& o) {
     const long long kMaxInt = 2147483647, kMaxWidth = 1 << 16;
     OptionTable t;
-    t.add("model", o.model, "model shape: tiny, small, base, or a JSON model config (FLASH.md section 5)");
-    t.add("d", o.d, "model width (0: the model's)", 0, kMaxWidth);
-    t.add("e", o.e, "expanded width (0: the model's)", 0, kMaxWidth);
-    t.add("s", o.s, "query/key width (0: the model's)", 0, kMaxWidth);
-    t.add("layers", o.layers, "number of FLASH layers (0: the model's)", 0, 1024);
-    t.add("chunk", o.chunk, "chunk size C (0: the model's)", 0, kMaxWidth);
-    t.add("seq-len", o.seq_len, "sequence length T, a multiple of C (0: the model's)", 0, 1 << 24);
+    t.add("model", o.model, "a preset (below) or a JSON model config (FLASH.md section 5, BASELINES.md section 6)");
+    t.add("d", o.d, "model width (0: the model's; a baseline's n_heads, ffn, features follow d)", 0, kMaxWidth);
+    t.add("e", o.e, "FLASH: expanded width (0: the model's)", 0, kMaxWidth);
+    t.add("s", o.s, "FLASH: query/key width (0: the model's)", 0, kMaxWidth);
+    t.add("layers", o.layers, "FLASH layers, or a baseline's blocks (0: the model's)", 0, 1024);
+    t.add("chunk", o.chunk, "FLASH: chunk size C (0: the model's)", 0, kMaxWidth);
+    t.add("seq-len", o.seq_len, "sequence length T, a multiple of C (Combiner: of block) (0: the model's)", 0,
+          1 << 24);
     t.add("batch", o.batch, "sequences per step", 1, 1 << 20);
     t.add("steps", o.steps, "optimizer steps in all (a resumed run continues up to this)", 0, kMaxInt);
     t.add("stop-after", o.stop_after, "stop with a checkpoint after this many steps of this run (0: never)", 0, kMaxInt);
@@ -72,12 +74,20 @@ static OptionTable option_table(TrainOptions& o) {
     return t;
 }
 
+static std::string preset_list() {
+    std::string names;
+    for (const std::string& n : model_preset_names()) names += (names.empty() ? "" : ", ") + n;
+    return names;
+}
+
 std::string train_options_help() {
     TrainOptions defaults;
     return "usage: ./train [--options FILE.json] [--name value ...]\n"
-           "Trains FLASH on data/train.bin (made by data/prepare.sh). Options (a JSON options file takes the same\n"
+           "Trains a model on data/train.bin (made by data/prepare.sh). Options (a JSON options file takes the same\n"
            "names as keys; the command line overrides it):\n" +
-           option_table(defaults).help() +
+           option_table(defaults).help() + "  model presets: " + preset_list() +
+           "\n                     (FLASH: tiny, small, base; the baselines' small ones match FLASH small's\n"
+           "                     parameters; a JSON config's \"arch\" is flash, transformer++, performer or combiner)\n" +
            "  --options FILE     read options from a JSON object\n"
            "  --debug-state OUT  write one step's batch, loss, weights and gradients to OUT and exit\n"
            "                     (with --strong-init, --double, --load CKPT; see README)\n";
@@ -106,17 +116,29 @@ TrainOptions parse_train_options(int argc, char** argv) {
     return o;
 }
 
-FlashConfig model_config_from_options(const TrainOptions& o, int vocab_size) {
-    FlashConfig c = load_model_config(o.model);
-    c.vocab_size = vocab_size;
-    if (o.d) c.d = o.d;
-    if (o.e) c.e = o.e;
-    if (o.s) c.s = o.s;
-    if (o.layers) c.n_layers = o.layers;
-    if (o.chunk) c.chunk = o.chunk;
-    if (o.seq_len) c.seq_len = o.seq_len;
-    config_validate(c);
-    return c;
+json model_config_from_options(const TrainOptions& o, int vocab_size) {
+    json c = load_model_config_json(o.model);
+    const std::string arch = model_arch(c);
+    c["vocab_size"] = vocab_size;
+    if (o.seq_len) c["seq_len"] = o.seq_len;
+    if (o.layers) c["n_layers"] = o.layers;
+    if (arch == "flash") {
+        if (o.d) c["d"] = o.d;
+        if (o.e) c["e"] = o.e;
+        if (o.s) c["s"] = o.s;
+        if (o.chunk) c["chunk"] = o.chunk;
+        return normalized_model_config(c);
+    }
+    for (const auto& [name, value] : {std::pair<const char*, int>{"e", o.e}, {"s", o.s}, {"chunk", o.chunk}})
+        FLASH_CHECK(value == 0, "--" << name << " is a FLASH option; arch " << arch << " has no '" << name << "'",
+                    "leave it out" << (std::string(name) == "chunk" && arch == "combiner"
+                                           ? " (Combiner's span is the config key block: write a JSON model config)"
+                                           : ""));
+    if (o.d) {  // a new width: the widths that follow d (BASELINES.md §1) follow it
+        c["d"] = o.d;
+        for (const char* k : {"n_heads", "ffn", "features"}) c.erase(k);
+    }
+    return normalized_model_config(c);
 }
 
 double learning_rate(const TrainOptions& o, int64_t step) {
@@ -129,26 +151,21 @@ double learning_rate(const TrainOptions& o, int64_t step) {
 // ====================================================================================================
 // Text samples
 
-// Text from the model: the cached decoder (decode.h) from <|endoftext|>, temperature 0.8, top-k 50. The decoder runs
-// FLASH on the host, on a copy of the weights (the model may be on the GPU, and its activations stay as they are).
+// Text from the model: its cached decoder (decoder.h) from <|endoftext|>, temperature 0.8, top-k 50, on a host copy
+// of the weights (the model may be on the GPU, and its activations stay as they are).
 static std::string sample_text(const Model<float>& model, const bpe::Tokenizer& tok, int n_tokens, uint64_t seed) {
-    FLASH_CHECK(model.arch() == "flash", "text samples need the cached decoder, which exists for FLASH only",
-                "use --sample-interval 0");
-    FlashModel<float> m(config_from_json(model.config_json()));
-    model.copy_to_host(ModelBuffer::params, m.params.data());
-    const int V = m.cfg.vocab_size;
-    DecodeState<float> state;
-    decode_init(state, m);
+    std::unique_ptr<TextDecoder> dec = make_text_decoder(model);
+    const int V = dec->vocab_size();
     std::vector<float> logits(V);
     const int start = (int)tok.eot_id();
-    decode_prefill(m, state, &start, 1, logits.data());
+    dec->prefill(&start, 1, logits.data());
     Rng rng(seed);
     std::vector<uint32_t> out;
     for (int i = 0; i < n_tokens; i++) {
         const int next = sample_token(logits.data(), V, 0.8, 50, 1.0, rng);
         if (next == (int)tok.eot_id() && !out.empty()) break;  // the document ended (a leading one is skipped)
         if (next != (int)tok.eot_id()) out.push_back((uint32_t)next);
-        decode_step(m, state, next, logits.data());
+        dec->step(next, logits.data());
     }
     return tok.decode(out);
 }
@@ -215,18 +232,21 @@ void load_data(Run& run, bool need_train = true) {
     set_objective(run);
 }
 
-void print_header(const Run& run, const Model<float>& model, Device device, const FlashConfig& cfg) {
+void print_header(const Run& run, const Model<float>& model, Device device) {
     const TrainOptions& o = run.o;
-    if (device == Device::cuda) std::printf("FLASH training on the GPU (CUDA)\n");
-    else std::printf("FLASH training on the CPU, %d threads\n", omp_get_max_threads());
+    if (device == Device::cuda) std::printf("%s training on the GPU (CUDA)\n", model.arch().c_str());
+    else std::printf("%s training on the CPU, %d threads\n", model.arch().c_str(), omp_get_max_threads());
     std::printf("+-----------------+------------------------------------------+\n");
-    const json model_json = config_to_json(cfg), options_json = train_options_to_json(o);
+    const json model_json = model.config_json(), options_json = train_options_to_json(o);
     for (auto& kv : model_json.items()) std::printf("| %-15s | %-40s |\n", kv.key().c_str(), kv.value().dump().c_str());
     for (auto& kv : options_json.items())
         if (kv.key() != "model") std::printf("| %-15s | %-40s |\n", kv.key().c_str(), kv.value().dump().c_str());
     std::printf("+-----------------+------------------------------------------+\n");
-    std::printf("parameters: %zu   FLOPs per token: %.1f M forward, %.1f M training step\n", model.param_count(),
-                model.forward_flops_per_token() / 1e6, run.flops_per_step_token / 1e6);
+    const size_t trained = trained_param_count(model.tensor_specs());
+    std::printf("parameters: %zu", trained);
+    if (trained != model.param_count()) std::printf(" (and %zu fixed, not trained)", model.param_count() - trained);
+    std::printf("   FLOPs per token: %.1f M forward, %.1f M training step\n", model.forward_flops_per_token() / 1e6,
+                run.flops_per_step_token / 1e6);
     std::printf("data: %zu train tokens, %zu val tokens (%.2f bytes/token), vocab %u\n", run.train_tokens.tokens.size(),
                 run.val_tokens.tokens.size(), run.val_bytes_per_token, run.tok.vocab_size());
     if (run.peak > 0) std::printf("matrix-multiply peak of this machine (sgemm 1024^3): %.1f GFLOP/s\n", run.peak / 1e9);
@@ -384,10 +404,10 @@ TrainResult run_training(const TrainOptions& o) {
     const Device device = choose_device(o.device);
     Run run(o);
     load_data(run);
-    const FlashConfig cfg = model_config_from_options(o, (int)run.tok.vocab_size());
-    const int B = o.batch, T = cfg.seq_len;
+    const json cfg = model_config_from_options(o, (int)run.tok.vocab_size());
+    const int B = o.batch, T = cfg.at("seq_len").get<int>();
     run.T = T;
-    std::unique_ptr<Model<float>> model = make_model<float>(config_to_json(cfg), device);
+    std::unique_ptr<Model<float>> model = make_model<float>(cfg, device);
     model->init_weights(o.seed);
     flash_data::DataLoader train_loader(run.train_tokens.tokens, B, T, flash_data::LoaderMode::kTrainRandom, o.seed);
     run.val_sample = sample_windows(run.val_tokens.tokens.size(), T, o.eval_batches * B);
@@ -399,7 +419,7 @@ TrainResult run_training(const TrainOptions& o) {
     FLASH_CHECK(!ec, "cannot create '" << o.out_dir << "': " << ec.message(), "check permissions or pick --out-dir");
     run.flops_per_step_token = 3 * model->forward_flops_per_token();
     run.peak = (o.quiet || device == Device::cuda) ? 0.0 : measure_sgemm_peak();
-    if (!o.quiet) print_header(run, *model, device, cfg);
+    if (!o.quiet) print_header(run, *model, device);
     open_logs(run);
 
     AdamWConfig opt;

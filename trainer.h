@@ -12,7 +12,7 @@
 
 // Every option of ./train: its name is the long option (--name) and the key in a JSON options file.
 struct TrainOptions {
-    std::string model = "small";     // tiny | small | base | a JSON model config file
+    std::string model = "small";     // a preset (formats/config.h: model_preset_names) or a JSON model config file
     int d = 0, e = 0, s = 0, layers = 0, chunk = 0, seq_len = 0;  // 0: keep the model's value
     int batch = 8;
     int steps = 2000;
@@ -41,8 +41,9 @@ TrainOptions parse_train_options(int argc, char** argv);
 std::string train_options_help();
 nlohmann::json train_options_to_json(const TrainOptions& o);
 
-// The model config the options describe (vocab_size comes from the data).
-FlashConfig model_config_from_options(const TrainOptions& o, int vocab_size);
+// The model config the options describe, as JSON of its arch (vocab_size comes from the data). --e, --s and --chunk
+// are FLASH's: for another arch they are an error naming them.
+nlohmann::json model_config_from_options(const TrainOptions& o, int vocab_size);
 
 // Linear warm-up from lr/warmup to lr over `warmup` steps, then cosine decay to lr_min at `steps`.
 // step counts from 1.

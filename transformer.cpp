@@ -1,12 +1,16 @@
-// transformer.cpp: the CPU reference of the baselines Transformer++ and Performer (BASELINES.md §1, §2).
+// transformer.cpp: the CPU reference of the baselines Transformer++, Performer and Combiner (BASELINES.md §1-§3).
 // Plain loops and BLAS calls, read top to bottom: configuration, layout, the new ops (each forward next to its
-// backward), the model, checkpoints. FLASH's ops (flash.h) are called for everything the two models share.
+// backward), the model. The shared ops (ops.h) are called for everything the models share with FLASH; Combiner's
+// attention is combiner.h's.
 //
 // Heads: q, k, v, φ and the per-head outputs are (B, H, T, ·), head-major; head bh = b*H + i is the (T, ·) matrix
 // at row bh*T. Every attention product is one BLAS call per head (and per chunk for Performer). Heads run in
 // parallel, or one after the other with BLAS's threads (ChunkParallelism, ops.h); every sum over rows is ordered, so results
 // are the same from run to run.
 #include "transformer.h"
+
+#include "combiner.h"
+#include "formats/config.h"
 
 #include <cblas.h>
 #include <omp.h>
@@ -26,8 +30,9 @@ TransformerConfig transformer_preset(const std::string& name, const std::string&
     TransformerConfig c;  // defaults are the small config: 4 blocks of 852,480 trained parameters at d = 256
     c.arch = arch;
     if (name == "tiny") {
-        // m = 12 is not a multiple of h = 8, so the last Ω block keeps only some of its rows.
-        c.vocab_size = 64; c.d = 16; c.n_layers = 2; c.n_heads = 2; c.ffn = 48; c.features = 12; c.seq_len = 16;
+        // m = 12 is not a multiple of h = 8, so the last Ω block keeps only some of its rows; block 4 gives 4 spans.
+        c.vocab_size = 64; c.d = 16; c.n_layers = 2; c.n_heads = 2; c.ffn = 48; c.features = 12; c.block = 4;
+        c.seq_len = 16;
     } else if (name != "small") {
         FLASH_FAIL("unknown config preset '" << name << "' for " << arch, "use tiny or small, or a JSON file");
     }
@@ -36,9 +41,9 @@ TransformerConfig transformer_preset(const std::string& name, const std::string&
 }
 
 void transformer_config_validate(const TransformerConfig& c) {
-    FLASH_CHECK(c.arch == "transformer++" || c.arch == "performer",
-                "config field 'arch' is '" << c.arch << "', this model is transformer++ or performer",
-                "use \"arch\": \"transformer++\" or \"performer\"");
+    FLASH_CHECK(is_transformer_arch(c.arch),
+                "config field 'arch' is '" << c.arch << "', this model is transformer++, performer or combiner",
+                "use \"arch\": \"transformer++\", \"performer\" or \"combiner\"");
     auto positive = [](const char* field, long long v, long long max) {
         FLASH_CHECK(v > 0 && v <= max, "config field '" << field << "' is " << v << ", must be in 1.." << max,
                     "fix '" << field << "' in the config");
@@ -50,6 +55,12 @@ void transformer_config_validate(const TransformerConfig& c) {
     positive("ffn", c.ffn, 1 << 20);
     positive("seq_len", c.seq_len, 1 << 24);
     if (c.performer()) positive("features", c.features, 1 << 20);
+    if (c.combiner()) {
+        positive("block", c.block, 1 << 24);
+        FLASH_CHECK(c.seq_len % c.block == 0, "config field 'seq_len' (" << c.seq_len << ") is not a multiple of 'block' ("
+                                                  << c.block << "): Combiner trains on whole spans",
+                    "choose seq_len = n·block, e.g. " << c.block * std::max(1, c.seq_len / c.block));
+    }
     FLASH_CHECK(c.d % c.n_heads == 0 && c.head_dim() % 2 == 0,
                 "config fields 'd' (" << c.d << ") and 'n_heads' (" << c.n_heads << ") give heads of width "
                                       << (double)c.d / c.n_heads << ", must be a whole even number",
@@ -59,105 +70,28 @@ void transformer_config_validate(const TransformerConfig& c) {
                 "config field 'rope_base' is " << c.rope_base << ", must be > 1", "use 10000");
 }
 
-TransformerConfig transformer_config_from_json(const json& j) {
-    FLASH_CHECK(j.is_object(), "model config must be a JSON object, got " << j.type_name(),
-                "write {\"arch\": \"transformer++\", \"d\": 256, ...} with the keys of BASELINES.md section 6");
-    TransformerConfig c;
-    if (j.contains("arch")) {
-        FLASH_CHECK(j["arch"].is_string(), "config field 'arch' must be a string, got " << j["arch"].dump(),
-                    "write \"arch\": \"performer\"");
-        c.arch = j["arch"].get<std::string>();
-    }
-    transformer_config_validate(TransformerConfig{c.arch});  // a clear error for an unknown arch first
-    std::vector<std::string> known = {"arch", "vocab_size", "d", "n_layers", "n_heads", "ffn", "seq_len", "causal",
-                                      "eps", "rope_base"};
-    if (c.performer()) known.push_back("features");
-    for (auto it = j.begin(); it != j.end(); ++it) {
-        std::string list;
-        for (const std::string& k : known) list += (list.empty() ? "" : ", ") + k;
-        FLASH_CHECK(std::find(known.begin(), known.end(), it.key()) != known.end(),
-                    "config field '" << it.key() << "' does not belong to arch " << c.arch,
-                    "remove it; the fields of " << c.arch << " are " << list);
-    }
-    auto get_int = [&](const char* k, int& dst) {
-        if (!j.contains(k)) return;
-        const json& v = j[k];
-        FLASH_CHECK(v.is_number_integer(), "config field '" << k << "' must be an integer, got " << v.dump(),
-                    "write e.g. \"" << k << "\": " << dst);
-        long long x = v.get<long long>();
-        FLASH_CHECK(x >= std::numeric_limits<int>::min() && x <= std::numeric_limits<int>::max(),
-                    "config field '" << k << "' is out of range: " << x, "fix '" << k << "'");
-        dst = (int)x;
-    };
-    auto get_double = [&](const char* k, double& dst) {
-        if (!j.contains(k)) return;
-        const json& v = j[k];
-        FLASH_CHECK(v.is_number(), "config field '" << k << "' must be a number, got " << v.dump(),
-                    "write e.g. \"" << k << "\": " << dst);
-        dst = v.get<double>();
-    };
-    get_int("vocab_size", c.vocab_size);
-    get_int("d", c.d);
-    // BASELINES.md §1's defaults follow d unless given: H = d/64 where 64 divides d (else 1), f = 3d, m = 4h.
-    c.n_heads = (c.d % 64 == 0) ? c.d / 64 : 1;
-    c.ffn = 3 * c.d;
-    get_int("n_heads", c.n_heads);
-    get_int("ffn", c.ffn);
-    if (c.n_heads > 0 && c.d % c.n_heads == 0) c.features = 4 * c.head_dim();
-    get_int("features", c.features);
-    get_int("n_layers", c.n_layers);
-    get_int("seq_len", c.seq_len);
-    if (j.contains("causal")) {
-        FLASH_CHECK(j["causal"].is_boolean(), "config field 'causal' must be true or false, got " << j["causal"].dump(),
-                    "write \"causal\": true");
-        c.causal = j["causal"].get<bool>();
-    }
-    get_double("eps", c.eps);
-    get_double("rope_base", c.rope_base);
-    transformer_config_validate(c);
-    return c;
-}
-
-json transformer_config_to_json(const TransformerConfig& c) {
-    json j{{"arch", c.arch}, {"vocab_size", c.vocab_size}, {"d", c.d}, {"n_layers", c.n_layers},
-           {"n_heads", c.n_heads}, {"ffn", c.ffn}, {"seq_len", c.seq_len}, {"causal", c.causal}, {"eps", c.eps},
-           {"rope_base", c.rope_base}};
-    if (c.performer()) j["features"] = c.features;
-    return j;
-}
-
-std::string transformer_shape_mismatch(const TransformerConfig& a, const TransformerConfig& b) {
-    std::ostringstream os;
-    auto sep = [&]() { return os.tellp() > 0 ? ", " : ""; };
-    if (a.arch != b.arch) os << sep() << "arch: " << a.arch << " vs " << b.arch;
-    auto cmp = [&](const char* k, double x, double y) {
-        if (x != y) os << sep() << k << ": " << x << " vs " << y;
-    };
-    cmp("vocab_size", a.vocab_size, b.vocab_size);
-    cmp("d", a.d, b.d);
-    cmp("n_layers", a.n_layers, b.n_layers);
-    cmp("n_heads", a.n_heads, b.n_heads);
-    cmp("ffn", a.ffn, b.ffn);
-    if (a.performer() && b.performer()) cmp("features", a.features, b.features);
-    cmp("causal", a.causal, b.causal);
-    cmp("eps", a.eps, b.eps);
-    cmp("rope_base", a.rope_base, b.rope_base);
-    return os.str();
+double transformer_forward_flops_per_token(const TransformerConfig& c) {
+    const double d = c.d, f = c.ffn, T = c.seq_len, m = c.features;
+    const double projections = 2 * (d * 3 * d + d * d + d * 2 * f + f * d);  // w_qkv, w_o, w_13, w_2
+    double attention = 4 * d * T;  // softmax: Q·Kᵀ and P·V, the causal mask's half counted in full (FLASH.md §4)
+    // Performer: φ(q), φ(k) (2·2·h·m per head) and the state products φ(k)ᵀv, φ(q)·S (2·2·m·h per head).
+    if (c.performer()) attention = 8 * d * m;
+    if (c.combiner()) attention = combiner_attention_flops_per_token(c.d, c.seq_len, c.block);
+    return c.n_layers * (projections + attention) + 2 * d * c.vocab_size;  // + the tied logits
 }
 
 // ====================================================================================================
 // Parameter layout (BASELINES.md §6)
 
-std::vector<BaselineTensorSpec> transformer_param_specs(const TransformerConfig& c) {
-    std::vector<BaselineTensorSpec> specs;
-    size_t trained_offset = 0, fixed_offset = 0;
+std::vector<TensorSpec> transformer_param_specs(const TransformerConfig& c) {
+    std::vector<TensorSpec> specs;
+    size_t offset = 0;
     auto add = [&](std::string name, std::vector<int64_t> shape, bool decay, bool trained = true) {
-        BaselineTensorSpec t;
+        TensorSpec t;
         t.name = std::move(name);
         t.shape = std::move(shape);
         t.count = 1;
         for (int64_t n : t.shape) t.count *= (size_t)n;
-        size_t& offset = trained ? trained_offset : fixed_offset;
         t.offset = offset;
         offset += t.count;
         t.decay = decay;
@@ -182,7 +116,7 @@ std::vector<BaselineTensorSpec> transformer_param_specs(const TransformerConfig&
 
 static size_t spec_total(const TransformerConfig& c, bool trained) {
     size_t n = 0;
-    for (const BaselineTensorSpec& t : transformer_param_specs(c))
+    for (const TensorSpec& t : transformer_param_specs(c))
         if (t.trained == trained) n += t.count;
     return n;
 }
@@ -190,12 +124,11 @@ size_t transformer_param_count(const TransformerConfig& c) { return spec_total(c
 size_t transformer_fixed_count(const TransformerConfig& c) { return spec_total(c, false); }
 
 template <typename Real>
-TransformerParamView<Real> view_transformer_params(Real* trained, Real* fixed, const TransformerConfig& c) {
+TransformerParamView<Real> view_transformer_params(Real* base, const TransformerConfig& c, bool with_fixed) {
     const auto specs = transformer_param_specs(c);
-    auto at = [&](size_t i) {
-        const BaselineTensorSpec& t = specs[i];
-        if (!t.trained) return fixed ? fixed + t.offset : nullptr;
-        return trained + t.offset;
+    auto at = [&](size_t i) -> Real* {
+        const TensorSpec& t = specs[i];
+        return (t.trained || with_fixed) ? base + t.offset : nullptr;
     };
     const size_t per_block = c.performer() ? 7 : 6;  // the order of transformer_param_specs
     TransformerParamView<Real> v;
@@ -244,6 +177,7 @@ void view_transformer_activations(TransformerActs<Real>& acts, TransformerGradAc
         la.phq = take(N * H * m);
         la.phk = take(N * H * m);
         la.den = take(perf ? N * H : 0);
+        la.comb = take(c.combiner() ? combiner_saved_count(B * H, T, 1, c.head_dim(), c.block) : 0);
         la.oh = take(N * d);
         la.o = take(N * d);
         la.x_mid = take(N * d);
@@ -721,52 +655,38 @@ void linear_attention_backward(Real* dphq, Real* dphk, Real* dv, const Real* d_o
     }
 }
 
-// AdamW on one tensor, decoupled weight decay: the arithmetic of FlashModel::adamw_update's per-tensor loop, which
-// does not call this yet: it should, once the shared ops live in ops.h (see transformer.h).
-template <typename Real>
-void adamw_tensor_update(Real* w, const Real* g, Real* m1, Real* m2, size_t n, double lr, double weight_decay,
-                         const AdamWConfig& opt, int64_t t) {
-    const double bc1 = 1.0 - std::pow(opt.beta1, (double)t), bc2 = 1.0 - std::pow(opt.beta2, (double)t);
-#pragma omp parallel for
-    for (size_t i = 0; i < n; i++) {
-        const double gi = g[i];
-        const double mi = opt.beta1 * m1[i] + (1 - opt.beta1) * gi;
-        const double vi = opt.beta2 * m2[i] + (1 - opt.beta2) * gi * gi;
-        m1[i] = (Real)mi;
-        m2[i] = (Real)vi;
-        const double update = (mi / bc1) / (std::sqrt(vi / bc2) + opt.eps) + weight_decay * w[i];
-        w[i] = (Real)(w[i] - lr * update);
-    }
-}
-
 // ====================================================================================================
 // The model
 
 void check_transformer_batch(const TransformerConfig& cfg, const int* tokens, const int* targets, int B, int T) {
     FLASH_CHECK(B > 0 && T > 0, "batch shape must be positive, got B=" << B << " T=" << T, "");
-    const int N = B * T, V = cfg.vocab_size;
-    for (int n = 0; n < N; n++) {
-        FLASH_CHECK(tokens[n] >= 0 && tokens[n] < V, "token id " << tokens[n] << " at position " << n
-                                                     << " is out of range for vocab_size " << V,
-                    "the data was made with another tokenizer; prepare it again or fix vocab_size");
-        FLASH_CHECK(!targets || (targets[n] >= 0 && targets[n] < V),
-                    "target id " << targets[n] << " at position " << n << " is out of range for vocab_size " << V,
-                    "the data was made with another tokenizer; prepare it again or fix vocab_size");
-    }
+    FLASH_CHECK(!cfg.combiner() || T % cfg.block == 0,
+                "sequence length T=" << T << " is not a multiple of Combiner's block c=" << cfg.block,
+                "use T = n·block (--seq-len), or a config with another block");
+    check_token_ids(tokens, targets, B * T, cfg.vocab_size);
 }
 
 template <typename Real>
 TransformerModel<Real>::TransformerModel(const TransformerConfig& c) : cfg(c) {
     transformer_config_validate(cfg);
     specs = transformer_param_specs(cfg);
-    const size_t n = transformer_param_count(cfg);
+    const size_t n = this->param_count();
     params.assign(n, Real(0));
     grads.assign(n, Real(0));
     adam_m.assign(n, Real(0));
     adam_v.assign(n, Real(0));
-    fixed.assign(transformer_fixed_count(cfg), Real(0));
-    p = view_transformer_params(params.data(), fixed.data(), cfg);
-    dp = view_transformer_params(grads.data(), (Real*)nullptr, cfg);
+    p = view_transformer_params(params.data(), cfg, true);
+    dp = view_transformer_params(grads.data(), cfg, false);
+}
+
+template <typename Real>
+nlohmann::json TransformerModel<Real>::config_json() const {
+    return transformer_config_to_json(cfg);
+}
+
+template <typename Real>
+std::string TransformerModel<Real>::shape_mismatch(const nlohmann::json& config) const {
+    return transformer_shape_mismatch(transformer_config_from_json(config), cfg);
 }
 
 template <typename Real>
@@ -774,7 +694,7 @@ void TransformerModel<Real>::init_weights(uint64_t seed, bool strong) {
     Rng rng(seed);
     std::fill(adam_m.begin(), adam_m.end(), Real(0));
     std::fill(adam_v.begin(), adam_v.end(), Real(0));
-    for (const BaselineTensorSpec& t : specs) {  // trained tensors, in checkpoint order
+    for (const TensorSpec& t : specs) {  // trained tensors, in checkpoint order
         if (!t.trained) continue;
         Real* x = params.data() + t.offset;
         const bool gain = t.shape.size() == 1;  // the RMSNorm gains; every other trained tensor is a matrix
@@ -784,11 +704,11 @@ void TransformerModel<Real>::init_weights(uint64_t seed, bool strong) {
         for (size_t i = 0; i < t.count; i++) x[i] = (Real)(std ? mean + std * rng.normal() : mean);
     }
     std::vector<double> omega;
-    for (const BaselineTensorSpec& t : specs) {  // Ω after every trained tensor (see transformer.h)
+    for (const TensorSpec& t : specs) {  // Ω after every trained tensor (see transformer.h)
         if (t.trained) continue;
         omega.resize(t.count);
         draw_omega(omega.data(), (int)t.shape[0], (int)t.shape[1], rng);
-        std::copy(omega.begin(), omega.end(), fixed.begin() + t.offset);
+        std::copy(omega.begin(), omega.end(), params.begin() + t.offset);
     }
 }
 
@@ -833,6 +753,10 @@ double TransformerModel<Real>::forward(const int* tok, const int* tgt, int B_, i
             favor_features_forward(la.phq, la.q, lp.omega, BH * T, 1, hd, m, favor_stabilise);
             favor_features_forward(la.phk, la.k, lp.omega, BH * T, T, hd, m, favor_stabilise);
             linear_attention_forward(la.oh, la.den, la.phq, la.phk, la.v, BH, T, hd, m, performer_chunk, cfg.causal);
+        } else if (cfg.combiner()) {
+            // Head-major q, k, v are B·H sequences of one head each: Combiner's layout with H = 1, ld = h.
+            combiner_attention_forward(la.oh, view_combiner_saved(la.comb, BH, T, 1, hd, cfg.block), la.q, la.k,
+                                       la.v, hd, BH, T, 1, hd, cfg.block, cfg.causal);
         } else {
             softmax_attention_forward(la.oh, la.lse, la.q, la.k, la.v, BH, T, hd, cfg.causal);
         }
@@ -890,6 +814,10 @@ void TransformerModel<Real>::backward() {
                                       performer_chunk, cfg.causal);
             favor_features_backward(g.dq, g.dphq, la.phq, la.q, lp.omega, BH * T, hd, m);
             favor_features_backward(g.dk, g.dphk, la.phk, la.k, lp.omega, BH * T, hd, m);
+        } else if (cfg.combiner()) {
+            combiner_attention_backward(g.dq, g.dk, g.dv, hd, g.doh,
+                                        view_combiner_saved(la.comb, BH, T, 1, hd, cfg.block), la.q, la.k, la.v, hd,
+                                        BH, T, 1, hd, cfg.block, cfg.causal);
         } else {
             softmax_attention_backward(g.dq, g.dk, g.dv, g.doh, la.lse, la.q, la.k, la.v, BH, T, hd, cfg.causal);
         }
@@ -906,13 +834,7 @@ void TransformerModel<Real>::backward() {
 
 template <typename Real>
 void TransformerModel<Real>::adamw_update(double lr, const AdamWConfig& opt, int64_t t) {
-    FLASH_CHECK(t >= 1, "AdamW step counter must start at 1, got " << t, "");
-    for (const BaselineTensorSpec& s : specs) {
-        if (!s.trained) continue;  // Ω: no gradient, no moments, no decay
-        const size_t o = s.offset;
-        adamw_tensor_update(params.data() + o, grads.data() + o, adam_m.data() + o, adam_v.data() + o, s.count, lr,
-                            s.decay ? opt.weight_decay : 0.0, opt, t);
-    }
+    ::adamw_update(params.data(), grads.data(), adam_m.data(), adam_v.data(), specs, lr, opt, t);
 }
 
 template <typename Real>
@@ -922,56 +844,33 @@ double TransformerModel<Real>::grad_norm() const {
     return std::sqrt(ss);
 }
 
-// ====================================================================================================
-// Checkpoints
-
-TransformerConfig transformer_checkpoint_config(const SafeTensorsFile& f, const std::string& path) {
-    auto it = f.metadata.find("config");
-    FLASH_CHECK(it != f.metadata.end(), "'" << path << "' has no model config in its __metadata__",
-                "it was not written by this program");
-    json j;
-    try {
-        j = json::parse(it->second);
-    } catch (const json::exception& ex) {
-        FLASH_FAIL("'" << path << "': the config in __metadata__ is not valid JSON: " << ex.what(),
-                   "the file is corrupt");
-    }
-    try {
-        return transformer_config_from_json(j);
-    } catch (const flash_error& ex) {
-        FLASH_FAIL("'" << path << "' holds a bad config: " << ex.what(), "the file is corrupt or of another arch");
-    }
+template <typename Real>
+void TransformerModel<Real>::scale_grads(double factor) {
+    const Real f = (Real)factor;
+    for (Real& g : grads) g *= f;
 }
 
 template <typename Real>
-void save_weights(const std::string& path, const TransformerModel<Real>& m) {
-    std::vector<SafeTensor> tensors;
-    for (const BaselineTensorSpec& s : m.specs) {
-        const Real* src = (s.trained ? m.params.data() : m.fixed.data()) + s.offset;
-        tensors.push_back(make_tensor(s.name, s.shape, src, "F32"));
+std::vector<Real>& TransformerModel<Real>::buffer(ModelBuffer which) {
+    switch (which) {
+        case ModelBuffer::params: return params;
+        case ModelBuffer::grads: return grads;
+        case ModelBuffer::adam_m: return adam_m;
+        case ModelBuffer::adam_v: return adam_v;
     }
-    safetensors_write(path, tensors, {{"config", transformer_config_to_json(m.cfg).dump()}});
+    FLASH_FAIL("unknown model buffer", "this is a bug");
 }
 
 template <typename Real>
-void load_weights(const std::string& path, TransformerModel<Real>& m) {
-    SafeTensorsFile f = safetensors_read(path);
-    TransformerConfig c = transformer_checkpoint_config(f, path);
-    const std::string diff = transformer_shape_mismatch(c, m.cfg);
-    FLASH_CHECK(diff.empty(), "'" << path << "' holds a model of another shape (file vs this model: " << diff << ")",
-                "load it with its own config, or start a fresh model");
-    // Read into copies first, so that a failure leaves the model untouched.
-    std::vector<Real> trained(m.params.size()), fixed(m.fixed.size());
-    for (const BaselineTensorSpec& s : m.specs) {
-        const SafeTensor* t = f.find(s.name);
-        FLASH_CHECK(t, "'" << path << "' has no tensor '" << s.name << "'",
-                    (s.trained ? "the file belongs to another model or was not written by this program"
-                               : "Performer's random features are part of the model and cannot be redrawn; use a "
-                                 "checkpoint that carries them"));
-        read_tensor(*t, s.shape, (s.trained ? trained.data() : fixed.data()) + s.offset, path);
-    }
-    std::copy(trained.begin(), trained.end(), m.params.begin());
-    std::copy(fixed.begin(), fixed.end(), m.fixed.begin());
+void TransformerModel<Real>::copy_to_host(ModelBuffer which, Real* host) const {
+    const std::vector<Real>& b = const_cast<TransformerModel<Real>*>(this)->buffer(which);
+    std::copy(b.begin(), b.end(), host);
+}
+
+template <typename Real>
+void TransformerModel<Real>::copy_from_host(ModelBuffer which, const Real* host) {
+    std::vector<Real>& b = buffer(which);
+    std::copy(host, host + b.size(), b.begin());
 }
 
 // ====================================================================================================
@@ -997,11 +896,5 @@ INSTANTIATE(favor_features_forward)
 INSTANTIATE(favor_features_backward)
 INSTANTIATE(linear_attention_forward)
 INSTANTIATE(linear_attention_backward)
-INSTANTIATE(adamw_tensor_update)
 template struct TransformerModel<float>;
 template struct TransformerModel<double>;
-// save_weights and load_weights are overloaded (FlashModel's too): these two need their signatures.
-template void save_weights(const std::string&, const TransformerModel<float>&);
-template void save_weights(const std::string&, const TransformerModel<double>&);
-template void load_weights(const std::string&, TransformerModel<float>&);
-template void load_weights(const std::string&, TransformerModel<double>&);

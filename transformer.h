@@ -1,15 +1,17 @@
-// transformer.h: the baselines Transformer++ and Performer (BASELINES.md §1, §2, §6), CPU reference.
+// transformer.h: the baselines Transformer++, Performer and Combiner (BASELINES.md §1, §2, §3, §6), CPU reference.
 //
-// The same engine as FLASH (flash.h): the embedding, RoPE, SiLU, products, residual, tied logits and
-// cross-entropy are FLASH's ops, called, not copied. What is new lives here:
-//   - TransformerConfig: the BASELINES.md §6 keys, read from and written to JSON with every field checked;
-//   - the parameter layout: one spec table in checkpoint order (BASELINES.md §6). Ω (layers.{l}.omega, Performer
-//     only) is marked not trained: it lives in its own flat buffer `fixed`, so it has no gradient, no moments, no
-//     decay;
+// One block for all three: the Transformer++ block, whose attention is softmax (Transformer++), FAVOR+ linear
+// attention (Performer) or Combiner-Fixed (Combiner, combiner.h). The same engine as FLASH (flash.h): the embedding,
+// RoPE, SiLU, products, residual, tied logits, cross-entropy and AdamW are the shared ops of ops.h, called, not
+// copied. What is new lives here:
+//   - TransformerConfig: the BASELINES.md §6 keys (their JSON form is formats/config.h), every field checked;
+//   - the parameter layout: one spec table in checkpoint order (BASELINES.md §6), one flat buffer. Ω
+//     (layers.{l}.omega, Performer only) is in it, marked not trained (TensorSpec::trained): no gradient, no
+//     moments, no decay;
 //   - the new ops (forward/backward pairs, templated on the scalar type; shapes in transformer.cpp): RMSNorm with
 //     a vector gain, head split/merge, softmax attention with a saved log-sum-exp, SwiGLU, the FAVOR+ feature
 //     map, linear attention computed chunk by chunk;
-//   - TransformerModel: the FlashModel verbs (init_weights, forward, zero_grad, backward, adamw_update).
+//   - TransformerModel: the Model interface (model.h) for the three archs; make_model picks it by "arch".
 // Head layout: q, k, v and the attention output are (B, H, T, h), head-major, so that every head is one
 // contiguous (T, h) matrix for BLAS, and FLASH's rope_forward (row n at position n mod T) rotates them as they are.
 #pragma once
@@ -20,19 +22,20 @@
 #include <nlohmann/json.hpp>
 
 #include "flash.h"
-#include "formats/safetensors.h"
+#include "model.h"
 
 // ----------------------------------------------------------------------------------------------------
-// Configuration (BASELINES.md §1, BASELINES.md §2, BASELINES.md §6)
+// Configuration (BASELINES.md §1, BASELINES.md §2, BASELINES.md §3, BASELINES.md §6)
 
 struct TransformerConfig {
-    std::string arch = "transformer++";  // or "performer"
+    std::string arch = "transformer++";  // or "performer" or "combiner"
     int vocab_size = 4096;               // V
     int d = 256;                         // model width
     int n_layers = 4;                    // blocks
     int n_heads = 4;                     // H; head width h = d/H, even (RoPE)
     int ffn = 768;                       // f
     int features = 256;                  // m, Performer only (default 4h)
+    int block = 128;                     // c, Combiner only: the span; T a multiple of it in training
     int seq_len = 512;                   // T used for training
     bool causal = true;                  // false: the non-causal (masked-LM) variant
     double eps = 1e-6;                   // RMSNorm epsilon
@@ -40,29 +43,26 @@ struct TransformerConfig {
 
     int head_dim() const { return d / n_heads; }
     bool performer() const { return arch == "performer"; }
+    bool combiner() const { return arch == "combiner"; }
 };
 
+// The archs this class implements.
+inline bool is_transformer_arch(const std::string& arch) {
+    return arch == "transformer++" || arch == "performer" || arch == "combiner";
+}
 // "tiny" (tests) or "small" (matched to FLASH small: 4 blocks, 4 heads of 64, f = 768), for arch
-// "transformer++" or "performer".
+// "transformer++", "performer" or "combiner".
 TransformerConfig transformer_preset(const std::string& name, const std::string& arch);
 void transformer_config_validate(const TransformerConfig& c);       // throws, naming the bad field
-// Keys of BASELINES.md §6 only; a key that does not belong to the arch is an error naming it. Missing keys: the small
-// preset's, with BASELINES.md §1's defaults derived from d (H = d/64 where 64 divides d, else 1; f = 3d; m = 4h).
-TransformerConfig transformer_config_from_json(const nlohmann::json& j);
-nlohmann::json transformer_config_to_json(const TransformerConfig& c);  // writes only the arch's keys
-// "" when a and b describe the same model (seq_len aside), else a list like "d: 16 vs 32".
-std::string transformer_shape_mismatch(const TransformerConfig& a, const TransformerConfig& b);
+// Forward FLOPs per token (the attention as BASELINES.md §1-§3 count it, at T = seq_len; a step is about 3×).
+double transformer_forward_flops_per_token(const TransformerConfig& c);
 
 // ----------------------------------------------------------------------------------------------------
 // Parameters (BASELINES.md §6), in checkpoint order: wte, then per block attn_norm.g, ffn_norm.g, w_qkv, w_o, w_13,
-// w_2, [omega], then norm_f.g. A trained tensor's offset is into params (and grads, adam_m, adam_v, which mirror
-// it); a tensor that is not trained (omega) has its offset into the `fixed` buffer.
+// w_2, [omega], then norm_f.g; one flat buffer (grads, adam_m, adam_v mirror it; Ω's entries there stay zero).
 
-struct BaselineTensorSpec : TensorSpec {
-    bool trained = true;
-};
-std::vector<BaselineTensorSpec> transformer_param_specs(const TransformerConfig& c);
-size_t transformer_param_count(const TransformerConfig& c);  // trained elements (params, grads, moments)
+std::vector<TensorSpec> transformer_param_specs(const TransformerConfig& c);
+size_t transformer_param_count(const TransformerConfig& c);  // trained elements
 size_t transformer_fixed_count(const TransformerConfig& c);  // elements that are not trained (Ω)
 
 template <typename Real>
@@ -81,9 +81,9 @@ struct TransformerParamView {
     std::vector<BlockParams<Real>> layers;
     Real* norm_f_g;     // (d)
 };
-// trained: the params (or grads) buffer; fixed: the Ω buffer, or null (omega pointers stay null).
+// base: the params (or grads) buffer. with_fixed = false (the gradients): the omega pointers stay null.
 template <typename Real>
-TransformerParamView<Real> view_transformer_params(Real* trained, Real* fixed, const TransformerConfig& c);
+TransformerParamView<Real> view_transformer_params(Real* base, const TransformerConfig& c, bool with_fixed);
 
 // ----------------------------------------------------------------------------------------------------
 // Activations saved by the forward pass, one flat buffer; N = B*T rows. Pointers of the other arch are null.
@@ -101,6 +101,7 @@ struct BlockActs {
     Real* phq;       // (B, H, T, m) Performer: φ(q)
     Real* phk;       // (B, H, T, m) Performer: φ(k)
     Real* den;       // (B, H, T)    Performer: Σ_b φ(q[a])·φ(k[b])
+    Real* comb;      // Combiner: what its attention saves (combiner.h: CombinerSaved, heads as B·H sequences)
     Real* oh;        // (B, H, T, h) attention output per head
     Real* o;         // (N, d)       heads merged
     Real* x_mid;     // (N, d)       x + o · W_o
@@ -190,24 +191,18 @@ template <typename Real> void linear_attention_backward(Real* dphq, Real* dphk, 
                                                         const Real* phk, const Real* v, int BH, int T, int hd, int m,
                                                         int chunk, bool causal);
 
-// One AdamW step (t counts from 1) on one tensor of n values; weight_decay is the tensor's (0 for no decay).
-// The same arithmetic as FlashModel::adamw_update's per-tensor loop; once both live beside ops.h, FlashModel should
-// call this one instead of its own loop.
-template <typename Real> void adamw_tensor_update(Real* w, const Real* g, Real* m1, Real* m2, size_t n, double lr,
-                                                  double weight_decay, const AdamWConfig& opt, int64_t t);
-
 // ----------------------------------------------------------------------------------------------------
 // The model
 
-// A batch the model can take: B, T > 0, every token and target id in [0, V) (targets may be null).
+// A batch the model can take: B, T > 0 (Combiner: T a multiple of block), ids as ops.h: check_token_ids.
 void check_transformer_batch(const TransformerConfig& cfg, const int* tokens, const int* targets, int B, int T);
 
+// Transformer++, Performer and Combiner on the CPU: the Model interface (model.h).
 template <typename Real>
-struct TransformerModel {
+struct TransformerModel final : Model<Real> {
     TransformerConfig cfg;
-    std::vector<BaselineTensorSpec> specs;
-    std::vector<Real> params, grads, adam_m, adam_v;  // trained tensors, transformer_param_count(cfg) each
-    std::vector<Real> fixed;                          // Ω of every block (Performer), never trained
+    std::vector<TensorSpec> specs;
+    std::vector<Real> params, grads, adam_m, adam_v;  // flat, in the layout of specs (Ω included, in params only)
     TransformerParamView<Real> p, dp;                 // named views (dp's omega pointers are null)
     // Not part of the model: Performer's causal chunk size, and the FAVOR+ stabilisers (on; the tests turn them
     // off to show that they cancel).
@@ -226,20 +221,25 @@ struct TransformerModel {
     TransformerModel(const TransformerModel&) = delete;  // the views point into this object's buffers
     TransformerModel& operator=(const TransformerModel&) = delete;
 
+    // The Model interface (model.h says what each verb does).
+    std::string arch() const override { return cfg.arch; }
+    nlohmann::json config_json() const override;
+    std::string shape_mismatch(const nlohmann::json& config) const override;
+    const std::vector<TensorSpec>& tensor_specs() const override { return specs; }
+    double forward_flops_per_token() const override { return transformer_forward_flops_per_token(cfg); }
     // BASELINES.md §1: W, wte ~ N(0, 0.02), every g = 1. strong = true (tests): wte ~ N(0, 0.3), matrices of
     // unit gain N(0, 1/fan_in), gains ~ N(1, 0.2). Ω (BASELINES.md §2) is drawn after the trained tensors from the
     // same Rng, so a Transformer++ and a Performer of one seed start from the same trained weights.
-    void init_weights(uint64_t seed, bool strong = false);
-    double forward(const int* tokens, const int* targets, int B, int T);
-    void zero_grad();
-    void backward();
-    void adamw_update(double lr, const AdamWConfig& opt, int64_t t);  // trained tensors only
-    double grad_norm() const;
-};
+    void init_weights(uint64_t seed, bool strong = false) override;
+    double forward(const int* tokens, const int* targets, int B, int T) override;
+    void zero_grad() override;
+    void backward() override;
+    double grad_norm() const override;
+    void scale_grads(double factor) override;
+    void adamw_update(double lr, const AdamWConfig& opt, int64_t t) override;  // trained tensors only
+    void copy_to_host(ModelBuffer which, Real* host) const override;
+    void copy_from_host(ModelBuffer which, const Real* host) override;
 
-// Checkpoints: every tensor of the spec table (Ω included) under its BASELINES.md §6 name, F32, with the config (and
-// its arch) in the metadata. Loading refuses another shape, a missing tensor (a Performer checkpoint without its
-// Ω above all: Ω cannot be redrawn) or a wrong shape, and then leaves the model untouched.
-template <typename Real> void save_weights(const std::string& path, const TransformerModel<Real>& m);
-template <typename Real> void load_weights(const std::string& path, TransformerModel<Real>& m);
-TransformerConfig transformer_checkpoint_config(const SafeTensorsFile& f, const std::string& path);
+private:
+    std::vector<Real>& buffer(ModelBuffer which);
+};

@@ -1,8 +1,10 @@
 // bench_cpu.cpp: where the time of a CPU training step goes. Times each op of one layer (forward and backward) at
 // the shapes of a config, then whole training steps, and prints tokens/s and the share of the sgemm peak.
 //   build/bench_cpu [small|tiny|base] [B] [T]
-//   build/bench_cpu --scaling [OUT.png]   step time against T, FLASH (C = 128) vs FLASH-Quad (C = T), small config,
-//                                         4096 tokens per step; a table, and a plot when gnuplot is there
+//   build/bench_cpu --scaling [OUT.png]   training step time against T = 256, 1024, 4096 (4096 tokens per step) of
+//                                         FLASH (C = 128), FLASH-Quad (C = T), Transformer++, Performer and
+//                                         Combiner (block 128), small presets; a table, and a plot when gnuplot is
+//                                         there
 #include <cblas.h>
 #include <omp.h>
 
@@ -10,11 +12,15 @@
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "flash.h"
+#include "formats/config.h"
+#include "model.h"
 #include "options.h"
+#include "transformer.h"
 
 static double seconds(const std::function<void()>& f, int reps = 3) {  // best of reps, after a warm-up
     f();  // warm-up
@@ -27,39 +33,75 @@ static double seconds(const std::function<void()>& f, int reps = 3) {  // best o
     return best;
 }
 
-// FLASH's cost per token is constant in T; FLASH-Quad's grows linearly (FLASH.md §4). Measured, not assumed.
+// One model of the comparison (BASELINES.md §5): its name in the table and its config at sequence length T.
+struct ScalingModel {
+    const char* name;
+    std::function<nlohmann::json(int T)> config;
+};
+
+// The small presets, parameters matched (FLASH: 8 layers; the baselines: 4 blocks), at sequence length T.
+static std::vector<ScalingModel> scaling_models() {
+    auto flash = [](int chunk_cap) {
+        return [chunk_cap](int T) {
+            FlashConfig c = config_preset("small");
+            c.seq_len = T;
+            c.chunk = chunk_cap ? std::min(T, chunk_cap) : T;
+            return config_to_json(c);
+        };
+    };
+    auto baseline = [](const char* arch) {
+        return [arch](int T) {
+            TransformerConfig c = transformer_preset("small", arch);
+            c.seq_len = T;
+            c.block = std::min(T, c.block);
+            return transformer_config_to_json(c);
+        };
+    };
+    return {{"FLASH", flash(128)}, {"FLASH-Quad", flash(0)}, {"Transformer++", baseline("transformer++")},
+            {"Performer", baseline("performer")}, {"Combiner", baseline("combiner")}};
+}
+
+// Step time (forward, backward, AdamW) against T at 4096 tokens per step. FLASH's cost per token is constant in T;
+// FLASH-Quad's and Transformer++'s grow linearly, Combiner's as T/c (FLASH.md §4, BASELINES.md §3). Measured, not
+// assumed.
 static int scaling(const std::string& png) {
     const int tokens = 4096;
-    std::vector<int> lengths = {256, 512, 1024, 2048, 4096};
-    std::printf("training step time against sequence length, small config, %d tokens per step, %d threads\n", tokens,
+    const std::vector<int> lengths = {256, 1024, 4096};
+    const std::vector<ScalingModel> models = scaling_models();
+    std::printf("training step (forward, backward, AdamW) against sequence length, small presets (matched "
+                "parameters), %d tokens per step, %d threads; best of 2 after a warm-up\n", tokens,
                 omp_get_max_threads());
-    std::printf("%6s %8s %12s %12s %12s %12s\n", "T", "B", "FLASH ms", "FLASH tok/s", "Quad ms", "Quad tok/s");
+    std::printf("%6s %6s", "T", "B");
+    for (const ScalingModel& m : models) std::printf(" | %13s ms  tok/s", m.name);
+    std::printf("\n");
     const std::string dat = png + ".dat";
     FILE* out = std::fopen(dat.c_str(), "w");
     FLASH_CHECK(out, "cannot write " << dat, "pick another output path");
     for (int T : lengths) {
-        double ms[2];
-        for (int quad = 0; quad < 2; quad++) {
-            FlashConfig c = config_preset("small");
-            c.seq_len = T;
-            c.chunk = quad ? T : std::min(T, 128);
-            const int B = tokens / T, N = B * T;
-            FlashModel<float> model(c);
-            model.init_weights(1);
+        const int B = tokens / T, N = B * T;
+        std::printf("%6d %6d", T, B);
+        std::fprintf(out, "%d", T);
+        for (const ScalingModel& sm : models) {
+            std::unique_ptr<Model<float>> model = make_model<float>(sm.config(T));
+            model->init_weights(1);
+            const int V = sm.config(T).at("vocab_size").get<int>();
             Rng rng(2);
             std::vector<int> tok(N), tgt(N);
-            for (int& t : tok) t = rng.below(c.vocab_size);
-            for (int& t : tgt) t = rng.below(c.vocab_size);
-            ms[quad] = 1e3 * seconds([&] {
-                model.forward(tok.data(), tgt.data(), B, T);
-                model.zero_grad();
-                model.backward();
+            for (int& t : tok) t = rng.below(V);
+            for (int& t : tgt) t = rng.below(V);
+            int64_t step = 0;
+            const double ms = 1e3 * seconds([&] {
+                model->forward(tok.data(), tgt.data(), B, T);
+                model->zero_grad();
+                model->backward();
+                model->adamw_update(1e-4, AdamWConfig(), ++step);
             }, 2);
+            std::printf(" | %16.1f %6.0f", ms, tokens / ms * 1e3);
+            std::fprintf(out, " %.3f", ms);
+            std::fflush(stdout);
         }
-        std::printf("%6d %8d %12.1f %12.0f %12.1f %12.0f\n", T, tokens / T, ms[0], tokens / ms[0] * 1e3, ms[1],
-                    tokens / ms[1] * 1e3);
-        std::fprintf(out, "%d %.3f %.3f\n", T, ms[0], ms[1]);
-        std::fflush(stdout);
+        std::printf("\n");
+        std::fprintf(out, "\n");
     }
     std::fclose(out);
     if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) {
@@ -71,11 +113,14 @@ static int scaling(const std::string& png) {
     FLASH_CHECK(gp, "cannot write " << script, "");
     std::fprintf(gp,
                  "set terminal pngcairo size 800,500\nset output '%s'\n"
-                 "set title 'Training step on the CPU, %d tokens per step (small config)'\n"
+                 "set title 'Training step on the CPU, %d tokens per step (small presets, matched parameters)'\n"
                  "set xlabel 'sequence length T'\nset ylabel 'ms per step'\nset logscale x 2\nset grid\n"
-                 "set key left top\nplot '%s' using 1:2 with linespoints title 'FLASH (C = 128)', "
-                 "'%s' using 1:3 with linespoints title 'FLASH-Quad (C = T)'\n",
-                 png.c_str(), tokens, dat.c_str(), dat.c_str());
+                 "set key left top\nplot ",
+                 png.c_str(), tokens);
+    for (size_t i = 0; i < models.size(); i++)
+        std::fprintf(gp, "%s'%s' using 1:%zu with linespoints title '%s'", i ? ", " : "", dat.c_str(), i + 2,
+                     models[i].name);
+    std::fprintf(gp, "\n");
     std::fclose(gp);
     if (std::system(("gnuplot '" + script + "'").c_str()) == 0) std::printf("plot: %s\n", png.c_str());
     return 0;

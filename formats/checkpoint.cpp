@@ -48,20 +48,24 @@ static std::vector<Real> host_buffer(const Model<Real>& m, ModelBuffer which) {
 
 template <typename Real>
 std::vector<SafeTensor> param_tensors(const Model<Real>& m, const std::vector<Real>& buf,
-                                      const std::string& prefix, const std::string& dtype) {
+                                      const std::string& prefix, const std::string& dtype, bool trained_only) {
     std::vector<SafeTensor> out;
     for (const TensorSpec& spec : m.tensor_specs())
-        out.push_back(make_tensor(prefix + spec.name, spec.shape, buf.data() + spec.offset, dtype));
+        if (spec.trained || !trained_only)
+            out.push_back(make_tensor(prefix + spec.name, spec.shape, buf.data() + spec.offset, dtype));
     return out;
 }
 
 template <typename Real>
 void load_param_tensors(const Model<Real>& m, std::vector<Real>& buf, const SafeTensorsFile& f,
-                        const std::string& prefix, const std::string& path) {
+                        const std::string& prefix, const std::string& path, bool trained_only) {
     for (const TensorSpec& spec : m.tensor_specs()) {
+        if (!spec.trained && trained_only) continue;  // its buffer entries stay zero
         const SafeTensor* t = f.find(prefix + spec.name);
         FLASH_CHECK(t, "'" << path << "' has no tensor '" << prefix + spec.name << "'",
-                    "the file belongs to another model or was not written by this program");
+                    (spec.trained ? "the file belongs to another model or was not written by this program"
+                                  : "this tensor is drawn at initialisation and never trained, so it cannot be "
+                                    "redrawn: use a file that carries it"));
         read_tensor(*t, spec.shape, buf.data() + spec.offset, path);
     }
 }
@@ -95,16 +99,17 @@ std::string save_checkpoint(const std::string& out_dir, const Model<float>& m, c
     fs::create_directories(out_dir, ec);
     FLASH_CHECK(!ec, "cannot create checkpoint directory '" << out_dir << "': " << ec.message(), "check permissions");
     std::vector<SafeTensor> tensors = param_tensors(m, host_buffer(m, ModelBuffer::params), "", "F32");
-    for (SafeTensor& t : param_tensors(m, host_buffer(m, ModelBuffer::adam_m), "adam_m.", "F32"))
+    // Moments of the trained tensors only (Ω has none).
+    for (SafeTensor& t : param_tensors(m, host_buffer(m, ModelBuffer::adam_m), "adam_m.", "F32", true))
         tensors.push_back(std::move(t));
-    for (SafeTensor& t : param_tensors(m, host_buffer(m, ModelBuffer::adam_v), "adam_v.", "F32"))
+    for (SafeTensor& t : param_tensors(m, host_buffer(m, ModelBuffer::adam_v), "adam_v.", "F32", true))
         tensors.push_back(std::move(t));
     json state = {{"step", st.step}, {"loader_rng", st.loader_rng}, {"loader_batches", st.loader_batches},
                   {"objective", st.objective}};
     const std::string path = (fs::path(out_dir) / checkpoint_name(st.step)).string();
     safetensors_write(path, tensors,
                       {{"config", m.config_json().dump()}, {"train_state", state.dump()},
-                       {"kind", "flash checkpoint"}});
+                       {"kind", m.arch() + " checkpoint"}});
     return path;
 }
 
@@ -129,8 +134,8 @@ TrainState load_checkpoint(const std::string& path, Model<float>& m) {
     }
     std::vector<float> params(m.param_count()), mom1(m.param_count()), mom2(m.param_count());
     load_param_tensors(m, params, f, "", path);
-    load_param_tensors(m, mom1, f, "adam_m.", path);
-    load_param_tensors(m, mom2, f, "adam_v.", path);
+    load_param_tensors(m, mom1, f, "adam_m.", path, true);
+    load_param_tensors(m, mom2, f, "adam_v.", path, true);
     // Only now, with everything read and checked, does the model change.
     m.copy_from_host(ModelBuffer::params, params.data());
     m.copy_from_host(ModelBuffer::adam_m, mom1.data());

@@ -19,14 +19,17 @@ nlohmann::json checkpoint_model_config(const SafeTensorsFile& f, const std::stri
 // The same, as a FLASH config (checked field by field).
 FlashConfig checkpoint_config(const SafeTensorsFile& f, const std::string& path);
 
-// Parameter tensors under their §7 names (prefix "" for weights, "grad." for gradients, ...), from a host buffer in
-// the model's tensor_specs layout.
+// Parameter tensors under their §7 (BASELINES.md §6) names (prefix "" for weights, "grad." for gradients, ...), from
+// a host buffer in the model's tensor_specs layout; trained_only leaves out the tensors that are not trained (Ω),
+// which have no gradient and no moments.
 template <typename Real> std::vector<SafeTensor> param_tensors(const Model<Real>& m, const std::vector<Real>& buf,
-                                                               const std::string& prefix, const std::string& dtype);
-// Fills buf from the tensors prefix + name of f, refusing missing tensors or wrong shapes.
+                                                               const std::string& prefix, const std::string& dtype,
+                                                               bool trained_only = false);
+// Fills buf from the tensors prefix + name of f, refusing missing tensors (Ω above all: it cannot be redrawn) or
+// wrong shapes.
 template <typename Real> void load_param_tensors(const Model<Real>& m, std::vector<Real>& buf,
                                                  const SafeTensorsFile& f, const std::string& prefix,
-                                                 const std::string& path);
+                                                 const std::string& path, bool trained_only = false);
 
 template <typename Real> void save_weights(const std::string& path, const Model<Real>& m);
 // Loads weights into m; the file's config must have m's shape.

@@ -1,10 +1,12 @@
 // formats/config.cpp: the model config as JSON. Read formats/config.h first.
 #include "formats/config.h"
 
+#include <algorithm>
 #include <limits>
 #include <sstream>
 
 #include "formats/json_file.h"
+#include "model.h"
 
 using json = nlohmann::json;
 
@@ -21,8 +23,9 @@ FlashConfig config_from_json(const json& j) {
     for (auto it = j.begin(); it != j.end(); ++it) {
         bool ok = false;
         for (const char* k : known) ok = ok || it.key() == k;
-        FLASH_CHECK(ok, "unknown model config field '" << it.key() << "'",
-                    "the fields are vocab_size, d, e, s, n_layers, chunk, seq_len, causal, eps, rope_base");
+        FLASH_CHECK(ok, "unknown model config field '" << it.key() << "': it does not belong to arch flash",
+                    "the fields of flash are arch, vocab_size, d, e, s, n_layers, chunk, seq_len, causal, eps, "
+                    "rope_base");
     }
     auto get_int = [&](const char* k, int& dst) {
         if (!j.contains(k)) return;
@@ -60,7 +63,7 @@ FlashConfig config_from_json(const json& j) {
 }
 
 json config_to_json(const FlashConfig& c) {
-    return json{{"vocab_size", c.vocab_size}, {"d", c.d}, {"e", c.e}, {"s", c.s}, {"n_layers", c.n_layers},
+    return json{{"arch", "flash"}, {"vocab_size", c.vocab_size}, {"d", c.d}, {"e", c.e}, {"s", c.s}, {"n_layers", c.n_layers},
                 {"chunk", c.chunk}, {"seq_len", c.seq_len}, {"causal", c.causal}, {"eps", c.eps},
                 {"rope_base", c.rope_base}};
 }
@@ -82,8 +85,127 @@ std::string config_shape_mismatch(const FlashConfig& a, const FlashConfig& b) {
     return os.str();
 }
 
-FlashConfig load_model_config(const std::string& name) {
-    if (name == "tiny" || name == "small" || name == "base") return config_preset(name);
-    return config_from_json(
-        read_json_file(name, "model config", "give tiny, small, base or a path to a JSON file (FLASH.md section 5)"));
+// ----------------------------------------------------------------------------------------------------
+// The baselines (BASELINES.md §6)
+
+TransformerConfig transformer_config_from_json(const json& j) {
+    FLASH_CHECK(j.is_object(), "model config must be a JSON object, got " << j.type_name(),
+                "write {\"arch\": \"transformer++\", \"d\": 256, ...} with the keys of BASELINES.md section 6");
+    TransformerConfig c;
+    if (j.contains("arch")) {
+        FLASH_CHECK(j["arch"].is_string(), "config field 'arch' must be a string, got " << j["arch"].dump(),
+                    "write \"arch\": \"performer\"");
+        c.arch = j["arch"].get<std::string>();
+    }
+    transformer_config_validate(TransformerConfig{c.arch});  // a clear error for an unknown arch first
+    std::vector<std::string> known = {"arch", "vocab_size", "d", "n_layers", "n_heads", "ffn", "seq_len", "causal",
+                                      "eps", "rope_base"};
+    if (c.performer()) known.push_back("features");
+    if (c.combiner()) known.push_back("block");
+    for (auto it = j.begin(); it != j.end(); ++it) {
+        std::string list;
+        for (const std::string& k : known) list += (list.empty() ? "" : ", ") + k;
+        FLASH_CHECK(std::find(known.begin(), known.end(), it.key()) != known.end(),
+                    "config field '" << it.key() << "' does not belong to arch " << c.arch,
+                    "remove it; the fields of " << c.arch << " are " << list);
+    }
+    auto get_int = [&](const char* k, int& dst) {
+        if (!j.contains(k)) return;
+        const json& v = j[k];
+        FLASH_CHECK(v.is_number_integer(), "config field '" << k << "' must be an integer, got " << v.dump(),
+                    "write e.g. \"" << k << "\": " << dst);
+        long long x = v.get<long long>();
+        FLASH_CHECK(x >= std::numeric_limits<int>::min() && x <= std::numeric_limits<int>::max(),
+                    "config field '" << k << "' is out of range: " << x, "fix '" << k << "'");
+        dst = (int)x;
+    };
+    auto get_double = [&](const char* k, double& dst) {
+        if (!j.contains(k)) return;
+        const json& v = j[k];
+        FLASH_CHECK(v.is_number(), "config field '" << k << "' must be a number, got " << v.dump(),
+                    "write e.g. \"" << k << "\": " << dst);
+        dst = v.get<double>();
+    };
+    get_int("vocab_size", c.vocab_size);
+    get_int("d", c.d);
+    // BASELINES.md §1's defaults follow d unless given: H = d/64 where 64 divides d (else 1), f = 3d, m = 4h.
+    c.n_heads = (c.d % 64 == 0) ? c.d / 64 : 1;
+    c.ffn = 3 * c.d;
+    get_int("n_heads", c.n_heads);
+    get_int("ffn", c.ffn);
+    if (c.n_heads > 0 && c.d % c.n_heads == 0) c.features = 4 * c.head_dim();
+    get_int("features", c.features);
+    get_int("block", c.block);
+    get_int("n_layers", c.n_layers);
+    get_int("seq_len", c.seq_len);
+    if (j.contains("causal")) {
+        FLASH_CHECK(j["causal"].is_boolean(), "config field 'causal' must be true or false, got " << j["causal"].dump(),
+                    "write \"causal\": true");
+        c.causal = j["causal"].get<bool>();
+    }
+    get_double("eps", c.eps);
+    get_double("rope_base", c.rope_base);
+    transformer_config_validate(c);
+    return c;
+}
+
+json transformer_config_to_json(const TransformerConfig& c) {
+    json j{{"arch", c.arch}, {"vocab_size", c.vocab_size}, {"d", c.d}, {"n_layers", c.n_layers},
+           {"n_heads", c.n_heads}, {"ffn", c.ffn}, {"seq_len", c.seq_len}, {"causal", c.causal}, {"eps", c.eps},
+           {"rope_base", c.rope_base}};
+    if (c.performer()) j["features"] = c.features;
+    if (c.combiner()) j["block"] = c.block;
+    return j;
+}
+
+std::string transformer_shape_mismatch(const TransformerConfig& a, const TransformerConfig& b) {
+    std::ostringstream os;
+    auto sep = [&]() { return os.tellp() > 0 ? ", " : ""; };
+    if (a.arch != b.arch) os << sep() << "arch: " << a.arch << " vs " << b.arch;
+    auto cmp = [&](const char* k, double x, double y) {
+        if (x != y) os << sep() << k << ": " << x << " vs " << y;
+    };
+    cmp("vocab_size", a.vocab_size, b.vocab_size);
+    cmp("d", a.d, b.d);
+    cmp("n_layers", a.n_layers, b.n_layers);
+    cmp("n_heads", a.n_heads, b.n_heads);
+    cmp("ffn", a.ffn, b.ffn);
+    if (a.performer() && b.performer()) cmp("features", a.features, b.features);
+    if (a.combiner() && b.combiner()) cmp("block", a.block, b.block);
+    cmp("causal", a.causal, b.causal);
+    cmp("eps", a.eps, b.eps);
+    cmp("rope_base", a.rope_base, b.rope_base);
+    return os.str();
+}
+
+// ----------------------------------------------------------------------------------------------------
+// Any arch
+
+json normalized_model_config(const json& j) {
+    FLASH_CHECK(j.is_object(), "model config must be a JSON object, got " << j.type_name(),
+                "write {\"arch\": \"flash\", \"d\": 256, ...}");
+    const std::string arch = model_arch(j);
+    if (arch == "flash") return config_to_json(config_from_json(j));
+    if (is_transformer_arch(arch)) return transformer_config_to_json(transformer_config_from_json(j));
+    FLASH_FAIL("unknown model architecture '" << arch << "'",
+               "\"arch\" is one of flash (the default), transformer++, performer, combiner");
+}
+
+const std::vector<std::string>& model_preset_names() {
+    static const std::vector<std::string> names = {
+        "tiny", "small", "base", "transformer++-tiny", "transformer++-small", "performer-tiny", "performer-small",
+        "combiner-tiny", "combiner-small"};
+    return names;
+}
+
+json load_model_config_json(const std::string& name) {
+    if (name == "tiny" || name == "small" || name == "base") return config_to_json(config_preset(name));
+    for (const char* arch : {"transformer++", "performer", "combiner"})
+        for (const char* size : {"tiny", "small"})
+            if (name == std::string(arch) + "-" + size)
+                return transformer_config_to_json(transformer_preset(size, arch));
+    std::string names;
+    for (const std::string& n : model_preset_names()) names += (names.empty() ? "" : ", ") + n;
+    return normalized_model_config(
+        read_json_file(name, "model config", "give a preset (" + names + ") or a path to a JSON model config"));
 }

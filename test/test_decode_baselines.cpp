@@ -309,19 +309,24 @@ TEST_CASE("bad tokens, too many tokens, a non-causal model and a foreign state a
     CHECK_THROWS_WITH_AS(decode_init(s3, model, combiner_attention(0)), doctest::Contains("block"), flash_error);
 }
 
-// Enable when TransformerModel has the arch "combiner" (BASELINES.md §6, config key `block`) and baseline_attention
-// has its line: the model's own forward against its own decoder, through the arch dispatch.
-TEST_CASE("Combiner arch: the model's forward against its decoder" * doctest::skip(true)) {
+// The Combiner arch (BASELINES.md §3): the model's own forward equals the test's Combiner forward built from the ops,
+// and its decoder, picked by the arch, equals that forward after every prefill length.
+TEST_CASE("Combiner arch: the model's forward against its decoder") {
     for (bool strong : {false, true}) {
-        TransformerConfig c = tiny("transformer++");
-        c.arch = "combiner";  // with the arch: tiny("combiner"), whose block divides seq_len
-        TransformerModel<double> model(c);
+        TransformerModel<double> model(tiny("combiner"));
+        REQUIRE(kT % model.cfg.block == 0);
         model.init_weights(7, strong);
-        const std::vector<int> tokens = random_tokens(c.vocab_size, kT, 3);
+        const std::vector<int> tokens = random_tokens(model.cfg.vocab_size, kT, 3);
         const BaselineAttention attention = baseline_attention(model.cfg);
         CHECK(attention.kind == BaselineAttention::combiner);
-        const double worst = check_every_prefill(model, attention, tokens, full_forward(model, softmax_attention(),
-                                                                                        tokens));
+        CHECK(attention.block == model.cfg.block);
+        const int V = model.cfg.vocab_size;
+        model.forward(tokens.data(), nullptr, 1, kT);
+        const std::vector<double> own(model.acts.logits, model.acts.logits + (size_t)kT * V);
+        const std::vector<double> ref = combiner_forward(model, tokens, model.cfg.block);
+        CHECK(rel_err(own.data(), ref.data(), own.size()) < 1e-12);
+        const double worst = check_every_prefill(model, attention, tokens, own);
+        MESSAGE("combiner arch, " << (strong ? "strong" : "paper") << " init: max rel error " << worst);
         CHECK(worst < 1e-12);
     }
 }

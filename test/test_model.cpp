@@ -403,6 +403,21 @@ TEST_CASE("config JSON: round trip and every field checked") {
     FlashConfig back = config_from_json(config_to_json(c));
     CHECK(config_shape_mismatch(c, back) == "");
     CHECK(back.seq_len == 1024);
+    // written: "arch" and FLASH's keys, nothing else; a baseline's key is an error naming it
+    const nlohmann::json written = config_to_json(c);
+    std::vector<std::string> keys;
+    for (auto& kv : written.items()) keys.push_back(kv.key());
+    CHECK(keys == std::vector<std::string>{"arch", "causal", "chunk", "d", "e", "eps", "n_layers", "rope_base", "s",
+                                           "seq_len", "vocab_size"});
+    CHECK(written["arch"] == "flash");
+    CHECK_THROWS_WITH_AS(config_from_json({{"n_heads", 4}}),
+                         doctest::Contains("'n_heads': it does not belong to arch flash"), flash_error);
+    CHECK_THROWS_WITH_AS(normalized_model_config({{"block", 4}}), doctest::Contains("'block'"), flash_error);
+    CHECK(normalized_model_config({{"d", 64}}) == config_to_json([] {
+              FlashConfig s = config_preset("small");
+              s.d = 64;
+              return s;
+          }()));
     CHECK(param_count(config_preset("small")) > 4000000);
     CHECK(param_count(config_preset("small")) < 5000000);  // FLASH.md §5: about 4.5M
     using J = nlohmann::json;
@@ -571,10 +586,13 @@ TEST_CASE("make_model: the config's arch picks the architecture; the Model verbs
     CHECK(m->shape_mismatch(config_to_json(c)) == "");
     CHECK(config_from_json(j).d == c.d);  // a FLASH config may name its arch
     nlohmann::json other = j;
-    other["arch"] = "performer";
-    CHECK_THROWS_WITH_AS(make_model<double>(other), doctest::Contains("unknown model architecture 'performer'"),
+    other["arch"] = "lstm";
+    CHECK_THROWS_WITH_AS(make_model<double>(other), doctest::Contains("unknown model architecture 'lstm'"),
                          flash_error);
+    other["arch"] = "performer";
     CHECK_THROWS_WITH_AS(config_from_json(other), doctest::Contains("'arch' is \"performer\""), flash_error);
+    CHECK_THROWS_WITH_AS(make_model<double>(other), doctest::Contains("'chunk' does not belong to arch performer"),
+                         flash_error);
 
     // Through the interface, a step gives FlashModel's numbers.
     FlashModel<double> direct(c);

@@ -140,6 +140,101 @@ TEST_CASE("N steps equal K steps, a checkpoint and a resume for N-K steps, bit f
     fs::remove_all(base);
 }
 
+// The baselines through the trainer: tiny presets at T = 16 (Combiner: 4 spans of block 4).
+TrainOptions baseline_options(const std::string& arch, const std::string& out_dir) {
+    TrainOptions o = tiny_options(out_dir);
+    o.model = arch + "-tiny";
+    o.d = 0; o.e = 0; o.s = 0; o.chunk = 0; o.seq_len = 16;
+    o.steps = 8;
+    return o;
+}
+
+TEST_CASE("every baseline: N steps equal K steps, a checkpoint and a resume, bit for bit; checkpoints round trip") {
+    for (const char* arch : {"transformer++", "performer", "combiner"}) {
+        INFO(arch);
+        const std::string base = "/tmp/flash_test_baseline_" + std::to_string(getpid());
+        fs::remove_all(base);
+        TrainOptions full = baseline_options(arch, base + "/full");
+        TrainResult r = run_training(full);
+        CHECK(r.steps_done == 8);
+        CHECK(std::isfinite(r.last_val_loss));
+        TrainOptions first = baseline_options(arch, base + "/legs");
+        first.stop_after = 3;
+        CHECK(run_training(first).steps_done == 3);
+        TrainOptions second = baseline_options(arch, base + "/legs");
+        second.resume = true;
+        CHECK(run_training(second).steps_done == 8);
+        const std::string path = base + "/full/ckpt_00000008.safetensors";
+        const std::string a = read_bytes(path), b = read_bytes(base + "/legs/ckpt_00000008.safetensors");
+        CHECK(a.size() > 10000);
+        CHECK(a == b);
+        std::vector<std::string> la = train_loss_lines(base + "/full"), lb = train_loss_lines(base + "/legs");
+        REQUIRE(la.size() == 8);
+        REQUIRE(lb.size() == 8);
+        for (int i = 0; i < 8; i++) CHECK(la[i] == lb[i]);
+
+        // the checkpoint: the arch in its config, only the arch's keys, Ω with no moments; loaded and saved again,
+        // the same bytes
+        SafeTensorsFile f = safetensors_read(path);
+        const nlohmann::json config = checkpoint_model_config(f, path);
+        CHECK(config["arch"] == arch);
+        CHECK(config.contains("block") == (std::string(arch) == "combiner"));
+        CHECK(config.contains("features") == (std::string(arch) == "performer"));
+        CHECK_FALSE(config.contains("chunk"));
+        CHECK((f.find("layers.0.omega") != nullptr) == (std::string(arch) == "performer"));
+        CHECK(f.find("adam_m.layers.0.omega") == nullptr);
+        CHECK(f.find("adam_v.layers.0.w_qkv") != nullptr);
+        std::unique_ptr<Model<float>> m = make_model<float>(config);
+        const TrainState st = load_checkpoint(path, *m);
+        CHECK(st.step == 8);
+        CHECK(read_bytes(save_checkpoint(base + "/again", *m, st)) == a);
+
+        if (std::string(arch) == "performer") {  // without its Ω, refused by name, and the model is left alone
+            std::vector<SafeTensor> kept;
+            for (const SafeTensor& t : f.tensors)
+                if (t.name != "layers.0.omega") kept.push_back(t);
+            safetensors_write(path, kept, f.metadata);
+            std::unique_ptr<Model<float>> fresh = make_model<float>(config);
+            fresh->init_weights(1);
+            std::vector<float> before(fresh->param_count()), after(fresh->param_count());
+            fresh->copy_to_host(ModelBuffer::params, before.data());
+            CHECK_THROWS_WITH_AS(load_checkpoint(path, *fresh), doctest::Contains("no tensor 'layers.0.omega'"),
+                                 flash_error);
+            CHECK_THROWS_WITH_AS(load_weights(path, *fresh), doctest::Contains("cannot be redrawn"), flash_error);
+            fresh->copy_to_host(ModelBuffer::params, after.data());
+            CHECK(before == after);
+            TrainOptions resume = baseline_options(arch, base + "/full");
+            resume.resume = true;
+            resume.steps = 10;
+            CHECK_THROWS_WITH_AS(run_training(resume), doctest::Contains("no tensor 'layers.0.omega'"), flash_error);
+        }
+        fs::remove_all(base);
+    }
+}
+
+TEST_CASE("the trainer's model options: FLASH's --e, --s, --chunk are errors for a baseline; --d and --layers apply") {
+    TrainOptions o = baseline_options("combiner", "/tmp/unused");
+    o.chunk = 8;
+    CHECK_THROWS_WITH_AS(model_config_from_options(o, 300),
+                         doctest::Contains("--chunk is a FLASH option; arch combiner"), flash_error);
+    o.chunk = 0;
+    o.e = 8;
+    CHECK_THROWS_WITH_AS(model_config_from_options(o, 300), doctest::Contains("--e is a FLASH option"), flash_error);
+    o.e = 0;
+    o.d = 128;
+    o.layers = 3;
+    const nlohmann::json c = model_config_from_options(o, 300);
+    CHECK(c["d"] == 128);
+    CHECK(c["n_layers"] == 3);
+    CHECK(c["n_heads"] == 2);  // BASELINES.md §1: d/64 heads, f = 3d, follow the new d
+    CHECK(c["ffn"] == 384);
+    CHECK(c["vocab_size"] == 300);
+    CHECK(c["block"] == 4);
+    o.seq_len = 18;
+    CHECK_THROWS_WITH_AS(model_config_from_options(o, 300), doctest::Contains("not a multiple of 'block'"),
+                         flash_error);
+}
+
 TEST_CASE("a corrupt, truncated or mismatched checkpoint is refused, and no file is overwritten") {
     const std::string dir = "/tmp/flash_test_badckpt_" + std::to_string(getpid());
     fs::remove_all(dir);
@@ -269,7 +364,8 @@ TEST_CASE("a non-finite loss stops training and leaves the last checkpoint intac
     CHECK(r.steps_done < 40);
     const std::string last = latest_checkpoint(dir);
     REQUIRE(!last.empty());
-    FlashModel<float> m(model_config_from_options(o, (int)bpe::Tokenizer::load(o.data_dir + "/tokenizer.json").vocab_size()));
+    FlashModel<float> m(
+        config_from_json(model_config_from_options(o, (int)bpe::Tokenizer::load(o.data_dir + "/tokenizer.json").vocab_size())));
     TrainState st = load_checkpoint(last, m);
     CHECK(st.step == r.steps_done);
     fs::remove_all(dir);

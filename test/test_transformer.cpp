@@ -13,8 +13,13 @@
 #include <omp.h>
 
 #include <cstdio>
+#include <cstring>
+#include <set>
 
 #include "testutil.h"
+#include "debug_state.h"
+#include "formats/checkpoint.h"
+#include "formats/config.h"
 #include "transformer.h"
 
 namespace {
@@ -456,7 +461,7 @@ TEST_CASE("the whole model equals BASELINES.md §1/BASELINES.md §2 written out 
 }
 
 TEST_CASE("the small preset: 852,480 trained parameters per block, as two FLASH small layers (BASELINES.md §1)") {
-    for (const char* arch : {"transformer++", "performer"}) {
+    for (const char* arch : {"transformer++", "performer", "combiner"}) {
         TransformerConfig c = transformer_preset("small", arch);
         CHECK(c.n_layers == 4);
         CHECK(c.n_heads == 4);
@@ -493,7 +498,7 @@ void check_model_gradient(const std::string& arch, bool causal, bool strong) {
     Rng pick(3);
     int checked = 0;
     double worst = 0;
-    for (const BaselineTensorSpec& spec : model.specs) {
+    for (const TensorSpec& spec : model.specs) {
         if (!spec.trained) continue;
         std::vector<size_t> entries;
         for (int k = 0; k < 8; k++) entries.push_back(spec.offset + (size_t)pick.below((int)spec.count));
@@ -522,6 +527,49 @@ TEST_CASE("model gradient, transformer++: non-causal, strong init") {
 TEST_CASE("model gradient, performer: causal, paper init") { check_model_gradient("performer", true, false); }
 TEST_CASE("model gradient, performer: causal, strong init") { check_model_gradient("performer", true, true); }
 TEST_CASE("model gradient, performer: non-causal, strong init") { check_model_gradient("performer", false, true); }
+// Combiner (BASELINES.md §3): the tiny preset's block 4 makes 4 spans of T = 16, so every part of its attention
+// (direct keys, summaries, the max pooling) is in the loss.
+TEST_CASE("model gradient, combiner: causal, paper init") { check_model_gradient("combiner", true, false); }
+TEST_CASE("model gradient, combiner: causal, strong init") { check_model_gradient("combiner", true, true); }
+TEST_CASE("model gradient, combiner: non-causal, strong init") { check_model_gradient("combiner", false, true); }
+
+TEST_CASE("Combiner with block = T is Transformer++: the same logits (double, 1e-12)") {
+    for (bool causal : {true, false}) {
+        TransformerConfig ct = tiny("transformer++", causal), cc = tiny("combiner", causal);
+        cc.block = cc.seq_len;  // one span: every query sees its own span's keys, and no summary
+        TransformerModel<double> tpp(ct), comb(cc);
+        tpp.init_weights(31, true);
+        comb.init_weights(31, true);
+        REQUIRE(tpp.params == comb.params);  // the same tensors, drawn in the same order
+        Batch batch = random_batch(ct, 2, ct.seq_len, 32);
+        const double lt = tpp.forward(batch.tokens.data(), batch.targets.data(), batch.B, batch.T);
+        const double lc = comb.forward(batch.tokens.data(), batch.targets.data(), batch.B, batch.T);
+        const size_t n = (size_t)batch.B * batch.T * ct.vocab_size;
+        const double err = max_abs_diff(tpp.acts.logits, comb.acts.logits, n);
+        MESSAGE(std::string(causal ? "causal" : "non-causal") << ": max |logit difference| " << err << ", losses "
+                                                               << lt << " " << lc);
+        CHECK(err < 1e-12);
+        CHECK(max_abs(std::vector<double>(tpp.acts.logits, tpp.acts.logits + n)) > 0.1);
+        // and with block < T they differ: the test can fail
+        TransformerConfig c4 = tiny("combiner", causal);
+        TransformerModel<double> comb4(c4);
+        comb4.init_weights(31, true);
+        comb4.forward(batch.tokens.data(), batch.targets.data(), batch.B, batch.T);
+        CHECK(max_abs_diff(tpp.acts.logits, comb4.acts.logits, n) > 1e-6);
+    }
+}
+
+TEST_CASE("Combiner: T not a multiple of block is refused, naming both") {
+    TransformerModel<double> model(tiny("combiner"));
+    model.init_weights(1, false);
+    std::vector<int> tokens(14, 1);
+    CHECK_THROWS_WITH_AS(model.forward(tokens.data(), nullptr, 1, 14),
+                         doctest::Contains("T=14 is not a multiple of Combiner's block c=4"), flash_error);
+    TransformerConfig c = tiny("combiner");
+    c.seq_len = 18;
+    CHECK_THROWS_WITH_AS(transformer_config_validate(c),
+                         doctest::Contains("'seq_len' (18) is not a multiple of 'block'"), flash_error);
+}
 
 TEST_CASE("performer: the loss and the gradients do not depend on the chunk size") {
     TransformerModel<double> model(tiny("performer"));
@@ -617,12 +665,20 @@ TEST_CASE("non-causal: a later token changes earlier logits, both archs") {
     }
 }
 
+// Every Ω of the model, in spec order.
+std::vector<double> omega_values(const TransformerModel<double>& model, const std::vector<double>& buf) {
+    std::vector<double> out;
+    for (const TensorSpec& s : model.specs)
+        if (!s.trained) out.insert(out.end(), buf.begin() + s.offset, buf.begin() + s.offset + s.count);
+    return out;
+}
+
 TEST_CASE("omega is not trained: no gradient, no moments, no decay; AdamW leaves it alone") {
     TransformerModel<double> model(tiny("performer"));
     model.init_weights(15, false);
     const TransformerConfig& c = model.cfg;
     int n_omega = 0;
-    for (const BaselineTensorSpec& s : model.specs) {
+    for (const TensorSpec& s : model.specs) {
         if (s.name.find("omega") == std::string::npos) {
             CHECK(s.trained);
             continue;
@@ -633,20 +689,16 @@ TEST_CASE("omega is not trained: no gradient, no moments, no decay; AdamW leaves
         CHECK(s.shape == std::vector<int64_t>{c.features, c.head_dim()});
     }
     CHECK(n_omega == c.n_layers);
-    // the trained buffers (params, grads, both moments) hold exactly the trained tensors; Ω lives apart
-    size_t trained = 0;
-    for (const BaselineTensorSpec& s : model.specs) trained += s.trained ? s.count : 0;
-    CHECK(model.params.size() == trained);
-    CHECK(model.grads.size() == trained);
-    CHECK(model.adam_m.size() == trained);
-    CHECK(model.adam_v.size() == trained);
-    CHECK(model.fixed.size() == (size_t)c.n_layers * c.features * c.head_dim());
+    // one flat buffer holds every tensor, Ω included; Ω's grads and moments stay zero
+    CHECK(model.params.size() == model.param_count());
+    CHECK(trained_param_count(model.specs) + (size_t)c.n_layers * c.features * c.head_dim() == model.param_count());
+    CHECK(transformer_fixed_count(c) == (size_t)c.n_layers * c.features * c.head_dim());
     for (int l = 0; l < c.n_layers; l++) {
         CHECK(model.dp.layers[l].omega == nullptr);
-        CHECK(model.p.layers[l].omega == model.fixed.data() + (size_t)l * c.features * c.head_dim());
+        CHECK(model.p.layers[l].omega == model.params.data() + model.specs[1 + 7 * l + 6].offset);
     }
     // a few AdamW steps with weight decay change every trained tensor and not Ω
-    const std::vector<double> omega = model.fixed, params = model.params;
+    const std::vector<double> omega = omega_values(model, model.params), params = model.params;
     Batch batch = random_batch(c, 2, c.seq_len, 16);
     AdamWConfig opt;
     for (int step = 1; step <= 3; step++) {
@@ -655,18 +707,29 @@ TEST_CASE("omega is not trained: no gradient, no moments, no decay; AdamW leaves
         model.backward();
         model.adamw_update(1e-2, opt, step);
     }
-    CHECK(model.fixed == omega);
+    CHECK(omega_values(model, model.params) == omega);
+    for (const std::vector<double>* zero : {&model.grads, &model.adam_m, &model.adam_v})
+        CHECK(max_abs(omega_values(model, *zero)) == 0.0);
     CHECK(max_abs_diff(model.params.data(), params.data(), params.size()) > 1e-3);
     // the Ω of different layers differ (one per layer)
     const size_t per = (size_t)c.features * c.head_dim();
-    CHECK(max_abs_diff(model.fixed.data(), model.fixed.data() + per, per) > 0.1);
+    CHECK(max_abs_diff(omega.data(), omega.data() + per, per) > 0.1);
 }
 
 TEST_CASE("Transformer++ and Performer of one seed start from the same trained weights") {
     TransformerModel<double> a(tiny("transformer++")), b(tiny("performer"));
     a.init_weights(17, false);
     b.init_weights(17, false);
-    CHECK(a.params == b.params);
+    // every trained tensor of one (Ω aside, b has a's tensors in a's order) holds the same values in the other
+    size_t compared = 0;
+    for (const TensorSpec& sa : a.specs)
+        for (const TensorSpec& sb : b.specs)
+            if (sb.name == sa.name) {
+                CHECK(std::equal(a.params.begin() + sa.offset, a.params.begin() + sa.offset + sa.count,
+                                 b.params.begin() + sb.offset));
+                compared += sa.count;
+            }
+    CHECK(compared == a.params.size());
     // spec init: matrices N(0, 0.02), gains 1
     CHECK(a.p.layers[1].attn_norm_g[3] == 1.0);
     double ss = 0;
@@ -683,12 +746,13 @@ TEST_CASE("checkpoints keep omega; one without it is refused and changes nothing
     TransformerModel<double> loaded(tiny("performer"));
     load_weights(path, loaded);
     // F32 in the file
-    for (size_t i = 0; i < model.fixed.size(); i++) CHECK(loaded.fixed[i] == (double)(float)model.fixed[i]);
+    const std::vector<double> omega = omega_values(model, model.params), omega_loaded = omega_values(loaded, loaded.params);
+    for (size_t i = 0; i < omega.size(); i++) CHECK(omega_loaded[i] == (double)(float)omega[i]);
     for (size_t i = 0; i < model.params.size(); i += 37) CHECK(loaded.params[i] == (double)(float)model.params[i]);
     SafeTensorsFile f = safetensors_read(path);
     CHECK(f.find("layers.1.omega") != nullptr);
     CHECK(f.find("grad.layers.1.omega") == nullptr);
-    CHECK(transformer_checkpoint_config(f, path).arch == "performer");
+    CHECK(checkpoint_model_config(f, path)["arch"] == "performer");
 
     // the same file without layers.1.omega
     std::vector<SafeTensor> kept;
@@ -697,7 +761,7 @@ TEST_CASE("checkpoints keep omega; one without it is refused and changes nothing
     safetensors_write(path, kept, f.metadata);
     TransformerModel<double> fresh(tiny("performer"));
     fresh.init_weights(19, false);
-    const std::vector<double> params = fresh.params, fixed = fresh.fixed;
+    const std::vector<double> params = fresh.params;
     std::string message;
     try {
         load_weights(path, fresh);
@@ -707,7 +771,6 @@ TEST_CASE("checkpoints keep omega; one without it is refused and changes nothing
     CHECK(message.find("no tensor 'layers.1.omega'") != std::string::npos);
     CHECK(message.find("cannot be redrawn") != std::string::npos);
     CHECK(fresh.params == params);
-    CHECK(fresh.fixed == fixed);
 
     // a Transformer++ checkpoint does not load into a Performer
     TransformerModel<double> tpp(tiny("transformer++"));
@@ -724,13 +787,27 @@ TEST_CASE("checkpoints keep omega; one without it is refused and changes nothing
 }
 
 TEST_CASE("config JSON: round trip, defaults from d, and keys of another arch refused by name") {
-    for (const char* arch : {"transformer++", "performer"}) {
+    for (const char* arch : {"transformer++", "performer", "combiner"}) {
         TransformerConfig c = tiny(arch, false);
         TransformerConfig back = transformer_config_from_json(transformer_config_to_json(c));
         CHECK(transformer_shape_mismatch(c, back) == "");
         CHECK(back.seq_len == c.seq_len);
-        CHECK(transformer_config_to_json(c).contains("features") == c.performer());
+        if (c.combiner()) CHECK(back.block == c.block);
+        // written: the arch and exactly its keys (BASELINES.md §6)
+        std::set<std::string> keys, want = {"arch", "vocab_size", "d", "n_layers", "n_heads", "ffn", "seq_len",
+                                            "causal", "eps", "rope_base"};
+        if (c.performer()) want.insert("features");
+        if (c.combiner()) want.insert("block");
+        const nlohmann::json written = transformer_config_to_json(c);
+        for (auto& kv : written.items()) keys.insert(kv.key());
+        INFO(arch);
+        CHECK(keys == want);
+        CHECK(transformer_config_to_json(c)["arch"] == arch);
+        // the preset names and a file's normalized config give the same
+        CHECK(load_model_config_json(std::string(arch) + "-tiny") == transformer_config_to_json(tiny(arch)));
+        CHECK(normalized_model_config({{"arch", arch}, {"d", 128}}).at("n_heads") == 2);
     }
+    CHECK(transformer_config_from_json({{"arch", "combiner"}}).block == 128);  // BASELINES.md §6's default
     TransformerConfig c = transformer_config_from_json({{"arch", "performer"}, {"d", 128}});
     CHECK(c.n_heads == 2);
     CHECK(c.ffn == 384);
@@ -747,6 +824,14 @@ TEST_CASE("config JSON: round trip, defaults from d, and keys of another arch re
               .find("'features' does not belong to arch transformer++") != std::string::npos);
     CHECK(error_of({{"arch", "performer"}, {"chunk", 64}}).find("'chunk' does not belong") != std::string::npos);
     CHECK(error_of({{"arch", "performer"}, {"block", 128}}).find("'block' does not belong") != std::string::npos);
+    CHECK(error_of({{"arch", "combiner"}, {"features", 64}}).find("'features' does not belong to arch combiner") !=
+          std::string::npos);
+    CHECK(error_of({{"arch", "transformer++"}, {"block", 64}}).find("'block' does not belong to arch transformer++") !=
+          std::string::npos);
+    CHECK(error_of({{"arch", "combiner"}, {"e", 64}}).find("'e' does not belong to arch combiner") != std::string::npos);
+    CHECK_THROWS_WITH_AS(normalized_model_config({{"arch", "flash"}, {"block", 4}}),
+                         doctest::Contains("'block'"), flash_error);
+    CHECK_THROWS_WITH_AS(normalized_model_config({{"arch", "lstm"}}), doctest::Contains("'lstm'"), flash_error);
     CHECK(error_of({{"arch", "flash"}}).find("'arch' is 'flash'") != std::string::npos);
     CHECK(error_of({{"arch", "transformer++"}, {"d", 96}, {"n_heads", 5}}).find("n_heads") != std::string::npos);
 }
@@ -809,7 +894,7 @@ TEST_CASE("AdamW: one step by hand, weight decay on matrices only") {
     model.adamw_update(0.01, opt, 1);
     // first step: m̂ = g, v̂ = g², so the update is lr·(g/(|g|+eps) + wd·w)
     int decayed = 0;
-    for (const BaselineTensorSpec& spec : model.specs) {
+    for (const TensorSpec& spec : model.specs) {
         if (!spec.trained) continue;
         const size_t i = spec.offset + spec.count - 1;
         const double wd = spec.decay ? 0.1 : 0.0;
@@ -843,6 +928,90 @@ TEST_CASE("bad batches are refused with a clear message") {
     CHECK_THROWS_WITH_AS(model.forward(tokens.data(), targets.data(), 1, 16), doctest::Contains("out of range"),
                          flash_error);
     CHECK_THROWS_WITH_AS(model.backward(), doctest::Contains("needs a forward"), flash_error);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The Model interface (model.h): make_model, the debug state
+
+TEST_CASE("make_model builds every baseline; the interface gives the class's own loss and gradients") {
+    for (const char* arch : {"transformer++", "performer", "combiner"}) {
+        INFO(arch);
+        const TransformerConfig c = tiny(arch);
+        std::unique_ptr<Model<double>> m = make_model<double>(transformer_config_to_json(c));
+        CHECK(m->arch() == arch);
+        CHECK(m->shape_mismatch(transformer_config_to_json(c)) == "");
+        CHECK(m->forward_flops_per_token() == transformer_forward_flops_per_token(c));
+        TransformerModel<double> direct(c);
+        CHECK(m->param_count() == direct.params.size());
+        CHECK(trained_param_count(m->tensor_specs()) == transformer_param_count(c));
+        direct.init_weights(40, true);
+        m->init_weights(40, true);
+        Batch batch = random_batch(c, 2, c.seq_len, 41);
+        const double lm = m->forward(batch.tokens.data(), batch.targets.data(), 2, c.seq_len);
+        CHECK(lm == direct.forward(batch.tokens.data(), batch.targets.data(), 2, c.seq_len));
+        CHECK(lm > 0);
+        m->zero_grad();
+        m->backward();
+        direct.zero_grad();
+        direct.backward();
+        std::vector<double> grads(m->param_count()), params(m->param_count());
+        m->copy_to_host(ModelBuffer::grads, grads.data());
+        CHECK(grads == direct.grads);
+        CHECK(m->grad_norm() == direct.grad_norm());
+        CHECK(m->grad_norm() > 0);
+        // an AdamW step through the interface, and a copy round trip
+        AdamWConfig opt;
+        m->adamw_update(1e-3, opt, 1);
+        direct.adamw_update(1e-3, opt, 1);
+        m->copy_to_host(ModelBuffer::params, params.data());
+        CHECK(params == direct.params);
+        // no CUDA model for the baselines: a clear error
+        CHECK_THROWS_WITH_AS(make_model<float>(transformer_config_to_json(c), Device::cuda),
+                             doctest::Contains("has no CUDA model"), flash_error);
+    }
+}
+
+TEST_CASE("a debug state of each baseline, float and double, both initialisations") {
+    for (const char* arch : {"transformer++", "performer", "combiner"})
+        for (bool dbl : {false, true})
+            for (bool strong : {false, true}) {
+                const std::string path = "build/test_transformer_debug.safetensors";
+                std::vector<const char*> argv = {"train", "--debug-state", path.c_str(), "--model", nullptr,
+                                                 "--seed", "5"};
+                const std::string preset = std::string(arch) + "-tiny";
+                argv[4] = preset.c_str();
+                if (dbl) argv.push_back("--double");
+                if (strong) argv.push_back("--strong-init");
+                INFO(arch << (dbl ? " double" : " float") << (strong ? " strong" : " paper"));
+                CHECK(debug_state_main((int)argv.size(), (char**)argv.data()) == 0);
+                SafeTensorsFile f = safetensors_read(path);
+                TransformerModel<double> model(tiny(arch));
+                size_t trained = 0;
+                for (const TensorSpec& s : model.specs) trained += s.trained;
+                CHECK(f.tensors.size() == 3 + model.specs.size() + trained);  // batch, loss; weights; gradients
+                CHECK(f.find("loss")->dtype == (dbl ? "F64" : "F32"));
+                CHECK(checkpoint_model_config(f, path)["arch"] == arch);
+                CHECK((f.find("layers.1.omega") != nullptr) == model.cfg.performer());
+                CHECK(f.find("grad.layers.1.omega") == nullptr);
+                // the file's weights give the file's loss and gradients
+                load_weights(path, model);
+                std::vector<int> tokens(32), targets(32);
+                REQUIRE(f.find("batch.tokens")->data.size() == 4 * 32);  // I32, little-endian as this machine
+                std::memcpy(tokens.data(), f.find("batch.tokens")->data.data(), 4 * 32);
+                std::memcpy(targets.data(), f.find("batch.targets")->data.data(), 4 * 32);
+                std::vector<double> loss(1);
+                read_tensor(*f.find("loss"), {1}, loss.data(), path);
+                const double again = model.forward(tokens.data(), targets.data(), 2, 16);
+                CHECK(again == doctest::Approx(loss[0]).epsilon(dbl ? 1e-12 : 1e-5));
+                model.zero_grad();
+                model.backward();
+                std::vector<double> grads(model.param_count());
+                load_param_tensors(model, grads, f, "grad.", path, true);
+                const double scale = max_abs(model.grads);
+                CHECK(scale > 0);
+                CHECK(max_abs_diff(grads.data(), model.grads.data(), grads.size()) < (dbl ? 1e-12 : 1e-4) * scale);
+                std::remove(path.c_str());
+            }
 }
 
 }  // namespace
