@@ -181,32 +181,16 @@ template <typename Real>
 void rope_forward(Real* x, const double* cos_t, const double* sin_t, int N, int T, int s) {
     const int half = s / 2;
 #pragma omp parallel for
-    for (int n = 0; n < N; n++) {
-        Real* r = x + (size_t)n * s;
-        const double* c = cos_t + (size_t)(n % T) * half;
-        const double* sn = sin_t + (size_t)(n % T) * half;
-        for (int i = 0; i < half; i++) {
-            double a = r[i], b = r[i + half];
-            r[i] = (Real)(a * c[i] - b * sn[i]);
-            r[i + half] = (Real)(b * c[i] + a * sn[i]);
-        }
-    }
+    for (int n = 0; n < N; n++)
+        rope_rotate_row(x + (size_t)n * s, cos_t + (size_t)(n % T) * half, sin_t + (size_t)(n % T) * half, half, 1.0);
 }
 // Backward of the rotation above: the transpose of a rotation by θ is the rotation by −θ, applied to dx in place.
 template <typename Real>
 void rope_backward(Real* dx, const double* cos_t, const double* sin_t, int N, int T, int s) {
     const int half = s / 2;
 #pragma omp parallel for
-    for (int n = 0; n < N; n++) {
-        Real* r = dx + (size_t)n * s;
-        const double* c = cos_t + (size_t)(n % T) * half;
-        const double* sn = sin_t + (size_t)(n % T) * half;
-        for (int i = 0; i < half; i++) {
-            double a = r[i], b = r[i + half];
-            r[i] = (Real)(a * c[i] + b * sn[i]);
-            r[i + half] = (Real)(b * c[i] - a * sn[i]);
-        }
-    }
+    for (int n = 0; n < N; n++)
+        rope_rotate_row(dx + (size_t)n * s, cos_t + (size_t)(n % T) * half, sin_t + (size_t)(n % T) * half, half, -1.0);
 }
 
 // gated = u ⊙ o

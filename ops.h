@@ -18,6 +18,13 @@
 
 #include "common.h"
 
+// `#pragma omp simd` in a header that nvcc also reads (it compiles without OpenMP and would warn)
+#ifdef _OPENMP
+#define FLASH_OMP_SIMD _Pragma("omp simd")
+#else
+#define FLASH_OMP_SIMD
+#endif
+
 // ----------------------------------------------------------------------------------------------------
 // Parameter tensors: a name, a shape, and a place in one flat buffer (params, grads and both AdamW moments share
 // the layout). Each architecture lists its own (flash.h: param_specs).
@@ -115,6 +122,19 @@ template <typename Real> void silu_backward_naive(Real* dx, const Real* dy, cons
 inline double rope_frequency(int i, int s, double base) { return std::pow(base, -2.0 * i / s); }
 // cos_t/sin_t: (T, s/2) tables from rope_tables; row n of x is at position first_pos + (n mod T).
 void rope_tables(std::vector<double>& cos_t, std::vector<double>& sin_t, int first_pos, int T, int s, double base);
+// One row of s values rotated by +θ (sign = 1) or −θ (sign = −1), θ given by one table row c, sn (s/2 each): the rule
+// rope_forward/backward and the fused row ops of flash.cpp share. The two halves never overlap, so it vectorises.
+template <typename Real>
+inline void rope_rotate_row(Real* r, const double* c, const double* sn, int half, double sign) {
+    Real* lo = r;
+    Real* hi = r + half;
+    FLASH_OMP_SIMD
+    for (int i = 0; i < half; i++) {
+        const double a = lo[i], b = hi[i], sv = sign * sn[i];
+        lo[i] = (Real)(a * c[i] - b * sv);
+        hi[i] = (Real)(b * c[i] + a * sv);
+    }
+}
 template <typename Real> void rope_forward(Real* x, const double* cos_t, const double* sin_t, int N, int T, int s);
 template <typename Real> void rope_backward(Real* dx, const double* cos_t, const double* sin_t, int N, int T, int s);
 

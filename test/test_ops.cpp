@@ -306,6 +306,69 @@ TEST_CASE("silu: tuned equals naive (float: within 4e-7 relative, gradient too; 
     CHECK(yd_tuned == yd_naive);
 }
 
+// The fused rows (flash.h: gau_rows_forward/backward) against the unfused ops they replace, run one after the other:
+// silu_forward, offset_scale_forward, rope_forward ×4, and backward rope_backward ×4, offset_scale_backward,
+// silu_backward. In double they are the same arithmetic but for the order of the sums over rows of dγ, dβ.
+template <typename Real>
+static void check_gau_rows(double tol) {
+    Rng rng(41);
+    const int Nr = 150, Tr = 50, I = 2 * e + s;  // Nr not a multiple of the 64-row blocks of the backward
+    std::vector<double> cos_t, sin_t;
+    rope_tables(cos_t, sin_t, 0, Tr, s, 10000.0);
+    auto to = [](const std::vector<double>& v) { return std::vector<Real>(v.begin(), v.end()); };
+    const auto h = to(randn((size_t)Nr * I, rng, 3.0)), gamma = to(randn(4 * s, rng, 0.5, 1.0)),
+               beta = to(randn(4 * s, rng)), dact0 = to(randn((size_t)Nr * I, rng)),
+               dheads0 = to(randn((size_t)4 * Nr * s, rng)), dh0 = to(randn((size_t)Nr * I, rng));
+    const size_t Ns = (size_t)Nr * s;
+    struct Out { std::vector<Real> act, heads, dh, dgamma, dbeta, dact; };
+    Out fused{std::vector<Real>((size_t)Nr * I), std::vector<Real>(4 * Ns), dh0, std::vector<Real>(4 * s, Real(0.5)),
+              std::vector<Real>(4 * s, Real(-0.5)), dact0};
+    Out naive = fused;
+    std::vector<Real> dheads_f = dheads0, dheads_n = dheads0;
+    {
+        Real* hd = fused.heads.data();
+        gau_rows_forward(fused.act.data(), hd, hd + Ns, hd + 2 * Ns, hd + 3 * Ns, h.data(), gamma.data(), beta.data(),
+                         cos_t.data(), sin_t.data(), Nr, Tr, e, s);
+        Real* dhd = dheads_f.data();
+        gau_rows_backward(fused.dh.data(), fused.dgamma.data(), fused.dbeta.data(), fused.dact.data(), dhd, dhd + Ns,
+                          dhd + 2 * Ns, dhd + 3 * Ns, h.data(), fused.act.data(), gamma.data(), cos_t.data(),
+                          sin_t.data(), Nr, Tr, e, s);
+    }
+    {
+        Real* hd = naive.heads.data();
+        silu_forward_naive(naive.act.data(), h.data(), (size_t)Nr * I);
+        offset_scale_forward(hd, hd + Ns, hd + 2 * Ns, hd + 3 * Ns, naive.act.data() + 2 * e, I, gamma.data(),
+                             beta.data(), Nr, s);
+        for (int i = 0; i < 4; i++) rope_forward(hd + i * Ns, cos_t.data(), sin_t.data(), Nr, Tr, s);
+        Real* dhd = dheads_n.data();
+        for (int i = 0; i < 4; i++) rope_backward(dhd + i * Ns, cos_t.data(), sin_t.data(), Nr, Tr, s);
+        offset_scale_backward(naive.dact.data() + 2 * e, I, naive.dgamma.data(), naive.dbeta.data(), dhd, dhd + Ns,
+                              dhd + 2 * Ns, dhd + 3 * Ns, naive.act.data() + 2 * e, I, gamma.data(), Nr, s);
+        silu_backward_naive(naive.dh.data(), naive.dact.data(), h.data(), (size_t)Nr * I);
+    }
+    auto rel = [](const std::vector<Real>& a, const std::vector<Real>& b) {
+        double err = 0, scale = 0;
+        for (size_t i = 0; i < a.size(); i++)
+            err = std::max(err, std::fabs((double)a[i] - b[i])), scale = std::max(scale, std::fabs((double)b[i]));
+        return err / scale;
+    };
+    CHECK(rel(fused.act, naive.act) < tol);
+    CHECK(rel(fused.heads, naive.heads) < tol);
+    CHECK(rel(dheads_f, dheads_n) < tol);
+    CHECK(rel(fused.dact, naive.dact) < tol);
+    CHECK(rel(fused.dh, naive.dh) < tol);
+    CHECK(rel(fused.dgamma, naive.dgamma) < tol);
+    CHECK(rel(fused.dbeta, naive.dbeta) < tol);
+    MESSAGE("gau rows fused vs naive: dh " << rel(fused.dh, naive.dh) << ", dgamma " << rel(fused.dgamma, naive.dgamma));
+}
+TEST_CASE("gau rows: the fused silu, offset-scale and RoPE equal the three ops one after the other (double)") {
+    check_gau_rows<double>(1e-14);
+}
+TEST_CASE("gau rows: the fused silu, offset-scale and RoPE equal the three ops one after the other (float)") {
+    // float: exp_approx (< 2e-7) against std::exp, and the dγ, dβ sums over 150 rows in another order
+    check_gau_rows<float>(2e-6);
+}
+
 TEST_CASE("residual adds in place") {
     std::vector<double> y = {1, 2, 3}, x = {10, 20, 30};
     residual_forward(y.data(), x.data(), 3);
