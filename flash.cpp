@@ -532,8 +532,7 @@ double FlashModel<Real>::forward(const int* tok, const int* tgt, int B_, int T_)
         local_attention_forward(la.o, la.relu_s, la.qq, la.kq, v, I, lp.rel_bias, B, T, C, s, e, cfg.causal);
         global_attention_forward(la.o, la.m, la.ql, la.kl, v, I, B, T, C, s, e, cfg.causal);
         gate_forward(la.gated, u, I, la.o, N, e);
-        matmul_forward(x_next, la.gated, lp.w_out, lp.b_out, N, e, d);
-        residual_forward(x_next, la.x, (size_t)N * d);
+        matmul_residual_forward(x_next, la.x, la.gated, lp.w_out, lp.b_out, N, e, d);  // x_next = x + gated·W + b
     }
     scalenorm_forward(acts.xn_f, acts.rstd_f, acts.x_final, p.norm_f_g, N, d, cfg.eps);
     logits_forward(acts.logits, acts.xn_f, p.wte, N, d, V);

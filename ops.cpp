@@ -79,9 +79,11 @@ void scalenorm_forward(Real* xn, Real* rstd, const Real* x, const Real* g, int N
     for (int n = 0; n < N; n++) {
         const Real* xr = x + (size_t)n * d;
         double ss = 0;
+#pragma omp simd reduction(+ : ss)
         for (int j = 0; j < d; j++) ss += (double)xr[j] * xr[j];
         Real r = (Real)(1.0 / std::sqrt(ss / d + eps));
         rstd[n] = r;
+#pragma omp simd
         for (int j = 0; j < d; j++) xn[(size_t)n * d + j] = g[0] * xr[j] * r;
     }
 }
@@ -96,6 +98,7 @@ void scalenorm_backward(Real* dx, Real* dg, const Real* dxn, const Real* x, cons
         const Real* xr = x + (size_t)n * d;
         const Real* dr = dxn + (size_t)n * d;
         double dot = 0;
+#pragma omp simd reduction(+ : dot)
         for (int j = 0; j < d; j++) dot += (double)dr[j] * xr[j];
         const double r = rstd[n];
         dg_row[n] = dot * r;
@@ -116,6 +119,21 @@ void matmul_forward(Real* y, const Real* x, const Real* w, const Real* b, int N,
         for (int n = 0; n < N; n++) std::memcpy(y + (size_t)n * out, b, sizeof(Real) * out);
     }
     gemm(false, false, N, out, in, Real(1), x, in, w, out, b ? Real(1) : Real(0), y, out);
+}
+// y = residual + x · w + b: the product and the residual connection after it in one pass over y (residual may be y
+// itself); the same as matmul_forward then residual_forward, up to the order of the additions.
+// y, residual (N,out), x (N,in), w (in,out), b (out) or null
+template <typename Real>
+void matmul_residual_forward(Real* y, const Real* residual, const Real* x, const Real* w, const Real* b, int N, int in,
+                             int out) {
+#pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        Real* yr = y + (size_t)n * out;
+        const Real* rr = residual + (size_t)n * out;
+#pragma omp simd
+        for (int j = 0; j < out; j++) yr[j] = rr[j] + (b ? b[j] : Real(0));
+    }
+    gemm(false, false, N, out, in, Real(1), x, in, w, out, Real(1), y, out);
 }
 // Backward of: y = x · w + b   =>   dx += dy · wᵀ;  dw += xᵀ · dy;  db += Σ_rows dy
 template <typename Real>
@@ -252,11 +270,14 @@ double crossentropy_forward(Real* losses, Real* probs, const Real* logits, const
         Real mx = lr[0];
         for (int k = 1; k < V; k++) mx = std::max(mx, lr[k]);
         double sum = 0;
+#pragma omp simd reduction(+ : sum)
         for (int k = 0; k < V; k++) {
-            pr[k] = std::exp(lr[k] - mx);
+            pr[k] = exp_tuned(lr[k] - mx);
             sum += pr[k];
         }
-        for (int k = 0; k < V; k++) pr[k] = (Real)(pr[k] / sum);
+        const Real sum_r = (Real)sum;
+#pragma omp simd
+        for (int k = 0; k < V; k++) pr[k] = pr[k] / sum_r;
         losses[n] = targets[n] == kIgnoreTarget ? Real(0) : (Real)(std::log(sum) + mx - lr[targets[n]]);
     }
     double total = 0;
@@ -329,6 +350,7 @@ INSTANTIATE(scalenorm_forward)
 INSTANTIATE(scalenorm_backward)
 INSTANTIATE(matmul_forward)
 INSTANTIATE(matmul_backward)
+INSTANTIATE(matmul_residual_forward)
 INSTANTIATE(silu_forward)
 INSTANTIATE(silu_backward)
 INSTANTIATE(silu_forward_naive)

@@ -76,6 +76,10 @@ template <typename Real> void scalenorm_backward(Real* dx, Real* dg, const Real*
                                                  const Real* g, int N, int d);
 
 template <typename Real> void matmul_forward(Real* y, const Real* x, const Real* w, const Real* b, int N, int in, int out);
+// y = residual + x · w + b (the residual connection fused into the product; its backward is matmul_backward, with
+// dresidual += dy). The naive version is matmul_forward then residual_forward.
+template <typename Real> void matmul_residual_forward(Real* y, const Real* residual, const Real* x, const Real* w,
+                                                      const Real* b, int N, int in, int out);
 template <typename Real> void matmul_backward(Real* dx, Real* dw, Real* db, const Real* dy, const Real* x, const Real* w,
                                               int N, int in, int out);
 

@@ -4,6 +4,7 @@
 //                                         elementwise, loss) as a share of the step, model FLOP/s as a share of the
 //                                         sgemm peak measured in the same run, activation bytes per token, and the
 //                                         step with 1 thread against all threads
+//   build/bench_cpu --elementwise         SiLU with exp_approx vs std::exp, fused rows vs the unfused ops
 //   build/bench_cpu --long [T,...]        one sequence (B = 1) at long T (default 512,16384,65536): ms per token,
 //                                         activation memory; against T = 512
 //   build/bench_cpu --scaling [OUT.png]   step time against T, FLASH (C = 128) vs FLASH-Quad (C = T), small config,
@@ -151,9 +152,57 @@ static int long_context(const std::vector<int64_t>& lengths) {
     return 0;
 }
 
+// Tuned against naive, back to back at the small config's shapes (B=8, T=512): SiLU with exp_approx against SiLU
+// with std::exp, and the fused rows (gau_rows_*) against the unfused ops. Best of 5 runs each.
+static int elementwise_ab() {
+    const FlashConfig c = config_preset("small");
+    const int B = 8, T = c.seq_len, N = B * T, e = c.e, s = c.s, I = c.inner();
+    const size_t n = (size_t)N * I, Ns = (size_t)N * s;
+    Rng rng(5);
+    std::vector<float> h(n), act(n), dact(n), dh(n), heads(4 * Ns), dheads(4 * Ns), gamma(4 * s, 1.0f), beta(4 * s),
+        dgamma(4 * s), dbeta(4 * s);
+    for (float& v : h) v = (float)(3 * rng.normal());
+    for (float& v : dact) v = (float)rng.normal();
+    for (float& v : dheads) v = (float)rng.normal();
+    std::vector<double> cos_t, sin_t;
+    rope_tables(cos_t, sin_t, 0, T, s, c.rope_base);
+    float *hd = heads.data(), *dhd = dheads.data();
+    auto ms = [](const std::function<void()>& f) { return 1e3 * seconds(f, 5); };
+    std::printf("elementwise, tuned vs naive, %d threads, N = %d rows of %d (best of 5)\n", omp_get_max_threads(), N, I);
+    const double sf_naive = ms([&] { silu_forward_naive(act.data(), h.data(), n); });
+    const double sf = ms([&] { silu_forward(act.data(), h.data(), n); });
+    const double sb_naive = ms([&] { silu_backward_naive(dh.data(), dact.data(), h.data(), n); });
+    const double sb = ms([&] { silu_backward(dh.data(), dact.data(), h.data(), n); });
+    std::printf("  silu fwd: std::exp, one thread %8.2f ms   exp_approx, vectorised %8.2f ms\n", sf_naive, sf);
+    std::printf("  silu bwd: std::exp, one thread %8.2f ms   exp_approx, vectorised %8.2f ms\n", sb_naive, sb);
+    const double chain_f = ms([&] {
+        silu_forward(act.data(), h.data(), n);
+        offset_scale_forward(hd, hd + Ns, hd + 2 * Ns, hd + 3 * Ns, act.data() + 2 * e, I, gamma.data(), beta.data(), N, s);
+        for (int i = 0; i < 4; i++) rope_forward(hd + i * Ns, cos_t.data(), sin_t.data(), N, T, s);
+    });
+    const double fused_f = ms([&] {
+        gau_rows_forward(act.data(), hd, hd + Ns, hd + 2 * Ns, hd + 3 * Ns, h.data(), gamma.data(), beta.data(),
+                         cos_t.data(), sin_t.data(), N, T, e, s);
+    });
+    const double chain_b = ms([&] {
+        for (int i = 0; i < 4; i++) rope_backward(dhd + i * Ns, cos_t.data(), sin_t.data(), N, T, s);
+        offset_scale_backward(dact.data() + 2 * e, I, dgamma.data(), dbeta.data(), dhd, dhd + Ns, dhd + 2 * Ns,
+                              dhd + 3 * Ns, act.data() + 2 * e, I, gamma.data(), N, s);
+        silu_backward(dh.data(), dact.data(), h.data(), n);
+    });
+    const double fused_b = ms([&] {
+        gau_rows_backward(dh.data(), dgamma.data(), dbeta.data(), dact.data(), dhd, dhd + Ns, dhd + 2 * Ns,
+                          dhd + 3 * Ns, h.data(), act.data(), gamma.data(), cos_t.data(), sin_t.data(), N, T, e, s);
+    });
+    std::printf("  silu + offset-scale + rope fwd: three ops %8.2f ms   fused rows %8.2f ms\n", chain_f, fused_f);
+    std::printf("  silu + offset-scale + rope bwd: three ops %8.2f ms   fused rows %8.2f ms\n", chain_b, fused_b);
+    return 0;
+}
+
 int main(int argc, char** argv) {
     try {
         if (argc > 1 && std::string(argv[1]) == "--scaling") return scaling(argc > 2 ? argv[2] : "scaling_cpu.png");
+        if (argc > 1 && std::string(argv[1]) == "--elementwise") return elementwise_ab();
         if (argc > 1 && std::string(argv[1]) == "--long") {
             std::vector<int64_t> lengths = {512, 16384, 65536};
             if (argc > 2) {
@@ -214,8 +263,7 @@ int main(int argc, char** argv) {
             {"local attn fwd", kAttention, true, [&] { local_attention_forward(o.data(), relu_s.data(), qq, kq, v, I, bias.data(), B, T, C, s, e, c.causal); }},
             {"global attn fwd", kAttention, true, [&] { global_attention_forward(o.data(), m.data(), ql, kl, v, I, B, T, C, s, e, c.causal); }},
             {"gate fwd", kElementwise, true, [&] { gate_forward(gated.data(), u, I, o.data(), N, e); }},
-            {"w_out fwd", kProducts, true, [&] { matmul_forward(y.data(), gated.data(), w_out.data(), b_out.data(), N, e, d); }},
-            {"residual fwd", kElementwise, true, [&] { residual_forward(y.data(), x.data(), (size_t)N * d); }},
+            {"w_out+res fwd", kProducts, true, [&] { matmul_residual_forward(y.data(), x.data(), gated.data(), w_out.data(), b_out.data(), N, e, d); }},
             {"w_out bwd", kProducts, true, [&] { matmul_backward(dgated.data(), dw_out.data(), db_out.data(), dx.data(), gated.data(), w_out.data(), N, e, d); }},
             {"gate bwd", kElementwise, true, [&] { gate_backward(dact.data(), I, d_o.data(), dgated.data(), u, I, o.data(), N, e); }},
             {"global attn bwd", kAttention, true, [&] { global_attention_backward(dql, dkl, dact.data() + e, I, d_o.data(), m.data(), ql, kl, v, I, B, T, C, s, e, c.causal); }},

@@ -369,6 +369,21 @@ TEST_CASE("gau rows: the fused silu, offset-scale and RoPE equal the three ops o
     check_gau_rows<float>(2e-6);
 }
 
+TEST_CASE("matmul_residual_forward equals matmul_forward then residual_forward") {
+    Rng rng(42);
+    const int in = e, out = d;
+    auto x = randn((size_t)N * in, rng), w = randn((size_t)in * out, rng), b = randn(out, rng),
+         res = randn((size_t)N * out, rng);
+    std::vector<double> fused((size_t)N * out), naive((size_t)N * out);
+    matmul_residual_forward(fused.data(), res.data(), x.data(), w.data(), b.data(), N, in, out);
+    matmul_forward(naive.data(), x.data(), w.data(), b.data(), N, in, out);
+    residual_forward(naive.data(), res.data(), naive.size());
+    CHECK(max_abs_diff(fused.data(), naive.data(), naive.size()) < 1e-12 * max_abs(naive));
+    std::vector<double> in_place = res;  // y may be the residual itself
+    matmul_residual_forward(in_place.data(), in_place.data(), x.data(), w.data(), b.data(), N, in, out);
+    CHECK(in_place == fused);
+}
+
 TEST_CASE("residual adds in place") {
     std::vector<double> y = {1, 2, 3}, x = {10, 20, 30};
     residual_forward(y.data(), x.data(), 3);
