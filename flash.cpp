@@ -234,7 +234,7 @@ void gau_rows_forward(Real* act, Real* qq, Real* kq, Real* ql, Real* kl, const R
         const Real* hr = h + (size_t)n * I;
         Real* ar = act + (size_t)n * I;
 #pragma omp simd
-        for (int j = 0; j < I; j++) ar[j] = hr[j] / (Real(1) + exp_tuned(-hr[j]));
+        for (int j = 0; j < I; j++) ar[j] = hr[j] * (Real(1) / (Real(1) + exp_tuned(-hr[j])));  // silu = h · σ(h)
         const Real* z = ar + 2 * e;
         for (int i = 0; i < 4; i++) {
             Real* hd = heads[i] + (size_t)n * s;

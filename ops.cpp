@@ -157,7 +157,8 @@ void matmul_backward(Real* dx, Real* dw, Real* db, const Real* dy, const Real* x
 template <typename Real>
 void silu_forward(Real* y, const Real* x, size_t n) {
 #pragma omp parallel for simd schedule(static)
-    for (size_t i = 0; i < n; i++) y[i] = x[i] / (Real(1) + exp_tuned(-x[i]));
+    // x · σ(x) rather than x / (1 + e^−x): GCC splits the quotient by exp_approx's clamp into two masked divisions
+    for (size_t i = 0; i < n; i++) y[i] = x[i] * (Real(1) / (Real(1) + exp_tuned(-x[i])));
 }
 // Backward of: y = x · σ(x)   =>   dx += dy · σ(x) · (1 + x · (1 − σ(x)))
 template <typename Real>
