@@ -218,6 +218,81 @@ void offset_scale_backward(Real* dz, int lddz, Real* dgamma, Real* dbeta, const 
     }
 }
 
+// Rows per block of gau_rows_backward: the sums over rows of dγ, dβ are taken per block, then over the blocks in
+// order, so they do not depend on the number of threads.
+constexpr int kRowBlock = 64;
+
+// act = silu(h);  head_i = rope(z ⊙ γ[i] + β[i]), z = act[:, 2e:], row by row (the three ops of §1 in one pass)
+// act, h (N, 2e+s); qq, kq, ql, kl (N,s); gamma, beta (4,s); cos_t, sin_t (T, s/2), row n at position n mod T
+template <typename Real>
+void gau_rows_forward(Real* act, Real* qq, Real* kq, Real* ql, Real* kl, const Real* h, const Real* gamma,
+                      const Real* beta, const double* cos_t, const double* sin_t, int N, int T, int e, int s) {
+    const int I = 2 * e + s, half = s / 2;
+    Real* heads[4] = {qq, kq, ql, kl};
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const Real* hr = h + (size_t)n * I;
+        Real* ar = act + (size_t)n * I;
+#pragma omp simd
+        for (int j = 0; j < I; j++) ar[j] = hr[j] * (Real(1) / (Real(1) + exp_tuned(-hr[j])));  // silu = h · σ(h)
+        const Real* z = ar + 2 * e;
+        for (int i = 0; i < 4; i++) {
+            Real* hd = heads[i] + (size_t)n * s;
+            const Real *gi = gamma + i * s, *bi = beta + i * s;
+#pragma omp simd
+            for (int j = 0; j < s; j++) hd[j] = z[j] * gi[j] + bi[j];
+            rope_rotate_row(hd, cos_t + (size_t)(n % T) * half, sin_t + (size_t)(n % T) * half, half, 1.0);
+        }
+    }
+}
+// Backward of the three, in reverse order per row (the head gradients are rotated back in place):
+//   dhead_i = rope⁻¹(dhead_i);   dz = dact_z + Σ_i dhead_i ⊙ γ[i];   dγ[i] += Σ_rows dhead_i ⊙ z;   dβ[i] += Σ_rows dhead_i;
+//   dh += dact ⊙ σ(h) · (1 + h · (1 − σ(h)))
+// dact's z part receives dz (as offset_scale_backward leaves it); u and v parts hold du, dv on entry.
+template <typename Real>
+void gau_rows_backward(Real* dh, Real* dgamma, Real* dbeta, Real* dact, Real* dqq, Real* dkq, Real* dql, Real* dkl,
+                       const Real* h, const Real* act, const Real* gamma, const double* cos_t, const double* sin_t,
+                       int N, int T, int e, int s) {
+    const int I = 2 * e + s, half = s / 2;
+    Real* dheads[4] = {dqq, dkq, dql, dkl};
+    const int n_blocks = (N + kRowBlock - 1) / kRowBlock;
+    std::vector<Real> part((size_t)n_blocks * 8 * s, Real(0));  // per block: dγ (4,s), then dβ (4,s)
+#pragma omp parallel for schedule(static)
+    for (int blk = 0; blk < n_blocks; blk++) {
+        Real* pg = part.data() + (size_t)blk * 8 * s;
+        Real* pb = pg + 4 * s;
+        for (int n = blk * kRowBlock; n < std::min(N, (blk + 1) * kRowBlock); n++) {
+            const Real* z = act + (size_t)n * I + 2 * e;
+            Real* dar = dact + (size_t)n * I;
+            Real* dz = dar + 2 * e;
+            for (int i = 0; i < 4; i++) {
+                Real* dhd = dheads[i] + (size_t)n * s;
+                rope_rotate_row(dhd, cos_t + (size_t)(n % T) * half, sin_t + (size_t)(n % T) * half, half, -1.0);
+                const Real* gi = gamma + i * s;
+                Real *pgi = pg + i * s, *pbi = pb + i * s;
+#pragma omp simd
+                for (int j = 0; j < s; j++) {
+                    pgi[j] += dhd[j] * z[j];
+                    pbi[j] += dhd[j];
+                    dz[j] += dhd[j] * gi[j];
+                }
+            }
+            const Real* hr = h + (size_t)n * I;
+            Real* dhr = dh + (size_t)n * I;
+#pragma omp simd
+            for (int j = 0; j < I; j++) {
+                const Real sig = Real(1) / (Real(1) + exp_tuned(-hr[j]));
+                dhr[j] += dar[j] * sig * (Real(1) + hr[j] * (Real(1) - sig));
+            }
+        }
+    }
+    for (int blk = 0; blk < n_blocks; blk++)
+        for (int k = 0; k < 4 * s; k++) {
+            dgamma[k] += part[(size_t)blk * 8 * s + k];
+            dbeta[k] += part[(size_t)blk * 8 * s + 4 * s + k];
+        }
+}
+
 // Local squared-ReLU attention inside each chunk (writes o = quad; the global part adds to it):
 //   S[a,b] = (qq[a]·kq[b]) / C + w[a−b];   A[a,b] = relu(S[a,b])² if b ≤ a (causal) else 0;   quad[a] = Σ_b A[a,b] v[b]
 // o (N,e); relu_s (B,G,C,C) saved; qq, kq (N,s); v (N,e) with row stride ldv; rel_bias (C) or (2C−1)
@@ -440,17 +515,15 @@ double FlashModel<Real>::forward(const int* tok, const int* tgt, int B_, int T_)
         const LayerParams<Real>& lp = p.layers[l];
         LayerActs<Real>& la = acts.layers[l];
         Real* x_next = (l + 1 < cfg.n_layers) ? acts.layers[l + 1].x : acts.x_final;
-        const Real *u = la.act, *v = la.act + e, *z = la.act + 2 * e;
+        const Real *u = la.act, *v = la.act + e;
         scalenorm_forward(la.xn, la.rstd, la.x, lp.norm_g, N, d, cfg.eps);
         matmul_forward(la.h, la.xn, lp.w_in, lp.b_in, N, d, I);
-        silu_forward(la.act, la.h, (size_t)N * I);
-        offset_scale_forward(la.qq, la.kq, la.ql, la.kl, z, I, lp.gamma, lp.beta, N, s);
-        for (Real* head : {la.qq, la.kq, la.ql, la.kl}) rope_forward(head, rope_cos.data(), rope_sin.data(), N, T, s);
+        gau_rows_forward(la.act, la.qq, la.kq, la.ql, la.kl, la.h, lp.gamma, lp.beta, rope_cos.data(),
+                         rope_sin.data(), N, T, e, s);
         local_attention_forward(la.o, la.relu_s, la.qq, la.kq, v, I, lp.rel_bias, B, T, C, s, e, cfg.causal);
         global_attention_forward(la.o, la.m, la.ql, la.kl, v, I, B, T, C, s, e, cfg.causal);
         gate_forward(la.gated, u, I, la.o, N, e);
-        matmul_forward(x_next, la.gated, lp.w_out, lp.b_out, N, e, d);
-        residual_forward(x_next, la.x, (size_t)N * d);
+        matmul_residual_forward(x_next, la.x, la.gated, lp.w_out, lp.b_out, N, e, d);  // x_next = x + gated·W + b
     }
     scalenorm_forward(acts.xn_f, acts.rstd_f, acts.x_final, p.norm_f_g, N, d, cfg.eps);
     logits_forward(acts.logits, acts.xn_f, p.wte, N, d, V);
@@ -479,8 +552,8 @@ void FlashModel<Real>::backward() {
         const LayerParams<Real>& lp = p.layers[l];
         const LayerParams<Real>& dlp = dp.layers[l];
         const LayerActs<Real>& la = acts.layers[l];
-        const Real *u = la.act, *v = la.act + e, *z = la.act + 2 * e;
-        Real *du = g.dact, *dv = g.dact + e, *dz = g.dact + 2 * e;
+        const Real *u = la.act, *v = la.act + e;
+        Real *du = g.dact, *dv = g.dact + e;
         // This layer's scratch gradients (dxn .. dgated, contiguous in view_activations) accumulate from zero;
         // g.dres carries d(x_next) in and d(x) out.
         std::fill(g.dxn, g.dlogits, Real(0));
@@ -489,9 +562,8 @@ void FlashModel<Real>::backward() {
         global_attention_backward(g.dql, g.dkl, dv, I, g.d_o, la.m, la.ql, la.kl, v, I, B, T, C, s, e, cfg.causal);
         local_attention_backward(g.dqq, g.dkq, dv, I, dlp.rel_bias, g.d_o, la.relu_s, la.qq, la.kq, v, I, B, T, C, s, e,
                                  cfg.causal);
-        for (Real* dhead : {g.dqq, g.dkq, g.dql, g.dkl}) rope_backward(dhead, rope_cos.data(), rope_sin.data(), N, T, s);
-        offset_scale_backward(dz, I, dlp.gamma, dlp.beta, g.dqq, g.dkq, g.dql, g.dkl, z, I, lp.gamma, N, s);
-        silu_backward(g.dh, g.dact, la.h, (size_t)N * I);
+        gau_rows_backward(g.dh, dlp.gamma, dlp.beta, g.dact, g.dqq, g.dkq, g.dql, g.dkl, la.h, la.act, lp.gamma,
+                          rope_cos.data(), rope_sin.data(), N, T, e, s);
         matmul_backward(g.dxn, dlp.w_in, dlp.b_in, g.dh, la.xn, lp.w_in, N, d, I);
         // residual: dres already holds the direct path; the scalenorm path adds to it.
         scalenorm_backward(g.dres, dlp.norm_g, g.dxn, la.x, la.rstd, lp.norm_g, N, d);
@@ -559,6 +631,8 @@ INSTANTIATE(view_params)
 INSTANTIATE(view_activations)
 INSTANTIATE(offset_scale_forward)
 INSTANTIATE(offset_scale_backward)
+INSTANTIATE(gau_rows_forward)
+INSTANTIATE(gau_rows_backward)
 INSTANTIATE(local_attention_forward)
 INSTANTIATE(local_attention_backward)
 INSTANTIATE(global_attention_forward)

@@ -153,6 +153,19 @@ template <typename Real> void offset_scale_backward(Real* dz, int lddz, Real* dg
                                                     const Real* dkq, const Real* dql, const Real* dkl, const Real* z,
                                                     int ldz, const Real* gamma, int N, int s);
 
+// The elementwise work between the input projection and the attention, fused row by row (each row of h is read
+// once and its heads are made while it is in cache), forward and backward:
+//   act = silu(h) = [u | v | z];   head_i = rope(z ⊙ γ[i] + β[i]) for the heads i = qq, kq, ql, kl
+// The unfused sequence (silu_forward, offset_scale_forward, rope_forward ×4, and their backward ops) is the naive
+// version the tests compare these with.
+template <typename Real> void gau_rows_forward(Real* act, Real* qq, Real* kq, Real* ql, Real* kl, const Real* h,
+                                               const Real* gamma, const Real* beta, const double* cos_t,
+                                               const double* sin_t, int N, int T, int e, int s);
+template <typename Real> void gau_rows_backward(Real* dh, Real* dgamma, Real* dbeta, Real* dact, Real* dqq, Real* dkq,
+                                                Real* dql, Real* dkl, const Real* h, const Real* act,
+                                                const Real* gamma, const double* cos_t, const double* sin_t, int N,
+                                                int T, int e, int s);
+
 template <typename Real> void local_attention_forward(Real* o, Real* relu_s, const Real* qq, const Real* kq, const Real* v,
                                                       int ldv, const Real* rel_bias, int B, int T, int C, int s, int e,
                                                       bool causal);

@@ -79,9 +79,11 @@ void scalenorm_forward(Real* xn, Real* rstd, const Real* x, const Real* g, int N
     for (int n = 0; n < N; n++) {
         const Real* xr = x + (size_t)n * d;
         double ss = 0;
+#pragma omp simd reduction(+ : ss)
         for (int j = 0; j < d; j++) ss += (double)xr[j] * xr[j];
         Real r = (Real)(1.0 / std::sqrt(ss / d + eps));
         rstd[n] = r;
+#pragma omp simd
         for (int j = 0; j < d; j++) xn[(size_t)n * d + j] = g[0] * xr[j] * r;
     }
 }
@@ -96,6 +98,7 @@ void scalenorm_backward(Real* dx, Real* dg, const Real* dxn, const Real* x, cons
         const Real* xr = x + (size_t)n * d;
         const Real* dr = dxn + (size_t)n * d;
         double dot = 0;
+#pragma omp simd reduction(+ : dot)
         for (int j = 0; j < d; j++) dot += (double)dr[j] * xr[j];
         const double r = rstd[n];
         dg_row[n] = dot * r;
@@ -116,6 +119,21 @@ void matmul_forward(Real* y, const Real* x, const Real* w, const Real* b, int N,
         for (int n = 0; n < N; n++) std::memcpy(y + (size_t)n * out, b, sizeof(Real) * out);
     }
     gemm(false, false, N, out, in, Real(1), x, in, w, out, b ? Real(1) : Real(0), y, out);
+}
+// y = residual + x · w + b: the product and the residual connection after it in one pass over y (residual may be y
+// itself); the same as matmul_forward then residual_forward, up to the order of the additions.
+// y, residual (N,out), x (N,in), w (in,out), b (out) or null
+template <typename Real>
+void matmul_residual_forward(Real* y, const Real* residual, const Real* x, const Real* w, const Real* b, int N, int in,
+                             int out) {
+#pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        Real* yr = y + (size_t)n * out;
+        const Real* rr = residual + (size_t)n * out;
+#pragma omp simd
+        for (int j = 0; j < out; j++) yr[j] = rr[j] + (b ? b[j] : Real(0));
+    }
+    gemm(false, false, N, out, in, Real(1), x, in, w, out, Real(1), y, out);
 }
 // Backward of: y = x · w + b   =>   dx += dy · wᵀ;  dw += xᵀ · dy;  db += Σ_rows dy
 template <typename Real>
@@ -138,13 +156,25 @@ void matmul_backward(Real* dx, Real* dw, Real* db, const Real* dy, const Real* x
 // y = x · σ(x), elementwise over n values
 template <typename Real>
 void silu_forward(Real* y, const Real* x, size_t n) {
-#pragma omp parallel for
-    for (size_t i = 0; i < n; i++) y[i] = x[i] / (Real(1) + std::exp(-x[i]));
+#pragma omp parallel for simd schedule(static)
+    // x · σ(x) rather than x / (1 + e^−x): GCC splits the quotient by exp_approx's clamp into two masked divisions
+    for (size_t i = 0; i < n; i++) y[i] = x[i] * (Real(1) / (Real(1) + exp_tuned(-x[i])));
 }
 // Backward of: y = x · σ(x)   =>   dx += dy · σ(x) · (1 + x · (1 − σ(x)))
 template <typename Real>
 void silu_backward(Real* dx, const Real* dy, const Real* x, size_t n) {
-#pragma omp parallel for
+#pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        const Real sig = Real(1) / (Real(1) + exp_tuned(-x[i]));
+        dx[i] += dy[i] * sig * (Real(1) + x[i] * (Real(1) - sig));
+    }
+}
+template <typename Real>
+void silu_forward_naive(Real* y, const Real* x, size_t n) {
+    for (size_t i = 0; i < n; i++) y[i] = x[i] / (Real(1) + std::exp(-x[i]));
+}
+template <typename Real>
+void silu_backward_naive(Real* dx, const Real* dy, const Real* x, size_t n) {
     for (size_t i = 0; i < n; i++) {
         Real sig = Real(1) / (Real(1) + std::exp(-x[i]));
         dx[i] += dy[i] * sig * (Real(1) + x[i] * (Real(1) - sig));
@@ -170,32 +200,16 @@ template <typename Real>
 void rope_forward(Real* x, const double* cos_t, const double* sin_t, int N, int T, int s) {
     const int half = s / 2;
 #pragma omp parallel for
-    for (int n = 0; n < N; n++) {
-        Real* r = x + (size_t)n * s;
-        const double* c = cos_t + (size_t)(n % T) * half;
-        const double* sn = sin_t + (size_t)(n % T) * half;
-        for (int i = 0; i < half; i++) {
-            double a = r[i], b = r[i + half];
-            r[i] = (Real)(a * c[i] - b * sn[i]);
-            r[i + half] = (Real)(b * c[i] + a * sn[i]);
-        }
-    }
+    for (int n = 0; n < N; n++)
+        rope_rotate_row(x + (size_t)n * s, cos_t + (size_t)(n % T) * half, sin_t + (size_t)(n % T) * half, half, 1.0);
 }
 // Backward of the rotation above: the transpose of a rotation by θ is the rotation by −θ, applied to dx in place.
 template <typename Real>
 void rope_backward(Real* dx, const double* cos_t, const double* sin_t, int N, int T, int s) {
     const int half = s / 2;
 #pragma omp parallel for
-    for (int n = 0; n < N; n++) {
-        Real* r = dx + (size_t)n * s;
-        const double* c = cos_t + (size_t)(n % T) * half;
-        const double* sn = sin_t + (size_t)(n % T) * half;
-        for (int i = 0; i < half; i++) {
-            double a = r[i], b = r[i + half];
-            r[i] = (Real)(a * c[i] + b * sn[i]);
-            r[i + half] = (Real)(b * c[i] - a * sn[i]);
-        }
-    }
+    for (int n = 0; n < N; n++)
+        rope_rotate_row(dx + (size_t)n * s, cos_t + (size_t)(n % T) * half, sin_t + (size_t)(n % T) * half, half, -1.0);
 }
 
 // gated = u ⊙ o
@@ -269,11 +283,14 @@ double crossentropy_forward(Real* losses, Real* probs, const Real* logits, const
         Real mx = lr[0];
         for (int k = 1; k < V; k++) mx = std::max(mx, lr[k]);
         double sum = 0;
+#pragma omp simd reduction(+ : sum)
         for (int k = 0; k < V; k++) {
-            pr[k] = std::exp(lr[k] - mx);
+            pr[k] = exp_tuned(lr[k] - mx);
             sum += pr[k];
         }
-        for (int k = 0; k < V; k++) pr[k] = (Real)(pr[k] / sum);
+        const Real sum_r = (Real)sum;
+#pragma omp simd
+        for (int k = 0; k < V; k++) pr[k] = pr[k] / sum_r;
         losses[n] = targets[n] == kIgnoreTarget ? Real(0) : (Real)(std::log(sum) + mx - lr[targets[n]]);
     }
     double total = 0;
@@ -353,8 +370,11 @@ INSTANTIATE(scalenorm_forward)
 INSTANTIATE(scalenorm_backward)
 INSTANTIATE(matmul_forward)
 INSTANTIATE(matmul_backward)
+INSTANTIATE(matmul_residual_forward)
 INSTANTIATE(silu_forward)
 INSTANTIATE(silu_backward)
+INSTANTIATE(silu_forward_naive)
+INSTANTIATE(silu_backward_naive)
 INSTANTIATE(rope_forward)
 INSTANTIATE(rope_backward)
 INSTANTIATE(gate_forward)

@@ -12,10 +12,18 @@
 #include <cstddef>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <vector>
 
 #include "common.h"
+
+// `#pragma omp simd` in a header that nvcc also reads (it compiles without OpenMP and would warn)
+#ifdef _OPENMP
+#define FLASH_OMP_SIMD _Pragma("omp simd")
+#else
+#define FLASH_OMP_SIMD
+#endif
 
 // ----------------------------------------------------------------------------------------------------
 // Parameter tensors: a name, a shape, and a place in one flat buffer (params, grads and both AdamW moments share
@@ -74,11 +82,49 @@ template <typename Real> void scalenorm_backward(Real* dx, Real* dg, const Real*
                                                  const Real* g, int N, int d);
 
 template <typename Real> void matmul_forward(Real* y, const Real* x, const Real* w, const Real* b, int N, int in, int out);
+// y = residual + x · w + b (the residual connection fused into the product; its backward is matmul_backward, with
+// dresidual += dy). The naive version is matmul_forward then residual_forward.
+template <typename Real> void matmul_residual_forward(Real* y, const Real* residual, const Real* x, const Real* w,
+                                                      const Real* b, int N, int in, int out);
 template <typename Real> void matmul_backward(Real* dx, Real* dw, Real* db, const Real* dy, const Real* x, const Real* w,
                                               int N, int in, int out);
 
+// exp for float, branch-free so that `#pragma omp simd` loops vectorise it (AVX2 or AVX-512: the Makefile compiles
+// for the machine it runs on). exp(x) = 2^k · exp(r), k = round(x / ln 2), r = x − k·ln 2 (ln 2 split in two parts so
+// that r is exact), |r| ≤ ln2/2; exp(r) by its Taylor series to r⁷ (truncation < 1e-8 relative), 2^k from the exponent
+// bits. x is clamped to [−87, 88], where 2^k stays a normal float: below −87 it returns exp(−87) ≈ 1.6e-38 instead of
+// a denormal or 0, above 88 exp(88) ≈ 1.7e38 instead of inf. Measured max relative error against std::exp over
+// [−87, 88]: test_ops "exp_approx" (bound 2e-7, under 2 ulp; measured 7.7e-8).
+inline float exp_approx(float x) {
+    x = std::max(x, -87.0f);  // (not fmin/fmax: their NaN rules keep GCC from vectorising)
+    x = std::min(x, 88.0f);
+    const float t = x * 1.44269504f;  // x / ln 2
+    // round to nearest: adding 1.5·2^23 pushes the fraction out of the mantissa (no -ffast-math here, so it stays)
+    const float kf = (t + 12582912.0f) - 12582912.0f;
+    const float r = (x - kf * 0.693145752f) - kf * 1.42860677e-6f;  // ln 2 = 0.693145752 + 1.42860677e-6, hi exact in k
+    float p = 1.0f / 5040;
+    p = p * r + 1.0f / 720;
+    p = p * r + 1.0f / 120;
+    p = p * r + 1.0f / 24;
+    p = p * r + 1.0f / 6;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    const int32_t bits = ((int32_t)kf + 127) << 23;  // 2^k: k in [−126, 127]
+    float scale;
+    std::memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+// The exp of the tuned float paths; double (the gradient checks) keeps std::exp.
+inline float exp_tuned(float x) { return exp_approx(x); }
+inline double exp_tuned(double x) { return std::exp(x); }
+
+// SiLU, tuned: exp_tuned in loops the compiler vectorises. silu_*_naive: std::exp one value at a time, kept to check
+// the tuned ones against (test_ops).
 template <typename Real> void silu_forward(Real* y, const Real* x, size_t n);
 template <typename Real> void silu_backward(Real* dx, const Real* dy, const Real* x, size_t n);
+template <typename Real> void silu_forward_naive(Real* y, const Real* x, size_t n);
+template <typename Real> void silu_backward_naive(Real* dx, const Real* dy, const Real* x, size_t n);
 
 // RoPE works in place: rope_forward rotates x by +θ, rope_backward rotates dx by −θ.
 // θ_i(t) = t · rope_frequency(i): the frequency of pair i of s dims, in double (§1); the tables and the decoder's
@@ -86,6 +132,19 @@ template <typename Real> void silu_backward(Real* dx, const Real* dy, const Real
 inline double rope_frequency(int i, int s, double base) { return std::pow(base, -2.0 * i / s); }
 // cos_t/sin_t: (T, s/2) tables from rope_tables; row n of x is at position first_pos + (n mod T).
 void rope_tables(std::vector<double>& cos_t, std::vector<double>& sin_t, int first_pos, int T, int s, double base);
+// One row of s values rotated by +θ (sign = 1) or −θ (sign = −1), θ given by one table row c, sn (s/2 each): the rule
+// rope_forward/backward and the fused row ops of flash.cpp share. The two halves never overlap, so it vectorises.
+template <typename Real>
+inline void rope_rotate_row(Real* r, const double* c, const double* sn, int half, double sign) {
+    Real* lo = r;
+    Real* hi = r + half;
+    FLASH_OMP_SIMD
+    for (int i = 0; i < half; i++) {
+        const double a = lo[i], b = hi[i], sv = sign * sn[i];
+        lo[i] = (Real)(a * c[i] - b * sv);
+        hi[i] = (Real)(b * c[i] + a * sv);
+    }
+}
 template <typename Real> void rope_forward(Real* x, const double* cos_t, const double* sin_t, int N, int T, int s);
 template <typename Real> void rope_backward(Real* dx, const double* cos_t, const double* sin_t, int N, int T, int s);
 

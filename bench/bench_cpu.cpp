@@ -1,6 +1,12 @@
 // bench_cpu.cpp: where the time of a CPU training step goes. Times each op of one layer (forward and backward) at
 // the shapes of a config, then whole training steps, and prints tokens/s and the share of the sgemm peak.
-//   build/bench_cpu [small|tiny|base] [B] [T]
+//   build/bench_cpu [small|tiny|base] [B] [T]   per-op times, whole steps, time per op class (products, attention,
+//                                         elementwise, loss) as a share of the step, model FLOP/s as a share of the
+//                                         sgemm peak measured in the same run, activation bytes per token, and the
+//                                         step with 1 thread against all threads
+//   build/bench_cpu --elementwise         SiLU with exp_approx vs std::exp, fused rows vs the unfused ops
+//   build/bench_cpu --long [T,...]        one sequence (B = 1) at long T (default 512,16384,65536): ms per token,
+//                                         activation memory; against T = 512
 //   build/bench_cpu --scaling [OUT.png]   training step time against T = 256, 1024, 4096 (4096 tokens per step) of
 //                                         FLASH (C = 128), FLASH-Quad (C = T), Transformer++, Performer and
 //                                         Combiner (block 128), small presets; a table, and a plot when gnuplot is
@@ -13,6 +19,7 @@
 #include <cstdlib>
 #include <functional>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -126,9 +133,131 @@ static int scaling(const std::string& png) {
     return 0;
 }
 
+// The step's time per op class, from the per-op times (layer ops × L, head ops once), as a share of the measured
+// step; "other" is what the op rows do not cover (zeroing the gradients, the embedding, AdamW, ...).
+static void print_op_classes(const char* const* names, const double* seconds_per_kind, int kinds, double step) {
+    double covered = 0;
+    std::printf("time per op class, share of the step:\n");
+    for (int k = 0; k < kinds; k++) {
+        covered += seconds_per_kind[k];
+        std::printf("  %-12s %8.1f ms  %5.1f%%\n", names[k], seconds_per_kind[k] * 1e3, 100 * seconds_per_kind[k] / step);
+    }
+    std::printf("  %-12s %8.1f ms  %5.1f%%\n", "other", (step - covered) * 1e3, 100 * (step - covered) / step);
+}
+
+static double step_seconds(const FlashConfig& c, int B, int T, int reps) {
+    FlashModel<float> model(c);
+    model.init_weights(1);
+    Rng rng(3);
+    std::vector<int> tok((size_t)B * T), tgt((size_t)B * T);
+    for (int& t : tok) t = rng.below(c.vocab_size);
+    for (int& t : tgt) t = rng.below(c.vocab_size);
+    return seconds([&] {
+        model.forward(tok.data(), tgt.data(), B, T);
+        model.zero_grad();
+        model.backward();
+        model.adamw_update(1e-4, AdamWConfig(), 1);
+    }, reps);
+}
+
+// The same step with one thread (OpenMP and OpenBLAS) and with all of them.
+static void compare_threads(const FlashConfig& c, int B, int T, double peak) {
+    const int all = omp_get_max_threads(), blas_all = openblas_get_num_threads();
+    if (all < 2) return;
+    omp_set_num_threads(1);
+    openblas_set_num_threads(1);
+    const double one = step_seconds(c, B, T, 2);
+    omp_set_num_threads(all);
+    openblas_set_num_threads(blas_all);
+    const double many = step_seconds(c, B, T, 2);
+    const double fl = 3 * forward_flops_per_token(c) * B * T;
+    std::printf("threads: 1 thread %.1f ms (%.1f GFLOP/s), %d threads %.1f ms (%.1f GFLOP/s, %.0f%% of the peak): "
+                "%.2fx\n", one * 1e3, fl / one / 1e9, all, many * 1e3, fl / many / 1e9, 100 * fl / many / peak,
+                one / many);
+}
+
+// One sequence at long T: the time per token must stay flat (FLASH's cost is linear in T), the memory linear.
+static int long_context(const std::vector<int64_t>& lengths) {
+    FlashConfig c = config_preset("small");
+    std::printf("long context, small config, B = 1, %d threads\n%8s %12s %12s %14s\n", omp_get_max_threads(), "T",
+                "step ms", "us/token", "activations MB");
+    double base = 0;
+    for (int64_t T : lengths) {
+        c.seq_len = (int)T;
+        config_validate(c);
+        size_t n_act, n_grad;
+        activation_counts(c, 1, (int)T, &n_act, &n_grad);
+        const double sec = step_seconds(c, 1, (int)T, T > 16384 ? 1 : 2);
+        const double per_token = sec / T;
+        if (base == 0) base = per_token;
+        std::printf("%8lld %12.1f %12.1f %14.0f   %.2fx the first T's time per token\n", (long long)T, sec * 1e3,
+                    per_token * 1e6, 4.0 * (n_act + n_grad) / 1e6, per_token / base);
+        std::fflush(stdout);
+    }
+    return 0;
+}
+
+// Tuned against naive, back to back at the small config's shapes (B=8, T=512): SiLU with exp_approx against SiLU
+// with std::exp, and the fused rows (gau_rows_*) against the unfused ops. Best of 5 runs each.
+static int elementwise_ab() {
+    const FlashConfig c = config_preset("small");
+    const int B = 8, T = c.seq_len, N = B * T, e = c.e, s = c.s, I = c.inner();
+    const size_t n = (size_t)N * I, Ns = (size_t)N * s;
+    Rng rng(5);
+    std::vector<float> h(n), act(n), dact(n), dh(n), heads(4 * Ns), dheads(4 * Ns), gamma(4 * s, 1.0f), beta(4 * s),
+        dgamma(4 * s), dbeta(4 * s);
+    for (float& v : h) v = (float)(3 * rng.normal());
+    for (float& v : dact) v = (float)rng.normal();
+    for (float& v : dheads) v = (float)rng.normal();
+    std::vector<double> cos_t, sin_t;
+    rope_tables(cos_t, sin_t, 0, T, s, c.rope_base);
+    float *hd = heads.data(), *dhd = dheads.data();
+    auto ms = [](const std::function<void()>& f) { return 1e3 * seconds(f, 5); };
+    std::printf("elementwise, tuned vs naive, %d threads, N = %d rows of %d (best of 5)\n", omp_get_max_threads(), N, I);
+    const double sf_naive = ms([&] { silu_forward_naive(act.data(), h.data(), n); });
+    const double sf = ms([&] { silu_forward(act.data(), h.data(), n); });
+    const double sb_naive = ms([&] { silu_backward_naive(dh.data(), dact.data(), h.data(), n); });
+    const double sb = ms([&] { silu_backward(dh.data(), dact.data(), h.data(), n); });
+    std::printf("  silu fwd: std::exp, one thread %8.2f ms   exp_approx, vectorised %8.2f ms\n", sf_naive, sf);
+    std::printf("  silu bwd: std::exp, one thread %8.2f ms   exp_approx, vectorised %8.2f ms\n", sb_naive, sb);
+    const double chain_f = ms([&] {
+        silu_forward(act.data(), h.data(), n);
+        offset_scale_forward(hd, hd + Ns, hd + 2 * Ns, hd + 3 * Ns, act.data() + 2 * e, I, gamma.data(), beta.data(), N, s);
+        for (int i = 0; i < 4; i++) rope_forward(hd + i * Ns, cos_t.data(), sin_t.data(), N, T, s);
+    });
+    const double fused_f = ms([&] {
+        gau_rows_forward(act.data(), hd, hd + Ns, hd + 2 * Ns, hd + 3 * Ns, h.data(), gamma.data(), beta.data(),
+                         cos_t.data(), sin_t.data(), N, T, e, s);
+    });
+    const double chain_b = ms([&] {
+        for (int i = 0; i < 4; i++) rope_backward(dhd + i * Ns, cos_t.data(), sin_t.data(), N, T, s);
+        offset_scale_backward(dact.data() + 2 * e, I, dgamma.data(), dbeta.data(), dhd, dhd + Ns, dhd + 2 * Ns,
+                              dhd + 3 * Ns, act.data() + 2 * e, I, gamma.data(), N, s);
+        silu_backward(dh.data(), dact.data(), h.data(), n);
+    });
+    const double fused_b = ms([&] {
+        gau_rows_backward(dh.data(), dgamma.data(), dbeta.data(), dact.data(), dhd, dhd + Ns, dhd + 2 * Ns,
+                          dhd + 3 * Ns, h.data(), act.data(), gamma.data(), cos_t.data(), sin_t.data(), N, T, e, s);
+    });
+    std::printf("  silu + offset-scale + rope fwd: three ops %8.2f ms   fused rows %8.2f ms\n", chain_f, fused_f);
+    std::printf("  silu + offset-scale + rope bwd: three ops %8.2f ms   fused rows %8.2f ms\n", chain_b, fused_b);
+    return 0;
+}
+
 int main(int argc, char** argv) {
     try {
         if (argc > 1 && std::string(argv[1]) == "--scaling") return scaling(argc > 2 ? argv[2] : "scaling_cpu.png");
+        if (argc > 1 && std::string(argv[1]) == "--elementwise") return elementwise_ab();
+        if (argc > 1 && std::string(argv[1]) == "--long") {
+            std::vector<int64_t> lengths = {512, 16384, 65536};
+            if (argc > 2) {
+                lengths.clear();
+                std::stringstream list(argv[2]);
+                std::string item;
+                while (std::getline(list, item, ',')) lengths.push_back(OptionTable::parse_integer("T", item, 1, 1 << 24));
+            }
+            return long_context(lengths);
+        }
         FlashConfig c = config_preset("small");
         if (argc > 1) c = config_preset(argv[1]);
         const int B = argc > 2 ? (int)OptionTable::parse_integer("B", argv[2], 1, 1 << 20) : 8;
@@ -162,35 +291,43 @@ int main(int argc, char** argv) {
         rope_tables(cos_t, sin_t, 0, T, s, c.rope_base);
         float *qq = heads.data(), *kq = qq + (size_t)N * s, *ql = kq + (size_t)N * s, *kl = ql + (size_t)N * s;
         float *dqq = dheads.data(), *dkq = dqq + (size_t)N * s, *dql = dkq + (size_t)N * s, *dkl = dql + (size_t)N * s;
-        const float *u = act.data(), *v = act.data() + e, *z = act.data() + 2 * e;
+        const float *u = act.data(), *v = act.data() + e;
 
-        struct Row { const char* name; std::function<void()> f; };
+        // Each op has a class; the step's time per class is the layer ops × L plus the head (once per step).
+        enum Kind { kProducts, kAttention, kElementwise, kLoss, kKinds };
+        const char* kind_names[kKinds] = {"products", "attention", "elementwise", "loss"};
+        struct Row { const char* name; Kind kind; bool per_layer; std::function<void()> f; };
+        auto probs = buf((size_t)N * V), logits = buf((size_t)N * V), dlogits = buf((size_t)N * V), losses = buf(N),
+             wte = buf((size_t)V * d), dwte = buf((size_t)V * d);
+        std::vector<int> tgt(N);
+        for (int& t : tgt) t = rng.below(V);
         std::vector<Row> rows = {
-            {"scalenorm fwd", [&] { scalenorm_forward(xn.data(), rstd.data(), x.data(), g.data(), N, d, c.eps); }},
-            {"w_in fwd", [&] { matmul_forward(h.data(), xn.data(), w_in.data(), b_in.data(), N, d, I); }},
-            {"silu fwd", [&] { silu_forward(act.data(), h.data(), (size_t)N * I); }},
-            {"offset-scale fwd", [&] { offset_scale_forward(qq, kq, ql, kl, z, I, gamma.data(), beta.data(), N, s); }},
-            {"rope fwd (x4)", [&] { for (float* hd : {qq, kq, ql, kl}) rope_forward(hd, cos_t.data(), sin_t.data(), N, T, s); }},
-            {"local attn fwd", [&] { local_attention_forward(o.data(), relu_s.data(), qq, kq, v, I, bias.data(), B, T, C, s, e, c.causal); }},
-            {"global attn fwd", [&] { global_attention_forward(o.data(), m.data(), ql, kl, v, I, B, T, C, s, e, c.causal); }},
-            {"gate fwd", [&] { gate_forward(gated.data(), u, I, o.data(), N, e); }},
-            {"w_out fwd", [&] { matmul_forward(y.data(), gated.data(), w_out.data(), b_out.data(), N, e, d); }},
-            {"w_out bwd", [&] { matmul_backward(dgated.data(), dw_out.data(), db_out.data(), dx.data(), gated.data(), w_out.data(), N, e, d); }},
-            {"gate bwd", [&] { gate_backward(dact.data(), I, d_o.data(), dgated.data(), u, I, o.data(), N, e); }},
-            {"global attn bwd", [&] { global_attention_backward(dql, dkl, dact.data() + e, I, d_o.data(), m.data(), ql, kl, v, I, B, T, C, s, e, c.causal); }},
-            {"local attn bwd", [&] { local_attention_backward(dqq, dkq, dact.data() + e, I, dbias.data(), d_o.data(), relu_s.data(), qq, kq, v, I, B, T, C, s, e, c.causal); }},
-            {"rope bwd (x4)", [&] { for (float* hd : {dqq, dkq, dql, dkl}) rope_backward(hd, cos_t.data(), sin_t.data(), N, T, s); }},
-            {"offset-scale bwd", [&] { offset_scale_backward(dact.data() + 2 * e, I, dgamma.data(), dbeta.data(), dqq, dkq, dql, dkl, z, I, gamma.data(), N, s); }},
-            {"silu bwd", [&] { silu_backward(dh.data(), dact.data(), h.data(), (size_t)N * I); }},
-            {"w_in bwd", [&] { matmul_backward(dxn.data(), dw_in.data(), db_in.data(), dh.data(), xn.data(), w_in.data(), N, d, I); }},
-            {"scalenorm bwd", [&] { scalenorm_backward(dx.data(), dg.data(), dxn.data(), x.data(), rstd.data(), g.data(), N, d); }},
+            {"scalenorm fwd", kElementwise, true, [&] { scalenorm_forward(xn.data(), rstd.data(), x.data(), g.data(), N, d, c.eps); }},
+            {"w_in fwd", kProducts, true, [&] { matmul_forward(h.data(), xn.data(), w_in.data(), b_in.data(), N, d, I); }},
+            {"gau rows fwd", kElementwise, true, [&] { gau_rows_forward(act.data(), qq, kq, ql, kl, h.data(), gamma.data(), beta.data(), cos_t.data(), sin_t.data(), N, T, e, s); }},
+            {"local attn fwd", kAttention, true, [&] { local_attention_forward(o.data(), relu_s.data(), qq, kq, v, I, bias.data(), B, T, C, s, e, c.causal); }},
+            {"global attn fwd", kAttention, true, [&] { global_attention_forward(o.data(), m.data(), ql, kl, v, I, B, T, C, s, e, c.causal); }},
+            {"gate fwd", kElementwise, true, [&] { gate_forward(gated.data(), u, I, o.data(), N, e); }},
+            {"w_out+res fwd", kProducts, true, [&] { matmul_residual_forward(y.data(), x.data(), gated.data(), w_out.data(), b_out.data(), N, e, d); }},
+            {"w_out bwd", kProducts, true, [&] { matmul_backward(dgated.data(), dw_out.data(), db_out.data(), dx.data(), gated.data(), w_out.data(), N, e, d); }},
+            {"gate bwd", kElementwise, true, [&] { gate_backward(dact.data(), I, d_o.data(), dgated.data(), u, I, o.data(), N, e); }},
+            {"global attn bwd", kAttention, true, [&] { global_attention_backward(dql, dkl, dact.data() + e, I, d_o.data(), m.data(), ql, kl, v, I, B, T, C, s, e, c.causal); }},
+            {"local attn bwd", kAttention, true, [&] { local_attention_backward(dqq, dkq, dact.data() + e, I, dbias.data(), d_o.data(), relu_s.data(), qq, kq, v, I, B, T, C, s, e, c.causal); }},
+            {"gau rows bwd", kElementwise, true, [&] { gau_rows_backward(dh.data(), dgamma.data(), dbeta.data(), dact.data(), dqq, dkq, dql, dkl, h.data(), act.data(), gamma.data(), cos_t.data(), sin_t.data(), N, T, e, s); }},
+            {"w_in bwd", kProducts, true, [&] { matmul_backward(dxn.data(), dw_in.data(), db_in.data(), dh.data(), xn.data(), w_in.data(), N, d, I); }},
+            {"scalenorm bwd", kElementwise, true, [&] { scalenorm_backward(dx.data(), dg.data(), dxn.data(), x.data(), rstd.data(), g.data(), N, d); }},
+            {"logits fwd", kProducts, false, [&] { logits_forward(logits.data(), xn.data(), wte.data(), N, d, V); }},
+            {"xent fwd", kLoss, false, [&] { crossentropy_forward(losses.data(), probs.data(), logits.data(), tgt.data(), N, V); }},
+            {"xent bwd", kLoss, false, [&] { crossentropy_backward(dlogits.data(), probs.data(), tgt.data(), N, V); }},
+            {"logits bwd", kProducts, false, [&] { logits_backward(dxn.data(), dwte.data(), dlogits.data(), xn.data(), wte.data(), N, d, V); }},
         };
-        double layer_total = 0;
+        double layer_total = 0, kind_total[kKinds] = {};
         std::printf("%-18s %10s\n", "op (one layer)", "ms");
         for (Row& r : rows) {
             double sec = seconds(r.f);
-            layer_total += sec;
-            std::printf("%-18s %10.2f\n", r.name, sec * 1e3);
+            if (r.per_layer) layer_total += sec;
+            kind_total[r.kind] += sec * (r.per_layer ? c.n_layers : 1);
+            std::printf("%-18s %10.2f%s\n", r.name, sec * 1e3, r.per_layer ? "" : "  (once per step)");
         }
         std::printf("%-18s %10.2f  (x %d layers = %.1f ms)\n\n", "layer total", layer_total * 1e3, c.n_layers,
                     layer_total * 1e3 * c.n_layers);
@@ -211,6 +348,13 @@ int main(int argc, char** argv) {
         const double fl = forward_flops_per_token(c);
         std::printf("forward %.1f ms, training step %.1f ms: %.0f tokens/s, %.1f GFLOP/s = %.0f%% of the sgemm peak\n",
                     fwd * 1e3, step * 1e3, N / step, 3 * fl * N / step / 1e9, 100 * 3 * fl * N / step / peak);
+        print_op_classes(kind_names, kind_total, kKinds, step);
+        size_t n_act, n_grad;
+        activation_counts(c, B, T, &n_act, &n_grad);
+        std::printf("activations: %.1f KB per token saved for the backward, %.1f KB per token of gradient scratch "
+                    "(%.0f MB in all at B=%d T=%d)\n", 4.0 * n_act / N / 1024, 4.0 * n_grad / N / 1024,
+                    4.0 * (n_act + n_grad) / 1e6, B, T);
+        compare_threads(c, B, T, peak);
         return 0;
     } catch (const std::exception& ex) {
         std::fprintf(stderr, "error: %s\n", ex.what());

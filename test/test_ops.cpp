@@ -244,6 +244,147 @@ TEST_CASE("cross-entropy skips ignored targets: mean over the scored ones, no gr
     CHECK(dnone == std::vector<double>(logits.size(), 0.5));
 }
 
+// exp_approx (ops.h) against exp in double, over floats spread through its whole range [-87, 88]: every 61st float
+// bit pattern there (about 35 million values), both ends, and the values around 0 where r is small.
+TEST_CASE("exp_approx: max relative error against exp below 2e-7 over [-87, 88], clamped outside") {
+    auto rel_err = [](float x) {
+        const double want = std::exp((double)x);
+        return std::fabs((double)exp_approx(x) - want) / want;
+    };
+    double worst = 0;
+    float worst_at = 0;
+    for (float lo_hi : {-87.0f, 88.0f}) {  // walk from 0 to each end through the bit patterns
+        uint32_t end_bits;
+        std::memcpy(&end_bits, &lo_hi, sizeof end_bits);
+        const uint32_t sign = end_bits & 0x80000000u;
+        for (uint32_t mag = 0; mag <= (end_bits & 0x7fffffffu); mag += 61) {
+            const uint32_t bits = sign | mag;
+            float x;
+            std::memcpy(&x, &bits, sizeof x);
+            const double err = rel_err(x);
+            if (err > worst) worst = err, worst_at = x;
+        }
+        worst = std::max(worst, rel_err(lo_hi));
+    }
+    MESSAGE("exp_approx max relative error " << worst << " at x = " << worst_at);
+    CHECK(worst < 2e-7);
+    CHECK(exp_approx(0.0f) == 1.0f);
+    CHECK(exp_approx(-1000.0f) == exp_approx(-87.0f));  // clamped: a tiny normal float, never a denormal or NaN
+    CHECK(exp_approx(-1000.0f) > 0.0f);
+    CHECK(exp_approx(1000.0f) == exp_approx(88.0f));    // clamped: large and finite
+    CHECK(std::isfinite(exp_approx(1000.0f)));
+}
+
+// The tuned SiLU (vectorised, exp_approx in float) against the naive one (std::exp one value at a time), over
+// values from -100 to 100 and the exact ends; in double the two are the same formula and must agree to the bit.
+TEST_CASE("silu: tuned equals naive (float: within 4e-7 relative, gradient too; double: within 4e-16)") {
+    Rng rng(40);
+    const size_t n = 10007;  // not a multiple of any vector width: the loop tails run too
+    std::vector<float> x(n), dy(n), y_tuned(n), y_naive(n), dx_tuned(n, 0.25f), dx_naive(n, 0.25f);
+    for (size_t i = 0; i < n; i++) x[i] = (float)(30 * rng.normal()), dy[i] = (float)rng.normal();
+    x[0] = -100.0f, x[1] = 100.0f, x[2] = 0.0f, x[3] = -88.5f;
+    silu_forward(y_tuned.data(), x.data(), n);
+    silu_forward_naive(y_naive.data(), x.data(), n);
+    silu_backward(dx_tuned.data(), dy.data(), x.data(), n);
+    silu_backward_naive(dx_naive.data(), dy.data(), x.data(), n);
+    double worst_y = 0, worst_dx = 0;
+    for (size_t i = 0; i < n; i++) {
+        // relative to the size of the terms (x, dy), so values near 0 (silu(-100) = -4e-42) do not blow it up
+        worst_y = std::max(worst_y, std::fabs((double)y_tuned[i] - y_naive[i]) / std::max(1.0, std::fabs((double)x[i])));
+        worst_dx = std::max(worst_dx, std::fabs((double)dx_tuned[i] - dx_naive[i]) /
+                                          std::max(1.0, std::fabs((double)dy[i] * (1 + std::fabs((double)x[i])))));
+    }
+    MESSAGE("silu tuned vs naive, float: forward " << worst_y << ", backward " << worst_dx);
+    CHECK(worst_y < 4e-7);
+    CHECK(worst_dx < 4e-7);
+    CHECK(y_tuned[1] == 100.0f);
+    CHECK(std::fabs(y_tuned[0]) < 1e-30f);
+
+    // double: std::exp in both; x · σ(x) against x / (1 + e^−x), so one rounding apart
+    std::vector<double> xd(x.begin(), x.end()), yd_tuned(n), yd_naive(n);
+    silu_forward(yd_tuned.data(), xd.data(), n);
+    silu_forward_naive(yd_naive.data(), xd.data(), n);
+    for (size_t i = 0; i < n; i++) CHECK(std::fabs(yd_tuned[i] - yd_naive[i]) <= 4e-16 * std::fabs(yd_naive[i]));
+}
+
+// The fused rows (flash.h: gau_rows_forward/backward) against the unfused ops they replace, run one after the other:
+// silu_forward, offset_scale_forward, rope_forward ×4, and backward rope_backward ×4, offset_scale_backward,
+// silu_backward. In double they are the same arithmetic but for the order of the sums over rows of dγ, dβ.
+template <typename Real>
+static void check_gau_rows(double tol) {
+    Rng rng(41);
+    const int Nr = 150, Tr = 50, I = 2 * e + s;  // Nr not a multiple of the 64-row blocks of the backward
+    std::vector<double> cos_t, sin_t;
+    rope_tables(cos_t, sin_t, 0, Tr, s, 10000.0);
+    auto to = [](const std::vector<double>& v) { return std::vector<Real>(v.begin(), v.end()); };
+    const auto h = to(randn((size_t)Nr * I, rng, 3.0)), gamma = to(randn(4 * s, rng, 0.5, 1.0)),
+               beta = to(randn(4 * s, rng)), dact0 = to(randn((size_t)Nr * I, rng)),
+               dheads0 = to(randn((size_t)4 * Nr * s, rng)), dh0 = to(randn((size_t)Nr * I, rng));
+    const size_t Ns = (size_t)Nr * s;
+    struct Out { std::vector<Real> act, heads, dh, dgamma, dbeta, dact; };
+    Out fused{std::vector<Real>((size_t)Nr * I), std::vector<Real>(4 * Ns), dh0, std::vector<Real>(4 * s, Real(0.5)),
+              std::vector<Real>(4 * s, Real(-0.5)), dact0};
+    Out naive = fused;
+    std::vector<Real> dheads_f = dheads0, dheads_n = dheads0;
+    {
+        Real* hd = fused.heads.data();
+        gau_rows_forward(fused.act.data(), hd, hd + Ns, hd + 2 * Ns, hd + 3 * Ns, h.data(), gamma.data(), beta.data(),
+                         cos_t.data(), sin_t.data(), Nr, Tr, e, s);
+        Real* dhd = dheads_f.data();
+        gau_rows_backward(fused.dh.data(), fused.dgamma.data(), fused.dbeta.data(), fused.dact.data(), dhd, dhd + Ns,
+                          dhd + 2 * Ns, dhd + 3 * Ns, h.data(), fused.act.data(), gamma.data(), cos_t.data(),
+                          sin_t.data(), Nr, Tr, e, s);
+    }
+    {
+        Real* hd = naive.heads.data();
+        silu_forward_naive(naive.act.data(), h.data(), (size_t)Nr * I);
+        offset_scale_forward(hd, hd + Ns, hd + 2 * Ns, hd + 3 * Ns, naive.act.data() + 2 * e, I, gamma.data(),
+                             beta.data(), Nr, s);
+        for (int i = 0; i < 4; i++) rope_forward(hd + i * Ns, cos_t.data(), sin_t.data(), Nr, Tr, s);
+        Real* dhd = dheads_n.data();
+        for (int i = 0; i < 4; i++) rope_backward(dhd + i * Ns, cos_t.data(), sin_t.data(), Nr, Tr, s);
+        offset_scale_backward(naive.dact.data() + 2 * e, I, naive.dgamma.data(), naive.dbeta.data(), dhd, dhd + Ns,
+                              dhd + 2 * Ns, dhd + 3 * Ns, naive.act.data() + 2 * e, I, gamma.data(), Nr, s);
+        silu_backward_naive(naive.dh.data(), naive.dact.data(), h.data(), (size_t)Nr * I);
+    }
+    auto rel = [](const std::vector<Real>& a, const std::vector<Real>& b) {
+        double err = 0, scale = 0;
+        for (size_t i = 0; i < a.size(); i++)
+            err = std::max(err, std::fabs((double)a[i] - b[i])), scale = std::max(scale, std::fabs((double)b[i]));
+        return err / scale;
+    };
+    CHECK(rel(fused.act, naive.act) < tol);
+    CHECK(rel(fused.heads, naive.heads) < tol);
+    CHECK(rel(dheads_f, dheads_n) < tol);
+    CHECK(rel(fused.dact, naive.dact) < tol);
+    CHECK(rel(fused.dh, naive.dh) < tol);
+    CHECK(rel(fused.dgamma, naive.dgamma) < tol);
+    CHECK(rel(fused.dbeta, naive.dbeta) < tol);
+    MESSAGE("gau rows fused vs naive: dh " << rel(fused.dh, naive.dh) << ", dgamma " << rel(fused.dgamma, naive.dgamma));
+}
+TEST_CASE("gau rows: the fused silu, offset-scale and RoPE equal the three ops one after the other (double)") {
+    check_gau_rows<double>(1e-14);
+}
+TEST_CASE("gau rows: the fused silu, offset-scale and RoPE equal the three ops one after the other (float)") {
+    // float: exp_approx (< 2e-7) against std::exp, and the dγ, dβ sums over 150 rows in another order
+    check_gau_rows<float>(2e-6);
+}
+
+TEST_CASE("matmul_residual_forward equals matmul_forward then residual_forward") {
+    Rng rng(42);
+    const int in = e, out = d;
+    auto x = randn((size_t)N * in, rng), w = randn((size_t)in * out, rng), b = randn(out, rng),
+         res = randn((size_t)N * out, rng);
+    std::vector<double> fused((size_t)N * out), naive((size_t)N * out);
+    matmul_residual_forward(fused.data(), res.data(), x.data(), w.data(), b.data(), N, in, out);
+    matmul_forward(naive.data(), x.data(), w.data(), b.data(), N, in, out);
+    residual_forward(naive.data(), res.data(), naive.size());
+    CHECK(max_abs_diff(fused.data(), naive.data(), naive.size()) < 1e-12 * max_abs(naive));
+    std::vector<double> in_place = res;  // y may be the residual itself
+    matmul_residual_forward(in_place.data(), in_place.data(), x.data(), w.data(), b.data(), N, in, out);
+    CHECK(in_place == fused);
+}
+
 TEST_CASE("residual adds in place") {
     std::vector<double> y = {1, 2, 3}, x = {10, 20, 30};
     residual_forward(y.data(), x.data(), 3);
