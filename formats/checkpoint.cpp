@@ -99,7 +99,8 @@ std::string save_checkpoint(const std::string& out_dir, const Model<float>& m, c
         tensors.push_back(std::move(t));
     for (SafeTensor& t : param_tensors(m, host_buffer(m, ModelBuffer::adam_v), "adam_v.", "F32"))
         tensors.push_back(std::move(t));
-    json state = {{"step", st.step}, {"loader_rng", st.loader_rng}, {"loader_batches", st.loader_batches}};
+    json state = {{"step", st.step}, {"loader_rng", st.loader_rng}, {"loader_batches", st.loader_batches},
+                  {"ranks", st.ranks}};
     const std::string path = (fs::path(out_dir) / checkpoint_name(st.step)).string();
     safetensors_write(path, tensors,
                       {{"config", m.config_json().dump()}, {"train_state", state.dump()},
@@ -122,6 +123,7 @@ TrainState load_checkpoint(const std::string& path, Model<float>& m) {
         st.step = j.at("step").get<int64_t>();
         st.loader_rng = j.at("loader_rng").get<uint64_t>();
         st.loader_batches = j.at("loader_batches").get<uint64_t>();
+        st.ranks = j.value("ranks", 1);  // checkpoints from before data-parallel training: one process
     } catch (const json::exception& ex) {
         FLASH_FAIL("'" << path << "' has a bad train_state: " << ex.what(), "the file is corrupt");
     }

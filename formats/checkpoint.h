@@ -37,6 +37,7 @@ struct TrainState {
     int64_t step = 0;            // steps done
     uint64_t loader_rng = 0;     // train data loader position
     uint64_t loader_batches = 0;
+    int ranks = 1;               // data-parallel ranks that trained it (dist.h)
 };
 // Written atomically (temporary file, flush, rename): out_dir/ckpt_<step>.safetensors. Returns the path.
 std::string save_checkpoint(const std::string& out_dir, const Model<float>& m, const TrainState& st);
