@@ -221,6 +221,26 @@ TEST_CASE("a global batch that does not split evenly among the ranks is refused"
     CHECK_MESSAGE(says(j, "--batch 3 does not split evenly among 2 ranks"), j.output);
 }
 
+TEST_CASE("on GPUs (NCCL), where there are 2: 2 ranks equal one process with the same global batch") {
+    if (!can_run_mpi()) return;
+    if (std::system("test $(nvidia-smi -L 2>/dev/null | grep -c '^GPU') -ge 2") != 0) {
+        MESSAGE("skipped: fewer than 2 GPUs (NCCL needs one GPU per rank)");
+        return;
+    }
+    const std::string one = base_dir() + "/gpu_one", two = base_dir() + "/gpu_two";
+    const Job single = run_job(train_args(one, make_data_dir()) + " --device cuda");
+    const Job pair = run_job(ranks(2) + train_args(two, make_data_dir()) + " --device cuda");
+    REQUIRE_MESSAGE(single.rc == 0, single.output);
+    REQUIRE_MESSAGE(pair.rc == 0, pair.output);
+    const std::vector<double> a = metric(one, "train_loss"), b = metric(two, "train_loss");
+    REQUIRE(a.size() == 10);
+    REQUIRE(b.size() == 10);
+    for (int i = 0; i < 10; i++) CHECK(std::fabs(a[i] - b[i]) <= 1e-6 * std::fabs(a[i]));
+    const double w = max_weight_rel_diff(one + "/ckpt_00000010.safetensors", two + "/ckpt_00000010.safetensors");
+    MESSAGE("GPU: final weights after 10 steps, largest per-tensor relative difference: " << w);
+    CHECK(w <= 1e-5);
+}
+
 TEST_CASE("a collective that cannot complete ends the job after --dist-timeout, naming it") {
     if (!can_run_mpi()) return;
     // Rank 1 has nothing to train (--steps 0) and leaves; rank 0 waits in its first step's all-reduce.
