@@ -26,6 +26,7 @@ static int run(int argc, char** argv) {
         return 0;
     }
     std::signal(SIGINT, on_sigint);
+    std::signal(SIGUSR1, on_sigint);  // mpirun forwards SIGUSR1 to every rank (its Ctrl-C ends the job at once)
     TrainResult r = run_training(o);
     if (r.interrupted && !g_stop_requested) return 2;  // stopped by a non-finite loss
     return 0;

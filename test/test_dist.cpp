@@ -15,6 +15,7 @@
 #include <fstream>
 
 #include "dist.h"
+#include "formats/checkpoint.h"
 #include "formats/safetensors.h"
 #include "test/corpus.h"
 
@@ -188,6 +189,30 @@ TEST_CASE("2 ranks: a stop and a resume continue bit for bit; a resume as one pr
     CHECK(w <= 1e-5);
 }
 
+TEST_CASE("SIGUSR1 to mpirun (which forwards it) stops every rank at the same step with a checkpoint") {
+    if (!can_run_mpi()) return;
+    const std::string out = base_dir() + "/signal", log = base_dir() + "/signal.log";
+    fs::create_directories(base_dir());
+    const std::string args = train_args(out, make_data_dir()) + " --steps 1000000";
+    // rank 0 prints a line per step without --quiet: signal mpirun once 3 steps are done, then wait for the job; a
+    // guard ends the job (SIGTERM: mpirun then ends its ranks) if it is still there after 60 s, so nothing outlives
+    // the test
+    const std::string script = base_dir() + "/signal.sh";
+    std::ofstream(script) << kMpirun << " -np 2 " << args.substr(0, args.find(" --quiet"))
+                          << args.substr(args.find(" --quiet") + 8) << " >" << log << " 2>&1 &\n"
+                          << "pid=$!\n(for i in $(seq " << kJobLimitSeconds * 5
+                          << "); do sleep 0.1; kill -0 $pid 2>/dev/null || exit 0; done; kill $pid) &\n"
+                          << "until grep -q 'step      3/' " << log
+                          << " || ! kill -0 $pid 2>/dev/null; do sleep 0.1; done\n"
+                          << "kill -USR1 $pid\nwait $pid\nrc=$?\nwait\nexit $rc\n";
+    const Job j = run_job("sh " + script);
+    std::ifstream in(log);
+    const std::string text((std::istreambuf_iterator<char>(in)), {});
+    CHECK_MESSAGE(j.rc == 0, text);
+    CHECK_MESSAGE(text.find("interrupted: checkpoint written at step") != std::string::npos, text);
+    CHECK(!latest_checkpoint(out).empty());
+}
+
 TEST_CASE("one rank given a bad file ends the whole job with that file's error, within seconds") {
     if (!can_run_mpi()) return;
     const std::string bad = base_dir() + "/bad_data";
@@ -251,5 +276,6 @@ TEST_CASE("a collective that cannot complete ends the job after --dist-timeout, 
     CHECK_MESSAGE(j.rc != 0, j.output);
     CHECK(j.rc != 124);
     CHECK_MESSAGE(says(j, "the collective 'sum of the step's losses' has not completed in 3 s"), j.output);
-    fs::remove_all(base_dir());
+    fs::remove_all(base_dir());  // the last test: its files and the corpus go
+    fs::remove_all(make_data_dir());
 }
