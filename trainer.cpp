@@ -347,7 +347,8 @@ int64_t resume(const Run& run, Model<float>& model, flash_data::DataLoader& trai
     const int ranks = dist_get().size();
     if (st.ranks != ranks && !run.o.quiet)
         std::printf("note: the checkpoint was trained by %d rank(s), this run has %d: every step still trains on the "
-                    "same global batch of sequences (the data order is a function of seed, step and row), split "
+                    "same global batch of sequences (with the same --batch: the data order is a function of seed, step "
+                    "and row), split "
                     "differently among the ranks, so the run continues from step %lld as before up to float "
                     "rounding, not bit for bit\n",
                     st.ranks, ranks, (long long)st.step);
