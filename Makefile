@@ -53,6 +53,30 @@ ifneq ($(strip $(NVCC)),)
   CUDA_BENCHES := build/bench_cuda
 endif
 
+# ---- MPI, where mpicxx exists (data-parallel ./train under mpirun; dist.h) -------------------------------------
+#   dist.cpp alone is compiled by mpicxx with -DFLASH_HAVE_MPI; the trainer's programs link with mpicxx's flags.
+#   Without mpicxx, dist.cpp is compiled by $(CXX) as one rank of one. NCCL (dist_nccl.cu) where nvcc and nccl.h
+#   exist as well: the GPU all-reduce.
+MPICXX ?= $(shell command -v mpicxx 2>/dev/null)
+DIST_OBJS := build/dist.o
+DIST_CXX := $(CXX)
+DIST_CXXFLAGS :=
+MPI_LDLIBS :=
+ifneq ($(strip $(MPICXX)),)
+  DIST_CXX := $(MPICXX)
+  DIST_CXXFLAGS := -DFLASH_HAVE_MPI=1 -DOMPI_SKIP_MPICXX=1 -DMPICH_SKIP_MPICXX=1  # the C API only
+  # Open MPI says --showme:link, MPICH -link_info (its first word is the compiler)
+  MPI_LDLIBS := $(shell $(MPICXX) --showme:link 2>/dev/null || $(MPICXX) -link_info 2>/dev/null | cut -d' ' -f2-)
+  ifneq ($(strip $(NVCC)),)
+    ifneq ($(wildcard $(CUDA_HOME)/include/nccl.h),)
+      DIST_OBJS += build/dist_nccl.o
+      DIST_CXXFLAGS += -DFLASH_HAVE_NCCL=1
+      MPI_LDLIBS += -lnccl
+    endif
+  endif
+endif
+$(info [flash] MPI: $(if $(MPICXX),$(MPICXX)$(if $(filter build/dist_nccl.o,$(DIST_OBJS)), with NCCL),not found: one process))
+
 # ---- objects ----------------------------------------------------------------------------------------
 TOKENIZER_OBJS := build/tokenizer/bpe.o
 DATA_OBJS      := build/data/tokenfile.o build/data/dataloader.o build/data/mlm.o
@@ -62,12 +86,12 @@ MODEL_OBJS     := build/ops.o build/flash.o build/model.o build/formats/config.o
 # The debug state masks its batch for --objective mlm (data/mlm.h). ($^ lists an object named twice once.)
 MODEL_OBJS     += build/data/mlm.o build/data/dataloader.o
 DECODE_OBJS    := build/decode.o build/decode_baselines.o build/decoder.o
-TRAINER_OBJS   := build/trainer.o build/eval.o $(DECODE_OBJS) $(MODEL_OBJS) $(TOKENIZER_OBJS) $(DATA_OBJS)
+TRAINER_OBJS   := build/trainer.o build/eval.o $(DIST_OBJS) $(DECODE_OBJS) $(MODEL_OBJS) $(TOKENIZER_OBJS) $(DATA_OBJS)
 build/model.o: CXXFLAGS += $(CUDA_CXXFLAGS)
 
 PROGRAMS   := train sample tokenizer/bpe
 TEST_BINS  := build/test_tokenizer build/test_data build/test_ops build/test_model build/test_train \
-              build/test_options build/test_decode build/test_eval build/test_combiner build/test_transformer \
+              build/test_options build/test_dist build/test_decode build/test_eval build/test_combiner build/test_transformer \
               build/test_decode_baselines build/test_mlm $(CUDA_TESTS)
 BENCH_BINS := build/bench_tokenizer build/bench_cpu build/bench_decode build/bench_combiner $(CUDA_BENCHES)
 
@@ -76,7 +100,7 @@ all: $(PROGRAMS) $(TEST_BINS) $(BENCH_BINS)
 # ---- programs, tests, benchmarks: each a main object and what it uses ---------------------------------
 LINK = $(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS) $(CUDA_LDLIBS)
 train: build/train.o $(TRAINER_OBJS)
-	$(LINK)
+	$(LINK) $(MPI_LDLIBS)
 sample: build/sample.o $(DECODE_OBJS) $(MODEL_OBJS) $(TOKENIZER_OBJS)
 	$(LINK)
 tokenizer/bpe: build/tokenizer/main.o $(TOKENIZER_OBJS) $(DATA_OBJS)
@@ -90,11 +114,14 @@ build/test_ops: build/test/test_ops.o $(MODEL_OBJS)
 build/test_model: build/test/test_model.o $(MODEL_OBJS)
 	$(LINK)
 build/test_train: build/test/test_train.o $(TRAINER_OBJS)
-	$(LINK)
+	$(LINK) $(MPI_LDLIBS)
 build/test_options: build/test/test_options.o $(TRAINER_OBJS)
-	$(LINK)
+	$(LINK) $(MPI_LDLIBS)
+# test_dist runs ./train under mpirun
+build/test_dist: build/test/test_dist.o $(TRAINER_OBJS) | train
+	$(LINK) $(MPI_LDLIBS)
 build/test_mlm: build/test/test_mlm.o $(TRAINER_OBJS)
-	$(LINK)
+	$(LINK) $(MPI_LDLIBS)
 build/test_decode: build/test/test_decode.o $(DECODE_OBJS) $(MODEL_OBJS)
 	$(LINK)
 build/test_decode_baselines: build/test/test_decode_baselines.o $(DECODE_OBJS) $(MODEL_OBJS)
@@ -124,6 +151,9 @@ build/%.o: %.cpp
 	$(CXX) $(CXXFLAGS) -c $< -o $@
 # CUDA sources: compiled by nvcc; the objects hold their device code (no relocatable device code), and are linked
 # by the host compiler with the rest.
+build/dist.o: dist.cpp
+	@mkdir -p $(dir $@)
+	$(DIST_CXX) $(CXXFLAGS) $(DIST_CXXFLAGS) -c $< -o $@
 build/flash_cuda.o: flash.cu
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -c $< -o $@

@@ -1190,7 +1190,7 @@ void FlashCudaModel::adamw_update(double lr, const AdamWConfig& opt, int64_t t) 
     cuda_model_adamw_update(dev_, lr, opt, t);
 }
 
-static float* device_buffer(FlashCuda* m, ModelBuffer which) {
+static float* buffer_of(FlashCuda* m, ModelBuffer which) {
     switch (which) {
         case ModelBuffer::params: return m->params;
         case ModelBuffer::grads: return m->grads;
@@ -1200,9 +1200,10 @@ static float* device_buffer(FlashCuda* m, ModelBuffer which) {
     FLASH_FAIL("unknown model buffer", "this is a bug");
 }
 void FlashCudaModel::copy_to_host(ModelBuffer which, float* host) const {
-    copy_out(host, device_buffer(dev_, which), dev_->n_params);
+    copy_out(host, buffer_of(dev_, which), dev_->n_params);
 }
 void FlashCudaModel::copy_from_host(ModelBuffer which, const float* host) {
-    copy_in(device_buffer(dev_, which), host, dev_->n_params);
+    copy_in(buffer_of(dev_, which), host, dev_->n_params);
 }
+float* FlashCudaModel::device_buffer(ModelBuffer which) { return ::buffer_of(dev_, which); }
 void FlashCudaModel::get_logits(float* host, size_t n) const { cuda_model_get_logits(dev_, host, n); }

@@ -53,6 +53,7 @@ public:
     void adamw_update(double lr, const AdamWConfig& opt, int64_t t) override;
     void copy_to_host(ModelBuffer which, float* host) const override;
     void copy_from_host(ModelBuffer which, const float* host) override;
+    float* device_buffer(ModelBuffer which) override;
 
     // The first n values of the last forward's logits, (B*T, V) row-major (for the tests).
     void get_logits(float* host, size_t n) const;

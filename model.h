@@ -55,6 +55,8 @@ struct Model {
     // Host copies of the flat buffers (param_count() values each, tensor_specs() layout): how load and save work.
     virtual void copy_to_host(ModelBuffer which, Real* host) const = 0;
     virtual void copy_from_host(ModelBuffer which, const Real* host) = 0;
+    // The buffer itself where it lives on a GPU (for NCCL's in-place all-reduce, dist.h); nullptr on the CPU.
+    virtual Real* device_buffer(ModelBuffer which) { return nullptr; }
 };
 
 // Gradient clipping, the one place it happens: scales the gradients so that their global norm is at most max_norm

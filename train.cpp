@@ -6,6 +6,7 @@
 #include <string>
 
 #include "debug_state.h"
+#include "dist.h"
 #include "trainer.h"
 
 static void on_sigint(int) {
@@ -13,24 +14,35 @@ static void on_sigint(int) {
     g_stop_requested = 1;
 }
 
-int main(int argc, char** argv) {
-    try {
-        for (int i = 1; i < argc; i++) {
-            std::string a = argv[i];
-            if (a == "--debug-state") return debug_state_main(argc, argv);
-            if (a == "--help" || a == "-h") { std::printf("%s", train_options_help().c_str()); return 0; }
-        }
-        TrainOptions o = parse_train_options(argc, argv);
-        if (o.eval_only) {  // score a checkpoint on the whole validation set, print, exit
-            run_eval_only(o);
-            return 0;
-        }
-        std::signal(SIGINT, on_sigint);
-        TrainResult r = run_training(o);
-        if (r.interrupted && !g_stop_requested) return 2;  // stopped by a non-finite loss
+static int run(int argc, char** argv) {
+    for (int i = 1; i < argc; i++) {
+        std::string a = argv[i];
+        if (a == "--debug-state") return debug_state_main(argc, argv);
+        if (a == "--help" || a == "-h") { std::printf("%s", train_options_help().c_str()); return 0; }
+    }
+    TrainOptions o = parse_train_options(argc, argv);
+    if (o.eval_only) {  // score a checkpoint on the whole validation set, print, exit
+        run_eval_only(o);
         return 0;
+    }
+    std::signal(SIGINT, on_sigint);
+    std::signal(SIGUSR1, on_sigint);  // mpirun forwards SIGUSR1 to every rank (its Ctrl-C ends the job at once)
+    TrainResult r = run_training(o);
+    if (r.interrupted && !g_stop_requested) return 2;  // stopped by a non-finite loss
+    return 0;
+}
+
+// Under mpirun (dist.h) an error on any rank ends the whole job with that rank's message.
+int main(int argc, char** argv) {
+    Dist& dist = dist_init(&argc, &argv);
+    try {
+        const int rc = run(argc, argv);
+        dist_finalize();
+        return rc;
     } catch (const std::exception& ex) {
+        if (dist.size() > 1) dist_abort(ex.what());
         std::fprintf(stderr, "error: %s\n", ex.what());
+        dist_finalize();
         return 1;
     }
 }

@@ -21,6 +21,7 @@
 #include "data/tokenfile.h"
 #include "decode.h"
 #include "decoder.h"
+#include "dist.h"
 #include "formats/json_file.h"
 #include "options.h"
 #include "tokenizer/bpe.h"
@@ -67,6 +68,8 @@ static OptionTable option_table(TrainOptions& o) {
     t.add("device", o.device, "cpu, cuda, or auto (the GPU when one is present)");
     t.add("objective", o.objective, "ar (auto-regressive) or mlm (masked LM: needs a model config with \"causal\": "
                                     "false; docs/BASELINES.md section 4)");
+    t.add("dist-timeout", o.dist_timeout, "under mpirun: seconds a collective may wait before the job ends (0: never)",
+          0, 1e9);
     t.add_flag("resume", o.resume, "continue from the newest checkpoint in out-dir");
     t.add_flag("quiet", o.quiet, "no per-step lines");
     t.add_flag("eval-only", o.eval_only, "score a checkpoint on the whole validation set and exit");
@@ -253,12 +256,15 @@ void print_header(const Run& run, const Model<float>& model, Device device) {
 }
 
 // Metrics: JSON lines for machines, TSV for the plot. A fresh run starts them anew, a resumed one appends.
+// Under mpirun, rank 0 alone writes them; the other ranks' logs go to /dev/null, so the loop logs unconditionally.
 void open_logs(Run& run) {
+    const bool lead = dist_get().lead();
     const fs::path out(run.o.out_dir);
     const char* mode = run.o.resume ? "a" : "w";
-    run.metrics = std::fopen((out / "metrics.jsonl").c_str(), mode);
-    run.train_tsv = std::fopen((out / "train_loss.tsv").c_str(), mode);
-    run.val_tsv = std::fopen((out / "val_loss.tsv").c_str(), mode);
+    auto log_path = [&](const char* name) { return lead ? (out / name).string() : std::string("/dev/null"); };
+    run.metrics = std::fopen(log_path("metrics.jsonl").c_str(), mode);
+    run.train_tsv = std::fopen(log_path("train_loss.tsv").c_str(), mode);
+    run.val_tsv = std::fopen(log_path("val_loss.tsv").c_str(), mode);
     FLASH_CHECK(run.metrics && run.train_tsv && run.val_tsv, "cannot write metrics under '" << run.o.out_dir << "'",
                 "check permissions");
 }
@@ -347,6 +353,7 @@ void plot_losses(const Run& run) {
     const fs::path out(o.out_dir);
     std::fflush(run.train_tsv);
     std::fflush(run.val_tsv);
+    if (!dist_get().lead()) return;
     if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) return;
     const fs::path script = out / "loss.gp";
     std::ofstream gp(script);
@@ -364,11 +371,16 @@ void print_sample(const Run& run, const Model<float>& model, int64_t step) {
     std::printf("---- sample at step %lld ----\n%s\n----\n", (long long)step, text.c_str());
 }
 
+// Under mpirun every rank first checks that the replicas agree; rank 0 alone writes.
 void checkpoint(const Run& run, const Model<float>& model, const flash_data::DataLoader& train_loader, int64_t step) {
+    Dist& dist = dist_get();
+    dist_check_replicas(dist, model, "at the checkpoint of step " + std::to_string(step));
+    if (!dist.lead()) return;
     const flash_data::DataLoaderState ls = train_loader.state();
     const std::string path =
         save_checkpoint(run.o.out_dir, model,
-                        TrainState{step, ls.rng_state, ls.batches, flash_data::objective_name(run.objective)});
+                        TrainState{step, ls.rng_state, ls.batches, flash_data::objective_name(run.objective),
+                                   dist.size()});
     prune_checkpoints(run.o.out_dir, run.o.keep_ckpts);
     if (!run.o.quiet) std::printf("checkpoint %s\n", path.c_str());
 }
@@ -387,7 +399,15 @@ int64_t resume(const Run& run, Model<float>& model, flash_data::DataLoader& trai
     ls.rng_state = st.loader_rng;
     ls.batches = st.loader_batches;
     train_loader.restore(ls);
-    std::printf("resumed from %s at step %lld\n", path.c_str(), (long long)st.step);
+    if (!run.o.quiet) std::printf("resumed from %s at step %lld\n", path.c_str(), (long long)st.step);
+    const int ranks = dist_get().size();
+    if (st.ranks != ranks && !run.o.quiet)
+        std::printf("note: the checkpoint was trained by %d rank(s), this run has %d: every step still trains on the "
+                    "same global batch of sequences (with the same --batch: the data order is a function of seed, step "
+                    "and row), split "
+                    "differently among the ranks, so the run continues from step %lld as before up to float "
+                    "rounding, not bit for bit\n",
+                    st.ranks, ranks, (long long)st.step);
     return st.step;
 }
 
@@ -396,26 +416,44 @@ int64_t resume(const Run& run, Model<float>& model, flash_data::DataLoader& trai
 // ====================================================================================================
 // The loop
 
-TrainResult run_training(const TrainOptions& o) {
+// Under mpirun: the global batch must split evenly among the ranks (equal rows, so the mean of the ranks' means is
+// the global mean), and ranks other than 0 print nothing.
+static TrainOptions options_for_rank(const TrainOptions& options, Dist& dist) {
+    TrainOptions o = options;
+    FLASH_CHECK(o.batch % dist.size() == 0, "--batch " << o.batch << " does not split evenly among " << dist.size()
+                                                        << " ranks (each rank takes batch/ranks sequences)",
+                "give a --batch that is a multiple of mpirun's -np");
+    dist.set_timeout(o.dist_timeout);
+    if (!dist.lead()) o.quiet = true;
+    return o;
+}
+
+TrainResult run_training(const TrainOptions& options) {
+    Dist& dist = dist_get();
+    const TrainOptions o = options_for_rank(options, dist);
     if (o.threads > 0) {
         omp_set_num_threads(o.threads);
         openblas_set_num_threads(o.threads);
     }
     const Device device = choose_device(o.device);
+    if (device == Device::cuda) dist_init_gpu(dist);
     Run run(o);
     load_data(run);
     const json cfg = model_config_from_options(o, (int)run.tok.vocab_size());
     const int B = o.batch, T = cfg.at("seq_len").get<int>();
+    const int B_rank = B / dist.size();  // this rank's rows of each global batch
     run.T = T;
     std::unique_ptr<Model<float>> model = make_model<float>(cfg, device);
     model->init_weights(o.seed);
-    flash_data::DataLoader train_loader(run.train_tokens.tokens, B, T, flash_data::LoaderMode::kTrainRandom, o.seed);
+    flash_data::DataLoader train_loader(run.train_tokens.tokens, B_rank, T, flash_data::LoaderMode::kTrainRandom,
+                                        o.seed, (uint64_t)dist.rank() * B_rank);
     run.val_sample = sample_windows(run.val_tokens.tokens.size(), T, o.eval_batches * B);
     const int64_t done = o.resume ? resume(run, *model, train_loader) : 0;  // first: it names another objective
     check_model_objective(run, *model);
+    dist_check_replicas(dist, *model, done ? "after the resume" : "at the start");
 
     std::error_code ec;
-    fs::create_directories(o.out_dir, ec);
+    if (dist.lead()) fs::create_directories(o.out_dir, ec);
     FLASH_CHECK(!ec, "cannot create '" << o.out_dir << "': " << ec.message(), "check permissions or pick --out-dir");
     run.flops_per_step_token = 3 * model->forward_flops_per_token();
     run.peak = (o.quiet || device == Device::cuda) ? 0.0 : measure_sgemm_peak();
@@ -437,16 +475,23 @@ TrainResult run_training(const TrainOptions& o) {
     for (int64_t step = done + 1; step <= o.steps; step++) {
         const auto t0 = std::chrono::steady_clock::now();
         flash_data::make_batch(run.objective, train_loader, run.mlm(), o.seed, (uint64_t)step, inputs, targets);
-        const double loss = model->forward(inputs.data(), targets.data(), B, T);
+        const int64_t scored = count_scored(targets.data(), targets.size());
+        // The global batch's loss, and Ctrl-C on any rank, agreed by all (one all-reduce; a no-op for one process).
+        const StepTotals totals =
+            dist_step_totals(dist, model->forward(inputs.data(), targets.data(), B_rank, T), scored, g_stop_requested);
+        const double loss = totals.loss;
         if (!std::isfinite(loss)) {
-            std::fprintf(stderr, "error: the training loss is %g at step %lld; stopping. The last checkpoint in %s is "
-                                 "intact (hint: lower --lr or --grad-clip and --resume)\n",
-                         loss, (long long)step, o.out_dir.c_str());
+            if (dist.lead())
+                std::fprintf(stderr,
+                             "error: the training loss is %g at step %lld; stopping. The last checkpoint in %s is "
+                             "intact (hint: lower --lr or --grad-clip and --resume)\n",
+                             loss, (long long)step, o.out_dir.c_str());
             result.interrupted = true;
             break;
         }
         model->zero_grad();
         model->backward();
+        dist_average_grads(dist, *model, scored, totals.scored);  // the global batch's gradient on every rank
         const double norm = clip_grad_norm(*model, o.grad_clip);
         const double lr = learning_rate(o, step);
         model->adamw_update(lr, opt, step);
@@ -464,7 +509,7 @@ TrainResult run_training(const TrainOptions& o) {
         // (text samples need a causal model: none under mlm)
         if (o.sample_interval > 0 && (step % o.sample_interval == 0 || step == o.steps) && !o.quiet && !run.mlm())
             print_sample(run, *model, step);
-        const bool stop = g_stop_requested != 0, pause = o.stop_after > 0 && step - done >= o.stop_after;
+        const bool stop = totals.stop, pause = o.stop_after > 0 && step - done >= o.stop_after;
         if (step % o.ckpt_interval == 0 || step == o.steps || stop || pause) checkpoint(run, *model, train_loader, step);
         if (stop || pause) {
             if (!o.quiet)
@@ -482,6 +527,8 @@ TrainResult run_training(const TrainOptions& o) {
 }
 
 EvalResult run_eval_only(const TrainOptions& o) {
+    FLASH_CHECK(dist_get().size() == 1, "--eval-only runs as one process, not under mpirun with several ranks",
+                "run ./train --eval-only without mpirun");
     if (o.threads > 0) {
         omp_set_num_threads(o.threads);
         openblas_set_num_threads(o.threads);

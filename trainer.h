@@ -29,6 +29,7 @@ struct TrainOptions {
     int threads = 0;                     // 0: all cores, else 1..1024
     std::string device = "cpu";          // cpu | cuda | auto
     std::string objective = "ar";        // ar | mlm (data/mlm.h; mlm needs a model config with "causal": false)
+    double dist_timeout = 300;           // under mpirun: seconds one collective may wait (dist.h); 0: never
     bool resume = false;
     bool quiet = false;                  // no per-step lines (tests)
     bool eval_only = false;              // score a checkpoint on the whole validation set and exit

@@ -15,8 +15,18 @@ uint64_t random_below(uint64_t& state, uint64_t n) {
     }
 }
 
-DataLoader::DataLoader(const std::vector<uint32_t>& tokens, int B, int T, LoaderMode mode, uint64_t seed)
-    : tokens_(tokens.data()), n_(tokens.size()), B_(B), T_(T), mode_(mode), seed_(seed) {
+uint64_t train_window_offset(uint64_t seed, uint64_t batch, uint64_t row, size_t n_tokens, int T) {
+    // Three chained splitmix64 steps key the stream by seed, then batch, then row; each xor feeds a fresh state.
+    uint64_t state = seed;
+    state = splitmix64_next(state) ^ batch;
+    state = splitmix64_next(state) ^ row;
+    state = splitmix64_next(state);
+    return random_below(state, n_tokens - T);  // start + T + 1 <= n
+}
+
+DataLoader::DataLoader(const std::vector<uint32_t>& tokens, int B, int T, LoaderMode mode, uint64_t seed,
+                       uint64_t first_row)
+    : tokens_(tokens.data()), n_(tokens.size()), B_(B), T_(T), mode_(mode), seed_(seed), first_row_(first_row) {
     FLASH_CHECK(B >= 1 && T >= 1, "data loader needs B >= 1 and T >= 1, got B=" << B << " T=" << T, "check the batch settings");
     FLASH_CHECK(n_ >= (size_t)T + 1, "the token stream has " << n_ << " tokens, too few for one window of T+1 = " << T + 1,
                 "use a smaller sequence length T or more data");
@@ -45,7 +55,7 @@ void DataLoader::next_batch(int32_t* inputs, int32_t* targets) {
     for (int b = 0; b < B_; b++) {
         uint64_t start;
         if (mode_ == LoaderMode::kTrainRandom) {
-            start = random_below(state_.rng_state, n_ - T_);  // start + T + 1 <= n
+            start = train_window_offset(seed_, state_.batches, first_row_ + b, n_, T_);
         } else {
             if (state_.position + T_ + 1 > n_) state_.position = 0;  // end of the pass: wrap
             start = state_.position;

@@ -76,9 +76,10 @@ void make_batch(Objective objective, DataLoader& loader, const MlmVocab* vocab, 
     FLASH_CHECK(vocab, "make_batch: the mlm objective needs the vocabulary's mask and special ids", "pass an MlmVocab");
     const int T = loader.T();
     // The window's first T tokens are the sequence (its last token, the AR target, is not used); masked in place.
+    // The sequence index is the row of the GLOBAL batch, so data-parallel ranks (dist.h) mask as one process does.
     for (int b = 0; b < loader.B(); b++) {
         int32_t* row = inputs.data() + (size_t)b * T;
-        mlm_mask(seed, step, (uint64_t)b, row, T, *vocab, row, targets.data() + (size_t)b * T);
+        mlm_mask(seed, step, loader.first_row() + (uint64_t)b, row, T, *vocab, row, targets.data() + (size_t)b * T);
     }
 }
 

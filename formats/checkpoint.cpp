@@ -105,7 +105,7 @@ std::string save_checkpoint(const std::string& out_dir, const Model<float>& m, c
     for (SafeTensor& t : param_tensors(m, host_buffer(m, ModelBuffer::adam_v), "adam_v.", "F32", true))
         tensors.push_back(std::move(t));
     json state = {{"step", st.step}, {"loader_rng", st.loader_rng}, {"loader_batches", st.loader_batches},
-                  {"objective", st.objective}};
+                  {"objective", st.objective}, {"ranks", st.ranks}};
     const std::string path = (fs::path(out_dir) / checkpoint_name(st.step)).string();
     safetensors_write(path, tensors,
                       {{"config", m.config_json().dump()}, {"train_state", state.dump()},
@@ -129,6 +129,7 @@ TrainState load_checkpoint(const std::string& path, Model<float>& m) {
         st.loader_rng = j.at("loader_rng").get<uint64_t>();
         st.loader_batches = j.at("loader_batches").get<uint64_t>();
         if (j.contains("objective")) st.objective = j.at("objective").get<std::string>();  // older ones: ar
+        st.ranks = j.value("ranks", 1);  // checkpoints from before data-parallel training: one process
     } catch (const json::exception& ex) {
         FLASH_FAIL("'" << path << "' has a bad train_state: " << ex.what(), "the file is corrupt");
     }

@@ -41,6 +41,7 @@ struct TrainState {
     uint64_t loader_rng = 0;     // train data loader position
     uint64_t loader_batches = 0;
     std::string objective = "ar";  // the training objective (data/mlm.h); a checkpoint without one is from ar
+    int ranks = 1;               // data-parallel ranks that trained it (dist.h)
 };
 // Written atomically (temporary file, flush, rename): out_dir/ckpt_<step>.safetensors. Returns the path.
 std::string save_checkpoint(const std::string& out_dir, const Model<float>& m, const TrainState& st);

@@ -253,6 +253,47 @@ TEST_CASE("a restored loader continues the same sequence; seeds and reset behave
     CHECK(c.state().batches == 1);
 }
 
+TEST_CASE("train rows are a function of (seed, batch, row): R loaders of B/R rows serve one loader's batches") {
+    Ids tokens = iota_tokens(10000);
+    const int B = 6, T = 16;
+    std::vector<int32_t> x, y, xr, yr;
+    DataLoader whole(tokens, B, T, LoaderMode::kTrainRandom, 7);
+    for (int R : {2, 3, 6}) {
+        // R ranks, rank r serving global rows r*B/R .. (r+1)*B/R-1; every batch's rows together are whole's rows
+        std::vector<DataLoader> parts;
+        for (int r = 0; r < R; r++) parts.emplace_back(tokens, B / R, T, LoaderMode::kTrainRandom, 7, r * B / R);
+        whole.reset();
+        for (int batch = 0; batch < 4; batch++) {
+            whole.next_batch(x, y);
+            std::vector<uint64_t> joined;
+            std::vector<int32_t> xj;
+            for (DataLoader& p : parts) {
+                p.next_batch(xr, yr);
+                joined.insert(joined.end(), p.last_offsets().begin(), p.last_offsets().end());
+                xj.insert(xj.end(), xr.begin(), xr.end());
+            }
+            CHECK(joined == whole.last_offsets());
+            CHECK(xj == x);
+            for (int b = 0; b < B; b++)
+                CHECK(whole.last_offsets()[b] == train_window_offset(7, batch, b, tokens.size(), T));
+        }
+    }
+    // A loader restored at batch k with another split serves batch k's rows (resume with another number of ranks).
+    DataLoaderState at3 = whole.state();
+    at3.batches = 3;
+    DataLoader half(tokens, B / 2, T, LoaderMode::kTrainRandom, 7, B / 2);
+    half.restore(at3);
+    half.next_batch(xr, yr);
+    for (int b = 0; b < B / 2; b++)
+        CHECK(half.last_offsets()[b] == train_window_offset(7, 3, B / 2 + b, tokens.size(), T));
+    // distinct rows and batches draw distinct windows (here: all 6 × 4 of them differ)
+    std::vector<uint64_t> all;
+    for (int batch = 0; batch < 4; batch++)
+        for (int b = 0; b < B; b++) all.push_back(train_window_offset(7, batch, b, tokens.size(), T));
+    std::sort(all.begin(), all.end());
+    CHECK(std::unique(all.begin(), all.end()) == all.end());
+}
+
 TEST_CASE("validation loader walks the stream in order and wraps") {
     // N = 100, T = 10: windows start at 0, 10, ..., 80 (80 + 11 <= 100; 90 + 11 > 100): 9 windows,
     // so with B = 3 there are 3 batches per pass.

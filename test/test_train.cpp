@@ -10,6 +10,7 @@
 #include <fstream>
 
 #include "data/tokenfile.h"
+#include "test/corpus.h"
 #include "testutil.h"
 #include "tokenizer/bpe.h"
 #include "trainer.h"
@@ -21,38 +22,6 @@ namespace {
 std::string read_bytes(const std::string& path) {
     std::ifstream in(path, std::ios::binary);
     return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-// A tiny corpus with structure a small model can learn: sentences from a small grammar.
-std::string make_text(uint64_t seed, int sentences) {
-    const char* subjects[] = {"the cat", "a dog", "the old man", "my sister", "the ship"};
-    const char* verbs[] = {"sees", "likes", "follows", "finds"};
-    const char* objects[] = {"the sea.", "a red ball.", "the white whale.", "the house."};
-    Rng rng(seed);
-    std::string text;
-    for (int i = 0; i < sentences; i++) {
-        text += subjects[rng.below(5)];
-        text += " ";
-        text += verbs[rng.below(4)];
-        text += " ";
-        text += objects[rng.below(4)];
-        text += (i % 7 == 6) ? "\n" : " ";
-    }
-    return text;
-}
-
-// data dir with tokenizer.json, train.bin, val.bin
-std::string make_data_dir() {
-    static std::string dir;
-    if (!dir.empty()) return dir;
-    dir = "/tmp/flash_test_train_" + std::to_string(getpid());
-    fs::create_directories(dir);
-    const std::string train_text = make_text(1, 3000), val_text = make_text(2, 300);
-    bpe::Tokenizer tok = bpe::Tokenizer::train({train_text}, 300);
-    tok.save(dir + "/tokenizer.json");
-    flash_data::save_token_file(dir + "/train.bin", tok.encode(train_text), tok.vocab_size());
-    flash_data::save_token_file(dir + "/val.bin", tok.encode(val_text), tok.vocab_size());
-    return dir;
 }
 
 TrainOptions tiny_options(const std::string& out_dir) {
