@@ -94,8 +94,11 @@ TEST_BINS  := build/test_tokenizer build/test_data build/test_ops build/test_mod
               build/test_options build/test_dist build/test_decode build/test_eval build/test_combiner build/test_transformer \
               build/test_decode_baselines build/test_mlm $(CUDA_TESTS)
 BENCH_BINS := build/bench_tokenizer build/bench_cpu build/bench_decode build/bench_combiner $(CUDA_BENCHES)
+# The comparison's table and plot data (experiments/compare.sh); shell tests, run by make test after the binaries.
+EXPERIMENT_BINS := build/compare_report
+SHELL_TESTS := test/test_compare.sh
 
-all: $(PROGRAMS) $(TEST_BINS) $(BENCH_BINS)
+all: $(PROGRAMS) $(TEST_BINS) $(BENCH_BINS) $(EXPERIMENT_BINS)
 
 # ---- programs, tests, benchmarks: each a main object and what it uses ---------------------------------
 LINK = $(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS) $(CUDA_LDLIBS)
@@ -144,6 +147,8 @@ build/test_combiner: build/test/test_combiner.o $(MODEL_OBJS)
 	$(LINK)
 build/bench_combiner: build/bench/bench_combiner.o $(MODEL_OBJS)
 	$(LINK)
+build/compare_report: build/experiments/compare_report.o   # needs neither BLAS nor CUDA
+	$(CXX) $(CXXFLAGS) $^ -o $@
 
 # ---- compiling ----------------------------------------------------------------------------------------
 build/%.o: %.cpp
@@ -161,9 +166,10 @@ build/%.o: %.cu
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -c $< -o $@
 
-# Every test binary runs; the summary line counts passed and failed binaries' test cases.
-test: $(TEST_BINS)
-	@bash test/run_all.sh $(TEST_BINS)
+# Every test binary runs, then the shell tests (the comparison's smoke test drives ./train, tokenizer/bpe and
+# build/compare_report); the summary line counts passed and failed test cases.
+test: $(TEST_BINS) $(PROGRAMS) $(EXPERIMENT_BINS)
+	@bash test/run_all.sh $(TEST_BINS) $(SHELL_TESTS)
 
 clean:
 	rm -rf build $(PROGRAMS)
