@@ -32,7 +32,7 @@ PROGRAMS   += train
 TEST_BINS  += build/test_ops build/test_model build/test_train
 
 # The trainer calls the GPU model when CUDA was built (--device cuda|auto).
-TRAINER_OBJS = build/trainer.o build/decode.o $(MODEL_OBJS) $(TOKENIZER_OBJS) $(DATA_OBJS) $(CUDA_OBJS)
+TRAINER_OBJS = build/trainer.o build/rundir.o build/decode.o $(MODEL_OBJS) $(TOKENIZER_OBJS) $(DATA_OBJS) $(CUDA_OBJS)
 build/trainer.o: CXXFLAGS += $(CUDA_CXXFLAGS)
 train: build/train.o $(TRAINER_OBJS)
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS) $(CUDA_LDLIBS)
@@ -40,7 +40,8 @@ build/test_ops: build/test/test_ops.o $(MODEL_OBJS)
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)
 build/test_model: build/test/test_model.o $(MODEL_OBJS)
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)
-build/test_train: build/test/test_train.o $(TRAINER_OBJS)
+# test_train also runs ./train as a process (locking, signals, kill and resume).
+build/test_train: build/test/test_train.o $(TRAINER_OBJS) | train
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS) $(CUDA_LDLIBS)
 BENCH_BINS += build/bench_cpu
 build/bench_cpu: build/bench/bench_cpu.o $(MODEL_OBJS)

@@ -22,6 +22,10 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include "json_util.h"
+#include "resource_check.h"
+#include "value_check.h"
+
 using json = nlohmann::json;
 
 // ====================================================================================================
@@ -78,7 +82,7 @@ FlashConfig config_from_json(const json& j) {
     auto get_int = [&](const char* k, int& dst) {
         if (!j.contains(k)) return;
         const json& v = j[k];
-        FLASH_CHECK(v.is_number_integer(), "config field '" << k << "' must be an integer, got " << v.dump(),
+        FLASH_CHECK(v.is_number_integer(), "config field '" << k << "' must be an integer, got " << json_excerpt(v),
                     "write e.g. \"" << k << "\": " << dst);
         long long x = v.get<long long>();
         FLASH_CHECK(x >= std::numeric_limits<int>::min() && x <= std::numeric_limits<int>::max(),
@@ -88,7 +92,7 @@ FlashConfig config_from_json(const json& j) {
     auto get_double = [&](const char* k, double& dst) {
         if (!j.contains(k)) return;
         const json& v = j[k];
-        FLASH_CHECK(v.is_number(), "config field '" << k << "' must be a number, got " << v.dump(),
+        FLASH_CHECK(v.is_number(), "config field '" << k << "' must be a number, got " << json_excerpt(v),
                     "write e.g. \"" << k << "\": " << dst);
         dst = v.get<double>();
     };
@@ -100,7 +104,7 @@ FlashConfig config_from_json(const json& j) {
     get_int("chunk", c.chunk);
     get_int("seq_len", c.seq_len);
     if (j.contains("causal")) {
-        FLASH_CHECK(j["causal"].is_boolean(), "config field 'causal' must be true or false, got " << j["causal"].dump(),
+        FLASH_CHECK(j["causal"].is_boolean(), "config field 'causal' must be true or false, got " << json_excerpt(j["causal"]),
                     "write \"causal\": true");
         c.causal = j["causal"].get<bool>();
     }
@@ -676,6 +680,7 @@ void check_batch(const FlashConfig& cfg, const int* tokens, const int* targets, 
 template <typename Real>
 FlashModel<Real>::FlashModel(const FlashConfig& c) : cfg(c) {
     config_validate(cfg);
+    check_model_state_fits(cfg, sizeof(Real));
     specs = param_specs(cfg);
     const size_t n = param_count(cfg);
     params.assign(n, Real(0));
@@ -786,6 +791,7 @@ void view_activations(Acts<Real>& acts, GradActs<Real>& g, Real* act_base, Real*
 // (Re)allocates the activations for a batch of B rows of T tokens.
 template <typename Real>
 static void layout_activations(FlashModel<Real>& m, int B, int T) {
+    check_activations_fit(m.cfg, B, T, sizeof(Real));
     size_t n_act, n_grad;
     activation_counts(m.cfg, B, T, &n_act, &n_grad);
     m.act_buf.assign(n_act, Real(0));
@@ -939,7 +945,8 @@ void safetensors_write(const std::string& path, const std::vector<SafeTensor>& t
     while (text.size() % 8 != 0) text += ' ';  // keeps the data 8-byte aligned
     const uint64_t header_len = text.size();
 
-    const std::string tmp = path + ".tmp";
+    // A name of this process's own: two writers of one path never share a temporary file.
+    const std::string tmp = path + "." + std::to_string(getpid()) + ".tmp";
     FILE* f = std::fopen(tmp.c_str(), "wb");
     FLASH_CHECK(f, "cannot open '" << tmp << "' for writing: " << std::strerror(errno),
                 "check that the directory exists and is writable");
@@ -979,13 +986,7 @@ SafeTensorsFile safetensors_read(const std::string& path) {
     std::string text(header_len, '\0');
     in.read(text.data(), (std::streamsize)header_len);
     FLASH_CHECK(in, "cannot read the header of '" << path << "'", "the file is truncated");
-    json header;
-    try {
-        header = json::parse(text);
-    } catch (const json::exception& ex) {
-        FLASH_FAIL("'" << path << "' has a header that is not valid JSON: " << ex.what(),
-                   "the file is corrupt or not a safetensors file");
-    }
+    const json header = parse_json_bounded(text, "'" + path + "': the header", "the file is corrupt or not a safetensors file");
     FLASH_CHECK(header.is_object(), "'" << path << "' has a header that is not a JSON object",
                 "the file is corrupt or not a safetensors file");
     const uint64_t data_size = file_size - 8 - header_len;
@@ -1015,8 +1016,11 @@ SafeTensorsFile safetensors_read(const std::string& path) {
         size_t bytes = dtype_size(t.dtype);
         for (const json& dim : e["shape"]) {
             FLASH_CHECK(dim.is_number_integer() && dim.get<int64_t>() >= 0,
-                        "'" << path << "': tensor '" << name << "' has a bad dimension " << dim.dump(), "");
+                        "'" << path << "': tensor '" << name << "' has a bad dimension " << json_excerpt(dim), "");
             t.shape.push_back(dim.get<int64_t>());
+            FLASH_CHECK(t.shape.back() == 0 || bytes <= SIZE_MAX / (uint64_t)t.shape.back(),
+                        "'" << path << "': tensor '" << clip_text(name) << "' has a shape of more than 2^64 bytes",
+                        "the file is corrupt");
             bytes *= (size_t)t.shape.back();
         }
         const json& off = e["data_offsets"];
@@ -1132,12 +1136,7 @@ FlashConfig checkpoint_config(const SafeTensorsFile& f, const std::string& path)
     auto it = f.metadata.find("config");
     FLASH_CHECK(it != f.metadata.end(), "'" << path << "' has no model config in its __metadata__",
                 "it was not written by this program; FLASH.md section 7 says what a checkpoint holds");
-    json j;
-    try {
-        j = json::parse(it->second);
-    } catch (const json::exception& ex) {
-        FLASH_FAIL("'" << path << "': the config in __metadata__ is not valid JSON: " << ex.what(), "the file is corrupt");
-    }
+    const json j = parse_json_bounded(it->second, "'" + path + "': the config in __metadata__", "the file is corrupt");
     try {
         return config_from_json(j);
     } catch (const flash_error& ex) {
@@ -1163,6 +1162,7 @@ void load_param_tensors(const FlashModel<Real>& m, std::vector<Real>& buf, const
                     "the file belongs to another model or was not written by this program");
         read_tensor(*t, spec.shape, buf.data() + spec.offset, path);
     }
+    check_loaded_values(m, buf, prefix, path, /*nonnegative=*/prefix == "adam_v.");
 }
 
 template <typename Real>

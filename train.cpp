@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "flash.h"
+#include "resource_check.h"
 #include "trainer.h"
 
 static void debug_state_usage() {
@@ -66,14 +67,18 @@ static int debug_state_main(int argc, char** argv) {
     }
     FLASH_CHECK(B > 0, "--batch must be positive", "");
     FlashConfig cfg = load.empty() ? load_model_config(model) : checkpoint_config(safetensors_read(load), load);
+    check_token_count(B, cfg.seq_len);  // before B * T is computed in int, and before the batch is allocated
     if (dbl) debug_state<double>(out, cfg, load, seed, strong, B);
     else debug_state<float>(out, cfg, load, seed, strong, B);
     return 0;
 }
 
-static void on_sigint(int) {
-    if (g_stop_requested) std::_Exit(130);  // a second Ctrl-C does not wait
-    g_stop_requested = 1;
+// SIGINT (Ctrl-C) and SIGTERM (what schedulers and `docker stop` send) both stop training at the end of the
+// step, with a checkpoint; the exit status is then 128 + the signal's number (130, 143), as a shell reports a
+// program killed by it. A second signal does not wait.
+static void on_stop_signal(int sig) {
+    if (g_stop_requested) std::_Exit(128 + sig);
+    g_stop_requested = sig;
 }
 
 int main(int argc, char** argv) {
@@ -84,10 +89,15 @@ int main(int argc, char** argv) {
             if (a == "--help" || a == "-h") { std::printf("%s", train_options_help().c_str()); return 0; }
         }
         TrainOptions o = parse_train_options(argc, argv);
-        std::signal(SIGINT, on_sigint);
+        std::signal(SIGINT, on_stop_signal);
+        std::signal(SIGTERM, on_stop_signal);
         TrainResult r = run_training(o);
-        if (r.interrupted && !g_stop_requested) return 2;  // stopped by a non-finite loss
+        if (g_stop_requested) return 128 + g_stop_requested;
+        if (r.interrupted) return 2;  // stopped by a non-finite loss or weights
         return 0;
+    } catch (const std::bad_alloc&) {
+        std::fprintf(stderr, "error: out of memory (hint: lower --batch, or choose a smaller model)\n");
+        return 1;
     } catch (const std::exception& ex) {
         std::fprintf(stderr, "error: %s\n", ex.what());
         return 1;

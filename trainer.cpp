@@ -16,6 +16,10 @@
 
 #include "data/dataloader.h"
 #include "decode.h"
+#include "json_util.h"
+#include "resource_check.h"
+#include "rundir.h"
+#include "value_check.h"
 #include "data/tokenfile.h"
 #include "tokenizer/bpe.h"
 #ifdef FLASH_HAVE_CUDA
@@ -58,7 +62,7 @@ OptionDef def(const char* name, V& field, const char* help) {
                                  field = j.get<V>();
                              }
                          } catch (const std::exception&) {
-                             FLASH_FAIL("option '" << name << "' has a bad value " << j.dump(),
+                             FLASH_FAIL("option '" << name << "' has a bad value " << json_excerpt(j),
                                         "see ./train --help for its type and default");
                          }
                      },
@@ -96,6 +100,7 @@ std::vector<OptionDef> option_table(TrainOptions& o) {
         def("threads", o.threads, "CPU threads (0: all cores)"),
         def("device", o.device, "cpu, cuda, or auto (the GPU when one is present)"),
         def("resume", o.resume, "continue from the newest checkpoint in out-dir"),
+        def("overwrite", o.overwrite, "start afresh in an out-dir that holds a run, deleting it"),
         def("quiet", o.quiet, "no per-step lines"),
     };
 }
@@ -136,14 +141,9 @@ TrainOptions parse_train_options(int argc, char** argv) {
     TrainOptions o;
     for (int i = 1; i + 1 < argc; i++)
         if (std::string(argv[i]) == "--options") {
-            std::ifstream in(argv[i + 1]);
-            FLASH_CHECK(in, "cannot open options file '" << argv[i + 1] << "'", "check the path");
-            json j;
-            try {
-                j = json::parse(in);
-            } catch (const json::exception& ex) {
-                FLASH_FAIL("options file '" << argv[i + 1] << "' is not valid JSON: " << ex.what(), "fix the file");
-            }
+            const std::string name = argv[i + 1];
+            const json j = parse_json_bounded(read_whole_file(name, "options file", "check the path"),
+                                              "options file '" + name + "'", "fix the file");
             FLASH_CHECK(j.is_object(), "options file '" << argv[i + 1] << "' must hold a JSON object", "");
             for (auto it = j.begin(); it != j.end(); ++it) apply_option(o, it.key(), *it);
         }
@@ -153,7 +153,7 @@ TrainOptions parse_train_options(int argc, char** argv) {
                     "options are --name value; see ./train --help");
         std::string name = a.substr(2);
         if (name == "options") { i++; continue; }
-        if (name == "resume" || name == "quiet") {  // flags
+        if (name == "resume" || name == "quiet" || name == "overwrite") {  // flags
             apply_option(o, name, true);
             continue;
         }
@@ -161,8 +161,8 @@ TrainOptions parse_train_options(int argc, char** argv) {
         std::string text = argv[++i];
         json value;
         try {
-            value = json::parse(text);
-        } catch (const json::exception&) {
+            value = parse_json_bounded(text, "--" + name, "");
+        } catch (const flash_error&) {
             value = text;  // a bare word is a string
         }
         if (value.is_number() || value.is_boolean()) {
@@ -175,29 +175,42 @@ TrainOptions parse_train_options(int argc, char** argv) {
         }
         apply_option(o, name, value);
     }
+    check_train_options(o);
+    return o;
+}
+
+void check_train_options(const TrainOptions& o) {
     FLASH_CHECK(o.batch > 0, "--batch must be positive, got " << o.batch, "");
     FLASH_CHECK(o.steps >= 0, "--steps must be >= 0, got " << o.steps, "");
     FLASH_CHECK(o.stop_after >= 0, "--stop-after must be >= 0, got " << o.stop_after, "");
-    FLASH_CHECK(o.lr > 0 && o.lr_min >= 0 && o.lr_min <= o.lr, "need 0 <= --lr-min <= --lr and --lr > 0", "");
+    // Real-valued options: each must be finite and inside the domain where AdamW and the schedule are defined
+    // (beta2 = 1 makes the bias correction 1 - beta2^t zero, and every weight NaN).
+    auto in_range = [](const char* name, double v, double lo, double hi, bool hi_open, const char* hint) {
+        FLASH_CHECK(std::isfinite(v) && v >= lo && (hi_open ? v < hi : v <= hi),
+                    "--" << name << " is " << v << ", must be in [" << lo << ", " << hi << (hi_open ? ")" : "]"), hint);
+    };
+    const double inf = HUGE_VAL;
+    in_range("lr", o.lr, 0, inf, true, "a learning rate is >= 0; the default is 3e-3");
+    in_range("lr-min", o.lr_min, 0, o.lr, false, "the schedule's floor lies between 0 and --lr");
+    in_range("beta1", o.beta1, 0, 1, true, "AdamW's beta1 is usually 0.9");
+    in_range("beta2", o.beta2, 0, 1, true, "AdamW's beta2 is usually 0.95 or 0.999; 1 would divide by zero");
+    in_range("weight-decay", o.weight_decay, 0, inf, true, "0 turns it off; the default is 0.1");
+    in_range("grad-clip", o.grad_clip, 0, inf, true, "0 turns clipping off; the default is 1");
     FLASH_CHECK(o.warmup >= 0, "--warmup must be >= 0", "");
     FLASH_CHECK(o.eval_interval > 0 && o.eval_batches > 0, "--eval-interval and --eval-batches must be positive", "");
+    FLASH_CHECK(o.sample_interval >= 0 && o.sample_tokens >= 0, "--sample-interval and --sample-tokens must be >= 0", "");
     FLASH_CHECK(o.ckpt_interval > 0 && o.keep_ckpts > 0, "--ckpt-interval and --keep-ckpts must be positive", "");
+    FLASH_CHECK(!(o.resume && o.overwrite), "--resume and --overwrite contradict each other",
+                "--resume continues the run in --out-dir, --overwrite replaces it: give one");
     FLASH_CHECK(o.device == "cpu" || o.device == "cuda" || o.device == "auto",
                 "--device must be cpu, cuda or auto, got '" << o.device << "'", "");
-    return o;
 }
 
 FlashConfig load_model_config(const std::string& name) {
     if (name == "tiny" || name == "small" || name == "base") return config_preset(name);
-    std::ifstream in(name);
-    FLASH_CHECK(in, "cannot open model config '" << name << "'", "give tiny, small, base or a path to a JSON file");
-    json j;
-    try {
-        j = json::parse(in);
-    } catch (const json::exception& ex) {
-        FLASH_FAIL("model config '" << name << "' is not valid JSON: " << ex.what(), "fix the file");
-    }
-    return config_from_json(j);
+    const std::string text =
+        read_whole_file(name, "model config", "give tiny, small, base or a path to a JSON file");
+    return config_from_json(parse_json_bounded(text, "model config '" + name + "'", "fix the file"));
 }
 
 FlashConfig model_config_from_options(const TrainOptions& o, int vocab_size) {
@@ -256,7 +269,7 @@ TrainState load_checkpoint(const std::string& path, FlashModel<float>& m) {
                 "it holds weights only; it cannot be resumed from");
     TrainState st;
     try {
-        json j = json::parse(it->second);
+        json j = parse_json_bounded(it->second, "'" + path + "': train_state", "the file is corrupt");
         st.step = j.at("step").get<int64_t>();
         st.loader_rng = j.at("loader_rng").get<uint64_t>();
         st.loader_batches = j.at("loader_batches").get<uint64_t>();
@@ -437,6 +450,7 @@ static bool want_gpu(const std::string& device) {
 // The loop
 
 TrainResult run_training(const TrainOptions& o) {
+    check_train_options(o);
     if (o.threads > 0) {
         omp_set_num_threads(o.threads);
         openblas_set_num_threads(o.threads);
@@ -454,11 +468,19 @@ TrainResult run_training(const TrainOptions& o) {
 
     const FlashConfig cfg = model_config_from_options(o, (int)tok.vocab_size());
     const int B = o.batch, T = cfg.seq_len;
+    // Refuse a batch that cannot fit before allocating it (on the GPU, flash.cu checks its own memory).
+    check_token_count(B, T);
+    if (!gpu) check_activations_fit(cfg, B, T, sizeof(float));
     FlashModel<float> model(cfg);
     model.init_weights(o.seed);
     flash_data::DataLoader train_loader(train_tokens.tokens, B, T, flash_data::LoaderMode::kTrainRandom, o.seed);
     flash_data::DataLoader val_loader(val_tokens.tokens, B, T, flash_data::LoaderMode::kValSequential);
 
+    // The run directory: locked for this run alone, leftovers of crashed writers removed, and an existing run
+    // replaced only when asked to (rundir.h).
+    RunDirLock lock(o.out_dir);
+    remove_stale_temporaries(o.out_dir);
+    if (!o.resume) prepare_fresh_run_dir(o.out_dir, o.overwrite);
     TrainState st;
     if (o.resume) {
         const std::string path = latest_checkpoint(o.out_dir);
@@ -469,13 +491,11 @@ TrainResult run_training(const TrainOptions& o) {
         ls.rng_state = st.loader_rng;
         ls.batches = st.loader_batches;
         train_loader.restore(ls);
+        trim_run_logs(o.out_dir, st.step);
         std::printf("resumed from %s at step %lld\n", path.c_str(), (long long)st.step);
     }
     Trainee trainee(model);
     if (gpu) trainee.use_gpu(B, T);
-    std::error_code ec;
-    fs::create_directories(o.out_dir, ec);
-    FLASH_CHECK(!ec, "cannot create '" << o.out_dir << "': " << ec.message(), "check permissions or pick --out-dir");
 
     const double flops_per_token = 3 * forward_flops_per_token(cfg);
     const double peak = (o.quiet || gpu) ? 0.0 : measure_matmul_peak();
@@ -521,13 +541,23 @@ TrainResult run_training(const TrainOptions& o) {
         }
         return sum / n;
     };
+    // Writes a checkpoint; false (and none written) when the update made a weight or moment non-finite.
     auto checkpoint = [&](int64_t step) {
         flash_data::DataLoaderState ls = train_loader.state();
         TrainState now{step, ls.rng_state, ls.batches};
         trainee.sync_to_cpu();
+        const std::string bad = first_bad_tensor(model, model.params, false) + first_bad_tensor(model, model.adam_m, false) +
+                                first_bad_tensor(model, model.adam_v, true);
+        if (!bad.empty()) {
+            std::fprintf(stderr, "error: after step %lld tensor '%s' holds a non-finite value; stopping without writing "
+                                 "a checkpoint. The last checkpoint in %s is intact (hint: lower --lr or --grad-clip "
+                                 "and --resume)\n", (long long)step, bad.c_str(), o.out_dir.c_str());
+            return false;
+        }
         std::string path = save_checkpoint(o.out_dir, model, now);
         prune_checkpoints(o.out_dir, o.keep_ckpts);
         if (!o.quiet) std::printf("checkpoint %s\n", path.c_str());
+        return true;
     };
     auto plot = [&]() {
         std::fflush(train_tsv);
@@ -579,6 +609,10 @@ TrainResult run_training(const TrainOptions& o) {
                      "\"tok_per_s\": %.1f}\n",
                      (long long)step, loss, lr, norm, sec * 1e3, tok_s);
         std::fprintf(train_tsv, "%lld\t%.6f\n", (long long)step, loss);
+        // Every line reaches the file at once: a killed run loses no line it printed, and leaves no half line
+        // that a later line could be glued to.
+        std::fflush(metrics);
+        std::fflush(train_tsv);
 
         if (step % o.eval_interval == 0 || step == o.steps) {
             const double val = evaluate();
@@ -588,6 +622,7 @@ TrainResult run_training(const TrainOptions& o) {
             std::fprintf(metrics, "{\"step\": %lld, \"val_loss\": %.6f, \"val_bpb\": %.6f}\n", (long long)step, val, bpb);
             std::fprintf(val_tsv, "%lld\t%.6f\n", (long long)step, val);
             std::fflush(metrics);
+            std::fflush(val_tsv);
             plot();
         }
         if (o.sample_interval > 0 && (step % o.sample_interval == 0 || step == o.steps) && !o.quiet) {
@@ -596,7 +631,11 @@ TrainResult run_training(const TrainOptions& o) {
             std::printf("---- sample at step %lld ----\n%s\n----\n", (long long)step, text.c_str());
         }
         const bool stop = g_stop_requested != 0, pause = o.stop_after > 0 && step - st.step >= o.stop_after;
-        if (step % o.ckpt_interval == 0 || step == o.steps || stop || pause) checkpoint(step);
+        if ((step % o.ckpt_interval == 0 || step == o.steps || stop || pause) && !checkpoint(step)) {
+            result.steps_done = step - 1;
+            result.interrupted = true;
+            break;
+        }
         if (stop || pause) {
             if (!o.quiet)
                 std::printf("%s: checkpoint written at step %lld; continue with --resume\n",

@@ -26,6 +26,7 @@ struct TrainOptions {
     int threads = 0;                     // 0: all cores
     std::string device = "cpu";          // cpu | cuda | auto
     bool resume = false;
+    bool overwrite = false;              // a fresh run may replace the run in out_dir
     bool quiet = false;                  // no per-step lines (tests)
 };
 
@@ -33,6 +34,9 @@ struct TrainOptions {
 // Throws flash_error for an unknown option or a bad value, naming it. --help prints the options and exits.
 TrainOptions parse_train_options(int argc, char** argv);
 std::string train_options_help();
+// Refuses option values outside their domain (betas in [0, 1), lr >= 0, ...), naming the option: called by
+// parse_train_options and by run_training, before anything is allocated or written.
+void check_train_options(const TrainOptions& o);
 nlohmann::json train_options_to_json(const TrainOptions& o);
 
 // The model config the options describe (vocab_size comes from the data).
@@ -66,4 +70,4 @@ struct TrainResult {
     bool interrupted = false;
 };
 TrainResult run_training(const TrainOptions& o);
-extern volatile int g_stop_requested;  // set by the SIGINT handler
+extern volatile int g_stop_requested;  // set by the SIGINT and SIGTERM handlers (to the signal's number)

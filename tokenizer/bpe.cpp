@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common.h"
+#include "json_util.h"
 #include "tokenizer/unicode_tables.h"
 
 namespace bpe {
@@ -702,12 +703,7 @@ std::string Tokenizer::to_json() const {
 Tokenizer Tokenizer::from_json(std::string_view json_text, const std::string& origin) {
     using nlohmann::json;
     const std::string hint_ours = "write it with `tokenizer/bpe train` (or data/prepare.sh)";
-    json j;
-    try {
-        j = json::parse(json_text.begin(), json_text.end());
-    } catch (const json::parse_error& e) {
-        FLASH_FAIL(origin << ": not valid JSON (" << e.what() << ")", "is it a tokenizer.json? " << hint_ours);
-    }
+    const json j = parse_json_bounded(json_text, origin, "is it a tokenizer.json? " + hint_ours);
     FLASH_CHECK(j.is_object(), origin << ": the top level is not a JSON object", hint_ours);
     // A field that must be null or absent, or hold a given string in "type".
     auto type_of = [&](const char* field) -> std::string {
@@ -720,7 +716,7 @@ Tokenizer Tokenizer::from_json(std::string_view json_text, const std::string& or
                 "a tokenizer.json has a model; " << hint_ours);
     const json& model = j["model"];
     FLASH_CHECK(model.contains("type") && model["type"] == "BPE",
-                origin << ": model type is " << (model.contains("type") ? model["type"].dump() : "missing")
+                origin << ": model type is " << (model.contains("type") ? json_excerpt(model["type"]) : "missing")
                        << ", only \"BPE\" is supported",
                 "this tokenizer reads byte-level BPE files; " << hint_ours);
     FLASH_CHECK(type_of("normalizer") == "null", origin << ": has a normalizer (" << type_of("normalizer") << "), which this tokenizer does not implement",
@@ -736,7 +732,7 @@ Tokenizer Tokenizer::from_json(std::string_view json_text, const std::string& or
     FLASH_CHECK(dec == "ByteLevel" || dec == "null", origin << ": decoder is " << dec << ", only ByteLevel is supported", hint_ours);
     for (const char* field : {"dropout", "continuing_subword_prefix", "end_of_word_suffix"})
         FLASH_CHECK(!model.contains(field) || model[field].is_null(),
-                    origin << ": model." << field << " is " << model[field].dump() << ", only null is supported", hint_ours);
+                    origin << ": model." << field << " is " << json_excerpt(model[field]) << ", only null is supported", hint_ours);
     FLASH_CHECK(model.contains("vocab") && model["vocab"].is_object(), origin << ": model.vocab is missing or not an object", hint_ours);
     FLASH_CHECK(model.contains("merges") && model["merges"].is_array(), origin << ": model.merges is missing or not an array", hint_ours);
 
@@ -745,8 +741,12 @@ Tokenizer Tokenizer::from_json(std::string_view json_text, const std::string& or
     std::vector<std::string> tokens;
     std::vector<char> assigned;
     std::unordered_map<std::string, uint32_t> id_of_string;  // as spelled in the file
+    // Ids must cover 0..N-1 for the N entries, so an id of N or more is wrong; refusing it here also keeps a
+    // crafted id from sizing the tables below (a 4-billion-entry vocabulary).
+    const size_t n_entries = vocab.size() + (j.contains("added_tokens") ? j["added_tokens"].size() : 0);
     auto assign = [&](uint32_t id, std::string bytes, const std::string& spelled) {
-        FLASH_CHECK(id < (1u << 30), origin << ": token " << spelled << " has id " << id << ", far beyond any vocabulary",
+        FLASH_CHECK(id < n_entries, origin << ": token " << clip_text(spelled) << " has id " << id << ", but the file lists only "
+                                           << n_entries << " tokens",
                     "ids must be 0..vocab_size-1");
         if (id >= tokens.size()) {
             tokens.resize(id + 1);
@@ -759,7 +759,7 @@ Tokenizer Tokenizer::from_json(std::string_view json_text, const std::string& or
     };
     for (auto it = vocab.begin(); it != vocab.end(); ++it) {
         FLASH_CHECK(it.value().is_number_unsigned(), origin << ": vocab entry \"" << it.key() << "\" has id "
-                                                            << it.value().dump() << ", not a non-negative integer", hint_ours);
+                                                            << json_excerpt(it.value()) << ", not a non-negative integer", hint_ours);
         std::string bytes;
         FLASH_CHECK(unicode_to_bytes(it.key(), bytes) && !bytes.empty(),
                     origin << ": vocab entry \"" << it.key() << "\" is not a string of the GPT-2 byte-level alphabet",
@@ -775,7 +775,7 @@ Tokenizer Tokenizer::from_json(std::string_view json_text, const std::string& or
     for (const json& t : j["added_tokens"]) {
         FLASH_CHECK(t.is_object() && t.contains("id") && t["id"].is_number_unsigned() && t.contains("content") &&
                         t["content"].is_string(),
-                    origin << ": an added_tokens entry lacks an integer \"id\" or a string \"content\": " << t.dump(), hint_ours);
+                    origin << ": an added_tokens entry lacks an integer \"id\" or a string \"content\": " << json_excerpt(t), hint_ours);
         std::string content = t["content"];
         uint32_t id = t["id"].get<uint32_t>();
         FLASH_CHECK(content == kEndOfText, origin << ": added token \"" << content << "\" is not supported, only " << kEndOfText,
@@ -817,7 +817,7 @@ Tokenizer Tokenizer::from_json(std::string_view json_text, const std::string& or
             right = s.substr(sp + 1);
         } else {
             FLASH_CHECK(m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string(),
-                        origin << ": merge " << m.dump() << " is neither \"a b\" nor [\"a\", \"b\"]", hint_ours);
+                        origin << ": merge " << json_excerpt(m) << " is neither \"a b\" nor [\"a\", \"b\"]", hint_ours);
             left = m[0].get<std::string>();
             right = m[1].get<std::string>();
         }
