@@ -43,6 +43,10 @@ build/test_model: build/test/test_model.o $(MODEL_OBJS)
 # test_train also runs ./train as a process (locking, signals, kill and resume).
 build/test_train: build/test/test_train.o $(TRAINER_OBJS) | train
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS) $(CUDA_LDLIBS)
+# Every loader against thousands of mutated files (test/test_fuzz.cpp).
+TEST_BINS  += build/test_fuzz
+build/test_fuzz: build/test/test_fuzz.o $(TRAINER_OBJS)
+	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS) $(CUDA_LDLIBS)
 BENCH_BINS += build/bench_cpu
 build/bench_cpu: build/bench/bench_cpu.o $(MODEL_OBJS)
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)

@@ -76,7 +76,7 @@ FlashConfig config_from_json(const json& j) {
     for (auto it = j.begin(); it != j.end(); ++it) {
         bool ok = false;
         for (const char* k : known) ok = ok || it.key() == k;
-        FLASH_CHECK(ok, "unknown model config field '" << it.key() << "'",
+        FLASH_CHECK(ok, "unknown model config field '" << clip_text(it.key()) << "'",
                     "the fields are vocab_size, d, e, s, n_layers, chunk, seq_len, causal, eps, rope_base");
     }
     auto get_int = [&](const char* k, int& dst) {
@@ -998,7 +998,7 @@ SafeTensorsFile safetensors_read(const std::string& path) {
         if (it.key() == "__metadata__") {
             FLASH_CHECK(it->is_object(), "'" << path << "': __metadata__ is not a map of strings", "");
             for (auto mt = it->begin(); mt != it->end(); ++mt) {
-                FLASH_CHECK(mt->is_string(), "'" << path << "': __metadata__ entry '" << mt.key() << "' is not a string", "");
+                FLASH_CHECK(mt->is_string(), "'" << path << "': __metadata__ entry '" << clip_text(mt.key()) << "' is not a string", "");
                 out.metadata[mt.key()] = mt->get<std::string>();
             }
             continue;
@@ -1008,15 +1008,20 @@ SafeTensorsFile safetensors_read(const std::string& path) {
         FLASH_CHECK(e.is_object() && e.contains("dtype") && e.contains("shape") && e.contains("data_offsets") &&
                         e["dtype"].is_string() && e["shape"].is_array() && e["data_offsets"].is_array() &&
                         e["data_offsets"].size() == 2,
-                    "'" << path << "': tensor '" << name << "' lacks a valid dtype, shape or data_offsets",
+                    "'" << path << "': tensor '" << clip_text(name) << "' lacks a valid dtype, shape or data_offsets",
                     "the file is corrupt");
         SafeTensor t;
         t.name = name;
         t.dtype = e["dtype"].get<std::string>();
-        size_t bytes = dtype_size(t.dtype);
+        size_t bytes = 0;
+        try {
+            bytes = dtype_size(t.dtype);
+        } catch (const flash_error& ex) {
+            FLASH_FAIL("'" << path << "': tensor '" << clip_text(name) << "': " << clip_text(ex.what(), 200), "the file is corrupt");
+        }
         for (const json& dim : e["shape"]) {
             FLASH_CHECK(dim.is_number_integer() && dim.get<int64_t>() >= 0,
-                        "'" << path << "': tensor '" << name << "' has a bad dimension " << json_excerpt(dim), "");
+                        "'" << path << "': tensor '" << clip_text(name) << "' has a bad dimension " << json_excerpt(dim), "");
             t.shape.push_back(dim.get<int64_t>());
             FLASH_CHECK(t.shape.back() == 0 || bytes <= SIZE_MAX / (uint64_t)t.shape.back(),
                         "'" << path << "': tensor '" << clip_text(name) << "' has a shape of more than 2^64 bytes",
@@ -1025,13 +1030,13 @@ SafeTensorsFile safetensors_read(const std::string& path) {
         }
         const json& off = e["data_offsets"];
         FLASH_CHECK(off[0].is_number_unsigned() && off[1].is_number_unsigned(),
-                    "'" << path << "': tensor '" << name << "' has bad data_offsets", "the file is corrupt");
+                    "'" << path << "': tensor '" << clip_text(name) << "' has bad data_offsets", "the file is corrupt");
         Range r{off[0].get<uint64_t>(), off[1].get<uint64_t>(), name};
         FLASH_CHECK(r.begin <= r.end && r.end <= data_size,
-                    "'" << path << "': tensor '" << name << "' lies at bytes [" << r.begin << ", " << r.end
+                    "'" << path << "': tensor '" << clip_text(name) << "' lies at bytes [" << r.begin << ", " << r.end
                         << ") but the data section has " << data_size << " bytes",
                     "the file is truncated");
-        FLASH_CHECK(r.end - r.begin == bytes, "'" << path << "': tensor '" << name << "' has " << r.end - r.begin
+        FLASH_CHECK(r.end - r.begin == bytes, "'" << path << "': tensor '" << clip_text(name) << "' has " << r.end - r.begin
                                                   << " bytes but its shape " << shape_str(t.shape) << " of " << t.dtype
                                                   << " needs " << bytes,
                     "the file is corrupt");
@@ -1043,7 +1048,7 @@ SafeTensorsFile safetensors_read(const std::string& path) {
     std::sort(sorted.begin(), sorted.end(), [](const Range& a, const Range& b) { return a.begin < b.begin; });
     uint64_t expect = 0;
     for (const Range& r : sorted) {
-        FLASH_CHECK(r.begin == expect, "'" << path << "': tensor '" << r.name << "' starts at byte " << r.begin
+        FLASH_CHECK(r.begin == expect, "'" << path << "': tensor '" << clip_text(r.name) << "' starts at byte " << r.begin
                                            << ", expected " << expect << " (overlap or hole)",
                     "the file is corrupt");
         expect = r.end;
@@ -1058,7 +1063,7 @@ SafeTensorsFile safetensors_read(const std::string& path) {
                 in.seekg((std::streamoff)(8 + header_len + r.begin));
                 t.data.resize(r.end - r.begin);
                 in.read((char*)t.data.data(), (std::streamsize)t.data.size());
-                FLASH_CHECK(in || t.data.empty(), "cannot read tensor '" << t.name << "' of '" << path << "'",
+                FLASH_CHECK(in || t.data.empty(), "cannot read tensor '" << clip_text(t.name) << "' of '" << path << "'",
                             "the file is truncated");
                 ordered.push_back(std::move(t));
                 break;

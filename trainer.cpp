@@ -210,7 +210,12 @@ FlashConfig load_model_config(const std::string& name) {
     if (name == "tiny" || name == "small" || name == "base") return config_preset(name);
     const std::string text =
         read_whole_file(name, "model config", "give tiny, small, base or a path to a JSON file");
-    return config_from_json(parse_json_bounded(text, "model config '" + name + "'", "fix the file"));
+    const json j = parse_json_bounded(text, "model config '" + name + "'", "fix the file");
+    try {
+        return config_from_json(j);
+    } catch (const flash_error& ex) {
+        FLASH_FAIL("model config '" << name << "': " << ex.what(), "fix the file");
+    }
 }
 
 FlashConfig model_config_from_options(const TrainOptions& o, int vocab_size) {

@@ -710,7 +710,7 @@ Tokenizer Tokenizer::from_json(std::string_view json_text, const std::string& or
         if (!j.contains(field) || j[field].is_null()) return "null";
         const json& v = j[field];
         if (!v.is_object() || !v.contains("type") || !v["type"].is_string()) return "(no type)";
-        return v["type"].get<std::string>();
+        return clip_text(v["type"].get<std::string>());
     };
     FLASH_CHECK(j.contains("model") && j["model"].is_object(), origin << ": no \"model\" object",
                 "a tokenizer.json has a model; " << hint_ours);
@@ -752,17 +752,17 @@ Tokenizer Tokenizer::from_json(std::string_view json_text, const std::string& or
             tokens.resize(id + 1);
             assigned.resize(id + 1, 0);
         }
-        FLASH_CHECK(!assigned[id], origin << ": id " << id << " is used by two tokens (" << bytes_to_unicode(tokens[id])
-                                          << " and " << spelled << ")", "every id must belong to one token");
+        FLASH_CHECK(!assigned[id], origin << ": id " << id << " is used by two tokens (" << clip_text(bytes_to_unicode(tokens[id]))
+                                          << " and " << clip_text(spelled) << ")", "every id must belong to one token");
         assigned[id] = 1;
         tokens[id] = std::move(bytes);
     };
     for (auto it = vocab.begin(); it != vocab.end(); ++it) {
-        FLASH_CHECK(it.value().is_number_unsigned(), origin << ": vocab entry \"" << it.key() << "\" has id "
+        FLASH_CHECK(it.value().is_number_unsigned(), origin << ": vocab entry \"" << clip_text(it.key()) << "\" has id "
                                                             << json_excerpt(it.value()) << ", not a non-negative integer", hint_ours);
         std::string bytes;
         FLASH_CHECK(unicode_to_bytes(it.key(), bytes) && !bytes.empty(),
-                    origin << ": vocab entry \"" << it.key() << "\" is not a string of the GPT-2 byte-level alphabet",
+                    origin << ": vocab entry \"" << clip_text(it.key()) << "\" is not a string of the GPT-2 byte-level alphabet",
                     "a ByteLevel vocab spells bytes with the bytes-to-unicode mapping (space is \"Ġ\")");
         uint32_t id = it.value().get<uint32_t>();
         assign(id, std::move(bytes), "\"" + it.key() + "\"");
@@ -778,7 +778,7 @@ Tokenizer Tokenizer::from_json(std::string_view json_text, const std::string& or
                     origin << ": an added_tokens entry lacks an integer \"id\" or a string \"content\": " << json_excerpt(t), hint_ours);
         std::string content = t["content"];
         uint32_t id = t["id"].get<uint32_t>();
-        FLASH_CHECK(content == kEndOfText, origin << ": added token \"" << content << "\" is not supported, only " << kEndOfText,
+        FLASH_CHECK(content == kEndOfText, origin << ": added token \"" << clip_text(content) << "\" is not supported, only " << kEndOfText,
                     "remove other special tokens");
         auto same = id_of_string.find(bytes_to_unicode(content));
         FLASH_CHECK(!have_eot, origin << ": " << kEndOfText << " is listed twice in added_tokens", hint_ours);
@@ -812,7 +812,7 @@ Tokenizer Tokenizer::from_json(std::string_view json_text, const std::string& or
             const std::string& s = m.get_ref<const std::string&>();
             size_t sp = s.find(' ');
             FLASH_CHECK(sp != std::string::npos && sp > 0 && sp + 1 < s.size() && s.find(' ', sp + 1) == std::string::npos,
-                        origin << ": merge \"" << s << "\" is not two tokens separated by one space", hint_ours);
+                        origin << ": merge \"" << clip_text(s) << "\" is not two tokens separated by one space", hint_ours);
             left = s.substr(0, sp);
             right = s.substr(sp + 1);
         } else {
@@ -823,14 +823,18 @@ Tokenizer Tokenizer::from_json(std::string_view json_text, const std::string& or
         }
         auto l = id_of_string.find(left), r = id_of_string.find(right), res = id_of_string.find(left + right);
         FLASH_CHECK(l != id_of_string.end() && r != id_of_string.end(),
-                    origin << ": merge \"" << left << " " << right << "\" uses a token that is not in the vocab",
+                    origin << ": merge \"" << clip_text(left + " " + right) << "\" uses a token that is not in the vocab",
                     "merges may only combine vocab tokens");
         FLASH_CHECK(res != id_of_string.end(),
-                    origin << ": merge \"" << left << " " << right << "\" makes \"" << left << right << "\", which is not in the vocab",
+                    origin << ": merge \"" << clip_text(left + " " + right) << "\" makes \"" << clip_text(left + right) << "\", which is not in the vocab",
                     "every merge result needs a vocab entry");
         tok.merges_.push_back({l->second, r->second, res->second});
     }
-    tok.build_merge_index();
+    try {
+        tok.build_merge_index();
+    } catch (const flash_error& e) {
+        FLASH_FAIL(origin << ": " << e.what(), hint_ours);
+    }
     return tok;
 }
 
