@@ -64,8 +64,15 @@ build/%.o: %.cpp
 test: $(TEST_BINS)
 	@bash test/run_all.sh $(TEST_BINS)
 
-clean:
-	rm -rf build $(PROGRAMS) $(TEST_BINS) $(BENCH_BINS)
+# Every CPU test under AddressSanitizer and UndefinedBehaviorSanitizer, built in build-san/ (scripts/sanitize.sh).
+sanitize:
+	@bash scripts/sanitize.sh
 
-.PHONY: all test clean
+print-test-bins:
+	@echo $(TEST_BINS)
+
+clean:
+	rm -rf build build-san $(PROGRAMS) $(TEST_BINS) $(BENCH_BINS)
+
+.PHONY: all test sanitize print-test-bins clean
 -include $(shell find build -name '*.d' 2>/dev/null)
