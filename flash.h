@@ -265,7 +265,8 @@ struct SafeTensorsFile {
     const SafeTensor* find(const std::string& name) const;
 };
 size_t dtype_size(const std::string& dtype);   // throws for an unknown dtype
-// Writes atomically: to path + ".tmp", flushed and synced, then renamed over path.
+// Writes atomically: to path + ".<pid>.tmp" (a name of this process's own), flushed and synced, then renamed
+// over path.
 void safetensors_write(const std::string& path, const std::vector<SafeTensor>& tensors,
                        const std::map<std::string, std::string>& metadata);
 SafeTensorsFile safetensors_read(const std::string& path);

@@ -2,7 +2,11 @@
 #include "trainer.h"
 
 #include <cblas.h>
+#include <fcntl.h>
 #include <omp.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -451,6 +455,27 @@ static bool want_gpu(const std::string& device) {
 #endif
 }
 
+// Runs a program found on PATH, its output discarded, and waits for it: its exit status, or -1 when it cannot be
+// started (not installed). Unlike std::system, it leaves this process's signal handling alone: system() ignores
+// SIGINT while its child runs, and a Ctrl-C in that window (gnuplot runs at every evaluation) was lost.
+static int run_program_quietly(const std::vector<std::string>& args) {
+    std::vector<char*> argv;
+    for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
+    posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0);
+    pid_t pid;
+    const int failed = posix_spawnp(&pid, argv[0], &actions, nullptr, argv.data(), environ);
+    posix_spawn_file_actions_destroy(&actions);
+    if (failed) return -1;
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0)
+        if (errno != EINTR) return -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
 // ====================================================================================================
 // The loop
 
@@ -567,7 +592,6 @@ TrainResult run_training(const TrainOptions& o) {
     auto plot = [&]() {
         std::fflush(train_tsv);
         std::fflush(val_tsv);
-        if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) return;
         const fs::path script = out / "loss.gp";
         std::ofstream gp(script);
         gp << "set terminal pngcairo size 900,540\nset output '" << (out / "loss.png").string() << "'\n"
@@ -575,8 +599,8 @@ TrainResult run_training(const TrainOptions& o) {
            << "plot '" << (out / "train_loss.tsv").string() << "' using 1:2 with lines title 'train', '"
            << (out / "val_loss.tsv").string() << "' using 1:2 with linespoints title 'validation'\n";
         gp.close();
-        if (std::system(("gnuplot '" + script.string() + "' 2>/dev/null").c_str()) != 0 && !o.quiet)
-            std::printf("note: gnuplot failed; no loss.png\n");
+        const int status = run_program_quietly({"gnuplot", script.string()});
+        if (status > 0 && !o.quiet) std::printf("note: gnuplot failed; no loss.png\n");  // -1: no gnuplot here
     };
 
     if (st.step >= o.steps && !o.quiet)

@@ -439,14 +439,14 @@ pid_t spawn(const std::vector<std::string>& args, const std::string& log) {
     return pid;
 }
 
-// The exit status of pid (128 + the signal's number when a signal ended it). A guard against a hung child,
-// not a timing: after 120 s it is killed and the test fails.
+// The exit status of pid, or minus the signal's number when a signal killed it (so that exit(143) and death by
+// SIGTERM differ). A guard against a hung child, not a timing: after 120 s it is killed and the test fails.
 int wait_exit(pid_t pid) {
     int status = 0;
     for (int i = 0; i < 120000; i++) {
         const pid_t got = waitpid(pid, &status, WNOHANG);
         REQUIRE(got >= 0);
-        if (got == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        if (got == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
         usleep(1000);
     }
     kill(pid, SIGKILL);
@@ -474,7 +474,7 @@ std::vector<std::string> train_args(const std::string& dir, std::vector<std::str
     return a;
 }
 
-TEST_CASE("two trainers, kill -9, resume, SIGTERM: one run, a valid metrics.jsonl, exit status 143") {
+TEST_CASE("two trainers, kill -9, resume, SIGTERM, SIGINT: one run, a valid metrics.jsonl, exit status 143 and 130") {
     const std::string dir = "/tmp/flash_test_procs_" + std::to_string(getpid());
     fs::remove_all(dir);
     fs::create_directories(dir);
@@ -488,7 +488,7 @@ TEST_CASE("two trainers, kill -9, resume, SIGTERM: one run, a valid metrics.json
     CHECK(read_bytes(dir + "/b.log").find("is in use by another ./train (pid " + std::to_string(a) + ")") != std::string::npos);
     // A dies without warning, between checkpoints or while writing one.
     kill(a, SIGKILL);
-    CHECK(wait_exit(a) == 128 + SIGKILL);
+    CHECK(wait_exit(a) == -SIGKILL);
     const std::string killed_at = latest_checkpoint(dir);
     REQUIRE(!killed_at.empty());
     // C resumes, and is stopped the way a scheduler stops a job.
@@ -496,10 +496,15 @@ TEST_CASE("two trainers, kill -9, resume, SIGTERM: one run, a valid metrics.json
     wait_for_lines(metrics, lines_of(metrics).size() + 8, c);
     kill(c, SIGTERM);
     const int c_status = wait_exit(c);
-    CHECK(c_status == 143);  // before: killed by SIGTERM with no checkpoint
+    CHECK(c_status == 143);  // it exited, with a checkpoint; before, SIGTERM killed it (-15) with none
     const std::string c_log = read_bytes(dir + "/c.log");
     INFO("C printed: " << c_log);
     CHECK(c_log.find("resumed from " + killed_at) != std::string::npos);
+    // D resumes and gets a Ctrl-C: the same, with status 130 (before: 0).
+    const pid_t d = spawn(train_args(dir, {"--resume"}), dir + "/d.log");
+    wait_for_lines(metrics, lines_of(metrics).size() + 4, d);
+    kill(d, SIGINT);
+    CHECK(wait_exit(d) == 130);
     const std::string last = latest_checkpoint(dir);
     REQUIRE(last > killed_at);
     TrainOptions shape = tiny_options(dir);
@@ -526,7 +531,7 @@ TEST_CASE("two trainers, kill -9, resume, SIGTERM: one run, a valid metrics.json
     CHECK(lines_of(dir + "/train_loss.tsv").size() == (size_t)last_step);
     // no temporary file left behind by the killed run survives the runs after it
     for (const auto& e : fs::directory_iterator(dir)) CHECK(e.path().extension() != ".tmp");
-    MESSAGE("killed at " << killed_at << ", stopped by SIGTERM at step " << last_step);
+    MESSAGE("killed at " << killed_at << ", stopped by SIGTERM and SIGINT, last at step " << last_step);
     fs::remove_all(dir);
 }
 
@@ -538,7 +543,7 @@ TEST_CASE("./sample and ./train get a clear error from a crafted checkpoint, nev
     safetensors_write(dir + "/deep.safetensors", {}, {{"config", std::string(depth, '{') + std::string(depth, '}')}});
     const int status = wait_exit(spawn({"./sample", "--checkpoint", dir + "/deep.safetensors", "--tokenizer",
                                         make_data_dir() + "/tokenizer.json"}, dir + "/sample.log"));
-    CHECK(status == 1);  // before: 139 (SIGSEGV)
+    CHECK(status == 1);  // before: -11 (SIGSEGV)
     CHECK(read_bytes(dir + "/sample.log").find("more than 64 levels deep") != std::string::npos);
     const int status2 = wait_exit(spawn({"./train", "--debug-state", dir + "/x.safetensors", "--load", dir + "/deep.safetensors"},
                                         dir + "/train.log"));

@@ -5,6 +5,8 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+
+#include <unistd.h>
 #include <queue>
 
 #include <nlohmann/json.hpp>
@@ -842,7 +844,7 @@ void Tokenizer::save(const std::string& path) const {
     std::string text = to_json();
     // Write a temporary file and rename it: an interrupted save never leaves a half-written file under
     // the real name (data/prepare.sh reuses a tokenizer.json that exists).
-    std::string tmp = path + ".tmp";
+    std::string tmp = path + "." + std::to_string(getpid()) + ".tmp";  // this process's own: writers never share one
     FILE* f = fopen(tmp.c_str(), "wb");
     FLASH_CHECK(f, "cannot write " << tmp << ": " << strerror(errno), "check that the directory exists and is writable");
     size_t wrote = fwrite(text.data(), 1, text.size(), f);
