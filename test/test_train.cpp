@@ -294,6 +294,36 @@ TEST_CASE("the run directory is locked, and stale temporary files are removed un
     fs::remove_all(dir);
 }
 
+TEST_CASE("on resume, log lines past the checkpoint and a partial last line are dropped") {
+    const std::string dir = "/tmp/flash_test_trim_" + std::to_string(getpid());
+    fs::remove_all(dir);
+    TrainOptions o = tiny_options(dir);
+    o.steps = 4;
+    run_training(o);
+    // What a run killed after its checkpoint at step 4 leaves: lines of steps 5 and 6, and half a line.
+    std::ofstream(dir + "/metrics.jsonl", std::ios::app)
+        << "{\"step\": 5, \"train_loss\": 9.0}\n{\"step\": 6, \"train_loss\": 9.0}\n{\"step\": 7, \"tra";
+    std::ofstream(dir + "/train_loss.tsv", std::ios::app) << "5\t9.0\n6\t9.0\n7\t9";
+    o.resume = true;
+    o.steps = 6;
+    run_training(o);
+    std::vector<int64_t> train_steps;
+    for (const std::string& line : lines_of(dir + "/metrics.jsonl")) {
+        nlohmann::json j;
+        REQUIRE_NOTHROW(j = nlohmann::json::parse(line));  // before: the half line glued to the next one
+        if (j.contains("train_loss")) {
+            CHECK(j["train_loss"].get<double>() != 9.0);  // the killed run's lines are gone
+            train_steps.push_back(j["step"].get<int64_t>());
+        }
+    }
+    CHECK(train_steps == std::vector<int64_t>{1, 2, 3, 4, 5, 6});
+    const std::vector<std::string> tsv = lines_of(dir + "/train_loss.tsv");
+    REQUIRE(tsv.size() == 6);
+    CHECK(tsv[4].rfind("5\t", 0) == 0);
+    CHECK(tsv[4] != "5\t9.0");
+    fs::remove_all(dir);
+}
+
 TEST_CASE("option values outside their domain are refused before anything is written") {
     const std::string dir = "/tmp/flash_test_domain_" + std::to_string(getpid());
     fs::remove_all(dir);
