@@ -413,16 +413,16 @@ TEST_CASE("deeply nested JSON gets a clear error in every file that holds JSON, 
     CHECK_THROWS_WITH_AS(parse_train_options(3, (char**)argv3), doctest::Contains("option 'lr' has a bad value \"[[[["),
                          flash_error);
     // a checkpoint's header, and the config inside its metadata
-    const std::string header = "{\"x\": " + deep + "}";
+    const std::string header = "{\"x\": {\"dtype\": \"F32\", \"shape\": [" + deep + "], \"data_offsets\": [0, 0]}}";
     std::string file(8, '\0');
     for (int i = 0; i < 8; i++) file[i] = (char)((uint64_t)header.size() >> (8 * i));
     std::ofstream(dir + "/deep.safetensors", std::ios::binary) << file << header;
     CHECK_THROWS_WITH_AS(safetensors_read(dir + "/deep.safetensors"), doctest::Contains("more than 64 levels deep"), flash_error);
-    safetensors_write(dir + "/deepcfg.safetensors", {}, {{"config", deep}});
+    safetensors_write(dir + "/deepcfg.safetensors", {}, {{"config", "{\"d\": " + deep + "}"}});
     CHECK_THROWS_WITH_AS(checkpoint_config(safetensors_read(dir + "/deepcfg.safetensors"), "x"),
                          doctest::Contains("the config in __metadata__ nests JSON arrays or objects more than 64"), flash_error);
     // tokenizer.json
-    std::ofstream(dir + "/tokenizer.json") << "{\"model\": " << deep << "}";
+    std::ofstream(dir + "/tokenizer.json") << "{\"model\": {\"type\": " << deep << "}}";
     CHECK_THROWS_WITH_AS(bpe::Tokenizer::load(dir + "/tokenizer.json"), doctest::Contains("more than 64 levels deep"), flash_error);
     // brackets inside strings do not count
     CHECK(json_nesting_depth("{\"a\": \"[[[[[[\\\"[[[[\"}", 64) == 1);
@@ -570,7 +570,9 @@ TEST_CASE("./sample and ./train get a clear error from a crafted checkpoint, nev
     fs::remove_all(dir);
     fs::create_directories(dir);
     const int depth = 200000;
-    safetensors_write(dir + "/deep.safetensors", {}, {{"config", std::string(depth, '{') + std::string(depth, '}')}});
+    // a config whose field holds a deep array: printing it in "must be an integer, got ..." overflowed the stack
+    safetensors_write(dir + "/deep.safetensors", {},
+                      {{"config", "{\"d\": " + std::string(depth, '[') + std::string(depth, ']') + "}"}});
     const int status = wait_exit(spawn({"./sample", "--checkpoint", dir + "/deep.safetensors", "--tokenizer",
                                         make_data_dir() + "/tokenizer.json"}, dir + "/sample.log"));
     CHECK(status == 1);  // before: -11 (SIGSEGV)
