@@ -9,6 +9,7 @@
 #include "formats/checkpoint.h"
 #include "formats/config.h"
 #include "options.h"
+#include "resource_check.h"
 #include "rng.h"
 
 template <typename Real>
@@ -60,6 +61,7 @@ void debug_state(const DebugStateOptions& o, const FlashConfig& cfg) {
     std::unique_ptr<Model<Real>> model = make_model<Real>(config_to_json(cfg));
     if (o.load.empty()) model->init_weights(o.seed, o.strong);
     else load_weights(o.load, *model);
+    check_token_count(o.batch, cfg.seq_len);  // before B * T is computed in int, and before the batch is allocated
     const int B = o.batch, T = cfg.seq_len, N = B * T;
     const flash_data::Objective objective = flash_data::parse_objective(o.objective);
     flash_data::check_objective_fits_model(objective, model->config_json().value("causal", true));

@@ -8,9 +8,12 @@
 #include "debug_state.h"
 #include "trainer.h"
 
-static void on_sigint(int) {
-    if (g_stop_requested) std::_Exit(130);  // a second Ctrl-C does not wait
-    g_stop_requested = 1;
+// SIGINT (Ctrl-C) and SIGTERM (what schedulers and `docker stop` send) both stop training at the end of the
+// step, with a checkpoint; the exit status is then 128 + the signal's number (130, 143), as a shell reports a
+// program killed by it. A second signal does not wait.
+static void on_stop_signal(int sig) {
+    if (g_stop_requested) std::_Exit(128 + sig);
+    g_stop_requested = sig;
 }
 
 int main(int argc, char** argv) {
@@ -25,10 +28,15 @@ int main(int argc, char** argv) {
             run_eval_only(o);
             return 0;
         }
-        std::signal(SIGINT, on_sigint);
+        std::signal(SIGINT, on_stop_signal);
+        std::signal(SIGTERM, on_stop_signal);
         TrainResult r = run_training(o);
-        if (r.interrupted && !g_stop_requested) return 2;  // stopped by a non-finite loss
+        if (g_stop_requested) return 128 + g_stop_requested;
+        if (r.interrupted) return 2;  // stopped by a non-finite loss or weights
         return 0;
+    } catch (const std::bad_alloc&) {
+        std::fprintf(stderr, "error: out of memory (hint: lower --batch, or choose a smaller model)\n");
+        return 1;
     } catch (const std::exception& ex) {
         std::fprintf(stderr, "error: %s\n", ex.what());
         return 1;

@@ -6,7 +6,11 @@
 #include "trainer.h"
 
 #include <cblas.h>
+#include <fcntl.h>
 #include <omp.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -22,7 +26,10 @@
 #include "decode.h"
 #include "formats/json_file.h"
 #include "options.h"
+#include "resource_check.h"
+#include "rundir.h"
 #include "tokenizer/bpe.h"
+#include "value_check.h"
 
 using json = nlohmann::json;
 namespace fs = std::filesystem;
@@ -66,6 +73,7 @@ static OptionTable option_table(TrainOptions& o) {
     t.add("objective", o.objective, "ar (auto-regressive) or mlm (masked LM: needs a model config with \"causal\": "
                                     "false; docs/BASELINES.md section 4)");
     t.add_flag("resume", o.resume, "continue from the newest checkpoint in out-dir");
+    t.add_flag("overwrite", o.overwrite, "start afresh in an out-dir that holds a run, deleting it");
     t.add_flag("quiet", o.quiet, "no per-step lines");
     t.add_flag("eval-only", o.eval_only, "score a checkpoint on the whole validation set and exit");
     t.add("load", o.load, "checkpoint for --eval-only (default: newest in out-dir)");
@@ -96,14 +104,32 @@ TrainOptions parse_train_options(int argc, char** argv) {
             table.set_all_json(read_json_file(argv[i + 1], "options file", "check the path and the JSON"),
                                std::string("options file '") + argv[i + 1] + "'");
     table.parse(argc, argv, {"options"});
-    FLASH_CHECK(o.lr > 0 && o.lr_min <= o.lr, "need 0 <= --lr-min <= --lr and --lr > 0, got --lr " << o.lr
-                                                  << " --lr-min " << o.lr_min, "");
+    check_train_options(o);
+    return o;
+}
+
+void check_train_options(const TrainOptions& o) {
+    FLASH_CHECK(o.batch > 0, "--batch must be positive, got " << o.batch, "");
+    // Real-valued options: each must be finite and inside the domain where AdamW and the schedule are defined
+    // (beta2 = 1 makes the bias correction 1 - beta2^t zero, and every weight NaN).
+    auto in_range = [](const char* name, double v, double lo, double hi, bool hi_open, const char* hint) {
+        FLASH_CHECK(std::isfinite(v) && v >= lo && (hi_open ? v < hi : v <= hi),
+                    "--" << name << " is " << v << ", must be in [" << lo << ", " << hi << (hi_open ? ")" : "]"), hint);
+    };
+    const double inf = HUGE_VAL;
+    in_range("lr", o.lr, 0, inf, true, "a learning rate is >= 0; the default is 3e-3");
+    in_range("lr-min", o.lr_min, 0, o.lr, false, "the schedule's floor lies between 0 and --lr");
+    in_range("beta1", o.beta1, 0, 1, true, "AdamW's beta1 is usually 0.9");
+    in_range("beta2", o.beta2, 0, 1, true, "AdamW's beta2 is usually 0.95 or 0.999; 1 would divide by zero");
+    in_range("weight-decay", o.weight_decay, 0, inf, true, "0 turns it off; the default is 0.1");
+    in_range("grad-clip", o.grad_clip, 0, inf, true, "0 turns clipping off; the default is 1");
+    FLASH_CHECK(!(o.resume && o.overwrite), "--resume and --overwrite contradict each other",
+                "--resume continues the run in --out-dir, --overwrite replaces it: give one");
     FLASH_CHECK(o.device == "cpu" || o.device == "cuda" || o.device == "auto",
                 "--device must be cpu, cuda or auto, got '" << o.device << "'", "");
     flash_data::parse_objective(o.objective);  // throws for an unknown one
     FLASH_CHECK(o.load.empty() || o.eval_only, "--load is for --eval-only (training does not start from a checkpoint)",
                 "to continue a run use --resume; to score a checkpoint use --eval-only --load CKPT");
-    return o;
 }
 
 FlashConfig model_config_from_options(const TrainOptions& o, int vocab_size) {
@@ -281,6 +307,10 @@ void log_step(const Run& run, int64_t step, double loss, double lr, double norm,
                  "\"tok_per_s\": %.1f}\n",
                  (long long)step, loss, lr, norm, sec * 1e3, tok_s);
     std::fprintf(run.train_tsv, "%lld\t%.6f\n", (long long)step, loss);
+    // Every line reaches the file at once: a killed run loses no line it printed, and leaves no half line that a
+    // later line could be glued to.
+    std::fflush(run.metrics);
+    std::fflush(run.train_tsv);
 }
 
 // The loss over the given validation windows (eval.h): the fixed sample during training, the whole set at the end.
@@ -300,6 +330,7 @@ void log_eval(const Run& run, int64_t step, const EvalResult& val) {
                  (unsigned long long)val.tokens);
     std::fprintf(run.val_tsv, "%lld\t%.6f\n", (long long)step, val.loss());
     std::fflush(run.metrics);
+    std::fflush(run.val_tsv);
 }
 
 // The figure to compare models by: every validation token once (eval.h), printed and logged.
@@ -318,7 +349,29 @@ EvalResult evaluate_whole_set(const Run& run, Model<float>& model, int64_t step)
                      "\"whole_val_tokens\": %llu, \"whole_val_bytes\": %llu}\n",
                      (long long)step, flash_data::objective_name(run.objective), r.loss(), r.bits_per_byte(),
                      (unsigned long long)r.tokens, (unsigned long long)r.bytes);
+    if (run.metrics) std::fflush(run.metrics);
     return r;
+}
+
+// Runs a program found on PATH, its output discarded, and waits for it: its exit status, or -1 when it cannot be
+// started (not installed). Unlike std::system, it leaves this process's signal handling alone: system() ignores
+// SIGINT while its child runs, and a Ctrl-C in that window (gnuplot runs at every evaluation) was lost.
+int run_program_quietly(const std::vector<std::string>& args) {
+    std::vector<char*> argv;
+    for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
+    posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0);
+    pid_t pid;
+    const int failed = posix_spawnp(&pid, argv[0], &actions, nullptr, argv.data(), environ);
+    posix_spawn_file_actions_destroy(&actions);
+    if (failed) return -1;
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0)
+        if (errno != EINTR) return -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
 // loss.png from the TSV logs, when gnuplot is there.
@@ -327,7 +380,6 @@ void plot_losses(const Run& run) {
     const fs::path out(o.out_dir);
     std::fflush(run.train_tsv);
     std::fflush(run.val_tsv);
-    if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) return;
     const fs::path script = out / "loss.gp";
     std::ofstream gp(script);
     gp << "set terminal pngcairo size 900,540\nset output '" << (out / "loss.png").string() << "'\n"
@@ -335,8 +387,8 @@ void plot_losses(const Run& run) {
        << "plot '" << (out / "train_loss.tsv").string() << "' using 1:2 with lines title 'train', '"
        << (out / "val_loss.tsv").string() << "' using 1:2 with linespoints title 'validation'\n";
     gp.close();
-    if (std::system(("gnuplot '" + script.string() + "' 2>/dev/null").c_str()) != 0 && !o.quiet)
-        std::printf("note: gnuplot failed; no loss.png\n");
+    const int status = run_program_quietly({"gnuplot", script.string()});
+    if (status > 0 && !o.quiet) std::printf("note: gnuplot failed; no loss.png\n");  // -1: no gnuplot here
 }
 
 void print_sample(const Run& run, const Model<float>& model, int64_t step) {
@@ -344,13 +396,31 @@ void print_sample(const Run& run, const Model<float>& model, int64_t step) {
     std::printf("---- sample at step %lld ----\n%s\n----\n", (long long)step, text.c_str());
 }
 
-void checkpoint(const Run& run, const Model<float>& model, const flash_data::DataLoader& train_loader, int64_t step) {
+// Writes a checkpoint; false (and none written) when the update made a weight or moment non-finite.
+bool checkpoint(const Run& run, const Model<float>& model, const flash_data::DataLoader& train_loader, int64_t step) {
+    std::string bad;
+    for (ModelBuffer which : {ModelBuffer::params, ModelBuffer::adam_m, ModelBuffer::adam_v}) {
+        std::vector<float> host(model.param_count());
+        model.copy_to_host(which, host.data());
+        bad = first_bad_tensor(model.tensor_specs(), host, /*nonnegative=*/which == ModelBuffer::adam_v);
+        if (!bad.empty()) {
+            if (which != ModelBuffer::params) bad = (which == ModelBuffer::adam_m ? "adam_m." : "adam_v.") + bad;
+            break;
+        }
+    }
+    if (!bad.empty()) {
+        std::fprintf(stderr, "error: after step %lld tensor '%s' holds a non-finite value; stopping without writing "
+                             "a checkpoint. The last checkpoint in %s is intact (hint: lower --lr or --grad-clip "
+                             "and --resume)\n", (long long)step, bad.c_str(), run.o.out_dir.c_str());
+        return false;
+    }
     const flash_data::DataLoaderState ls = train_loader.state();
     const std::string path =
         save_checkpoint(run.o.out_dir, model,
                         TrainState{step, ls.rng_state, ls.batches, flash_data::objective_name(run.objective)});
     prune_checkpoints(run.o.out_dir, run.o.keep_ckpts);
     if (!run.o.quiet) std::printf("checkpoint %s\n", path.c_str());
+    return true;
 }
 
 // Continues from the newest checkpoint in out_dir: the model, its moments and the data loader's position.
@@ -367,6 +437,7 @@ int64_t resume(const Run& run, Model<float>& model, flash_data::DataLoader& trai
     ls.rng_state = st.loader_rng;
     ls.batches = st.loader_batches;
     train_loader.restore(ls);
+    trim_run_logs(run.o.out_dir, st.step);
     std::printf("resumed from %s at step %lld\n", path.c_str(), (long long)st.step);
     return st.step;
 }
@@ -377,6 +448,7 @@ int64_t resume(const Run& run, Model<float>& model, flash_data::DataLoader& trai
 // The loop
 
 TrainResult run_training(const TrainOptions& o) {
+    check_train_options(o);
     if (o.threads > 0) {
         omp_set_num_threads(o.threads);
         openblas_set_num_threads(o.threads);
@@ -387,16 +459,26 @@ TrainResult run_training(const TrainOptions& o) {
     const FlashConfig cfg = model_config_from_options(o, (int)run.tok.vocab_size());
     const int B = o.batch, T = cfg.seq_len;
     run.T = T;
+    // Refuse a batch that cannot fit before allocating it (the model checks its own parameters; on the GPU, flash.cu
+    // checks its own memory).
+    check_token_count(B, T);
+    if (device == Device::cpu) {
+        size_t n_act = 0, n_grad = 0;
+        activation_counts(cfg, B, T, &n_act, &n_grad);
+        check_activations_fit((double)n_act, (double)n_grad, B, T, sizeof(float));
+    }
     std::unique_ptr<Model<float>> model = make_model<float>(config_to_json(cfg), device);
     model->init_weights(o.seed);
     flash_data::DataLoader train_loader(run.train_tokens.tokens, B, T, flash_data::LoaderMode::kTrainRandom, o.seed);
     run.val_sample = sample_windows(run.val_tokens.tokens.size(), T, o.eval_batches * B);
+    // The run directory: locked for this run alone, leftovers of crashed writers removed, and an existing run
+    // replaced only when asked to (rundir.h).
+    RunDirLock lock(o.out_dir);
+    remove_stale_temporaries(o.out_dir);
     const int64_t done = o.resume ? resume(run, *model, train_loader) : 0;  // first: it names another objective
     check_model_objective(run, *model);
+    if (!o.resume) prepare_fresh_run_dir(o.out_dir, o.overwrite);  // the last check: it may delete the old run
 
-    std::error_code ec;
-    fs::create_directories(o.out_dir, ec);
-    FLASH_CHECK(!ec, "cannot create '" << o.out_dir << "': " << ec.message(), "check permissions or pick --out-dir");
     run.flops_per_step_token = 3 * model->forward_flops_per_token();
     run.peak = (o.quiet || device == Device::cuda) ? 0.0 : measure_sgemm_peak();
     if (!o.quiet) print_header(run, *model, device, cfg);
@@ -445,7 +527,12 @@ TrainResult run_training(const TrainOptions& o) {
         if (o.sample_interval > 0 && (step % o.sample_interval == 0 || step == o.steps) && !o.quiet && !run.mlm())
             print_sample(run, *model, step);
         const bool stop = g_stop_requested != 0, pause = o.stop_after > 0 && step - done >= o.stop_after;
-        if (step % o.ckpt_interval == 0 || step == o.steps || stop || pause) checkpoint(run, *model, train_loader, step);
+        if ((step % o.ckpt_interval == 0 || step == o.steps || stop || pause) &&
+            !checkpoint(run, *model, train_loader, step)) {
+            result.steps_done = step - 1;
+            result.interrupted = true;
+            break;
+        }
         if (stop || pause) {
             if (!o.quiet)
                 std::printf("%s: checkpoint written at step %lld; continue with --resume\n",

@@ -17,6 +17,10 @@
 #include <limits>
 #include <sstream>
 
+#include "formats/json_file.h"
+#include "resource_check.h"
+#include "value_check.h"
+
 using json = nlohmann::json;
 
 // ====================================================================================================
@@ -64,7 +68,7 @@ TransformerConfig transformer_config_from_json(const json& j) {
                 "write {\"arch\": \"transformer++\", \"d\": 256, ...} with the keys of BASELINES.md section 6");
     TransformerConfig c;
     if (j.contains("arch")) {
-        FLASH_CHECK(j["arch"].is_string(), "config field 'arch' must be a string, got " << j["arch"].dump(),
+        FLASH_CHECK(j["arch"].is_string(), "config field 'arch' must be a string, got " << json_excerpt(j["arch"]),
                     "write \"arch\": \"performer\"");
         c.arch = j["arch"].get<std::string>();
     }
@@ -76,13 +80,13 @@ TransformerConfig transformer_config_from_json(const json& j) {
         std::string list;
         for (const std::string& k : known) list += (list.empty() ? "" : ", ") + k;
         FLASH_CHECK(std::find(known.begin(), known.end(), it.key()) != known.end(),
-                    "config field '" << it.key() << "' does not belong to arch " << c.arch,
+                    "config field '" << clip_text(it.key()) << "' does not belong to arch " << c.arch,
                     "remove it; the fields of " << c.arch << " are " << list);
     }
     auto get_int = [&](const char* k, int& dst) {
         if (!j.contains(k)) return;
         const json& v = j[k];
-        FLASH_CHECK(v.is_number_integer(), "config field '" << k << "' must be an integer, got " << v.dump(),
+        FLASH_CHECK(v.is_number_integer(), "config field '" << k << "' must be an integer, got " << json_excerpt(v),
                     "write e.g. \"" << k << "\": " << dst);
         long long x = v.get<long long>();
         FLASH_CHECK(x >= std::numeric_limits<int>::min() && x <= std::numeric_limits<int>::max(),
@@ -92,7 +96,7 @@ TransformerConfig transformer_config_from_json(const json& j) {
     auto get_double = [&](const char* k, double& dst) {
         if (!j.contains(k)) return;
         const json& v = j[k];
-        FLASH_CHECK(v.is_number(), "config field '" << k << "' must be a number, got " << v.dump(),
+        FLASH_CHECK(v.is_number(), "config field '" << k << "' must be a number, got " << json_excerpt(v),
                     "write e.g. \"" << k << "\": " << dst);
         dst = v.get<double>();
     };
@@ -108,7 +112,7 @@ TransformerConfig transformer_config_from_json(const json& j) {
     get_int("n_layers", c.n_layers);
     get_int("seq_len", c.seq_len);
     if (j.contains("causal")) {
-        FLASH_CHECK(j["causal"].is_boolean(), "config field 'causal' must be true or false, got " << j["causal"].dump(),
+        FLASH_CHECK(j["causal"].is_boolean(), "config field 'causal' must be true or false, got " << json_excerpt(j["causal"]),
                     "write \"causal\": true");
         c.causal = j["causal"].get<bool>();
     }
@@ -758,6 +762,7 @@ void check_transformer_batch(const TransformerConfig& cfg, const int* tokens, co
 template <typename Real>
 TransformerModel<Real>::TransformerModel(const TransformerConfig& c) : cfg(c) {
     transformer_config_validate(cfg);
+    check_model_state_fits((double)transformer_param_count(cfg), sizeof(Real));
     specs = transformer_param_specs(cfg);
     const size_t n = transformer_param_count(cfg);
     params.assign(n, Real(0));
@@ -929,13 +934,7 @@ TransformerConfig transformer_checkpoint_config(const SafeTensorsFile& f, const 
     auto it = f.metadata.find("config");
     FLASH_CHECK(it != f.metadata.end(), "'" << path << "' has no model config in its __metadata__",
                 "it was not written by this program");
-    json j;
-    try {
-        j = json::parse(it->second);
-    } catch (const json::exception& ex) {
-        FLASH_FAIL("'" << path << "': the config in __metadata__ is not valid JSON: " << ex.what(),
-                   "the file is corrupt");
-    }
+    const json j = parse_json(it->second, "the config in the __metadata__ of '" + path + "'", "the file is corrupt");
     try {
         return transformer_config_from_json(j);
     } catch (const flash_error& ex) {
@@ -968,7 +967,9 @@ void load_weights(const std::string& path, TransformerModel<Real>& m) {
                     (s.trained ? "the file belongs to another model or was not written by this program"
                                : "Performer's random features are part of the model and cannot be redrawn; use a "
                                  "checkpoint that carries them"));
-        read_tensor(*t, s.shape, (s.trained ? trained.data() : fixed.data()) + s.offset, path);
+        Real* dst = (s.trained ? trained.data() : fixed.data()) + s.offset;
+        read_tensor(*t, s.shape, dst, path);
+        check_tensor_values(dst, s.count, s.name, path, /*nonnegative=*/false);
     }
     std::copy(trained.begin(), trained.end(), m.params.begin());
     std::copy(fixed.begin(), fixed.end(), m.fixed.begin());

@@ -7,6 +7,7 @@
 
 #include "formats/config.h"
 #include "formats/json_file.h"
+#include "value_check.h"
 
 using json = nlohmann::json;
 namespace fs = std::filesystem;
@@ -64,6 +65,8 @@ void load_param_tensors(const Model<Real>& m, std::vector<Real>& buf, const Safe
                     "the file belongs to another model or was not written by this program");
         read_tensor(*t, spec.shape, buf.data() + spec.offset, path);
     }
+    // Every architecture: no NaN or infinite weight or moment, no negative second moment.
+    check_loaded_values(m.tensor_specs(), buf, prefix, path, /*nonnegative=*/prefix == "adam_v.");
 }
 
 template <typename Real>

@@ -14,20 +14,20 @@ FlashConfig config_from_json(const json& j) {
     FlashConfig c;
     // "arch" names the architecture (model.h: make_model); a FLASH config may say so, or leave it out.
     if (j.contains("arch"))
-        FLASH_CHECK(j["arch"] == "flash", "model config field 'arch' is " << j["arch"].dump() << ", not \"flash\"",
+        FLASH_CHECK(j["arch"] == "flash", "model config field 'arch' is " << json_excerpt(j["arch"]) << ", not \"flash\"",
                     "this is a FLASH config reader; make_model picks the reader for each arch");
     static const char* known[] = {"arch", "vocab_size", "d", "e", "s", "n_layers", "chunk", "seq_len", "causal", "eps",
                                   "rope_base"};
     for (auto it = j.begin(); it != j.end(); ++it) {
         bool ok = false;
         for (const char* k : known) ok = ok || it.key() == k;
-        FLASH_CHECK(ok, "unknown model config field '" << it.key() << "'",
+        FLASH_CHECK(ok, "unknown model config field '" << clip_text(it.key()) << "'",
                     "the fields are vocab_size, d, e, s, n_layers, chunk, seq_len, causal, eps, rope_base");
     }
     auto get_int = [&](const char* k, int& dst) {
         if (!j.contains(k)) return;
         const json& v = j[k];
-        FLASH_CHECK(v.is_number_integer(), "config field '" << k << "' must be an integer, got " << v.dump(),
+        FLASH_CHECK(v.is_number_integer(), "config field '" << k << "' must be an integer, got " << json_excerpt(v),
                     "write e.g. \"" << k << "\": " << dst);
         long long x = v.get<long long>();
         FLASH_CHECK(x >= std::numeric_limits<int>::min() && x <= std::numeric_limits<int>::max(),
@@ -37,7 +37,7 @@ FlashConfig config_from_json(const json& j) {
     auto get_double = [&](const char* k, double& dst) {
         if (!j.contains(k)) return;
         const json& v = j[k];
-        FLASH_CHECK(v.is_number(), "config field '" << k << "' must be a number, got " << v.dump(),
+        FLASH_CHECK(v.is_number(), "config field '" << k << "' must be a number, got " << json_excerpt(v),
                     "write e.g. \"" << k << "\": " << dst);
         dst = v.get<double>();
     };
@@ -49,7 +49,7 @@ FlashConfig config_from_json(const json& j) {
     get_int("chunk", c.chunk);
     get_int("seq_len", c.seq_len);
     if (j.contains("causal")) {
-        FLASH_CHECK(j["causal"].is_boolean(), "config field 'causal' must be true or false, got " << j["causal"].dump(),
+        FLASH_CHECK(j["causal"].is_boolean(), "config field 'causal' must be true or false, got " << json_excerpt(j["causal"]),
                     "write \"causal\": true");
         c.causal = j["causal"].get<bool>();
     }
@@ -84,6 +84,10 @@ std::string config_shape_mismatch(const FlashConfig& a, const FlashConfig& b) {
 
 FlashConfig load_model_config(const std::string& name) {
     if (name == "tiny" || name == "small" || name == "base") return config_preset(name);
-    return config_from_json(
-        read_json_file(name, "model config", "give tiny, small, base or a path to a JSON file (FLASH.md section 5)"));
+    const json j = read_json_file(name, "model config", "give tiny, small, base or a path to a JSON file (FLASH.md section 5)");
+    try {
+        return config_from_json(j);
+    } catch (const flash_error& ex) {
+        FLASH_FAIL("model config '" << name << "': " << ex.what(), "fix the file");
+    }
 }
