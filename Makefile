@@ -86,13 +86,14 @@ MODEL_OBJS     := build/ops.o build/flash.o build/model.o build/formats/config.o
 # The debug state masks its batch for --objective mlm (data/mlm.h). ($^ lists an object named twice once.)
 MODEL_OBJS     += build/data/mlm.o build/data/dataloader.o
 DECODE_OBJS    := build/decode.o build/decode_baselines.o build/decoder.o
-TRAINER_OBJS   := build/trainer.o build/eval.o $(DIST_OBJS) $(DECODE_OBJS) $(MODEL_OBJS) $(TOKENIZER_OBJS) $(DATA_OBJS)
+TRAINER_OBJS   := build/trainer.o build/rundir.o build/eval.o $(DIST_OBJS) $(DECODE_OBJS) $(MODEL_OBJS) $(TOKENIZER_OBJS) \
+                  $(DATA_OBJS)
 build/model.o: CXXFLAGS += $(CUDA_CXXFLAGS)
 
 PROGRAMS   := train sample tokenizer/bpe
 TEST_BINS  := build/test_tokenizer build/test_data build/test_ops build/test_model build/test_train \
               build/test_options build/test_dist build/test_decode build/test_eval build/test_combiner build/test_transformer \
-              build/test_decode_baselines build/test_mlm $(CUDA_TESTS)
+              build/test_decode_baselines build/test_mlm build/test_fuzz $(CUDA_TESTS)
 BENCH_BINS := build/bench_tokenizer build/bench_cpu build/bench_decode build/bench_combiner $(CUDA_BENCHES)
 # The comparison's table and plot data (experiments/compare.sh); shell tests, run by make test after the binaries.
 EXPERIMENT_BINS := build/compare_report
@@ -116,7 +117,11 @@ build/test_ops: build/test/test_ops.o $(MODEL_OBJS)
 	$(LINK)
 build/test_model: build/test/test_model.o $(MODEL_OBJS)
 	$(LINK)
-build/test_train: build/test/test_train.o $(TRAINER_OBJS)
+# test_train also runs ./train and ./sample as processes (locking, signals, kill and resume, crafted files).
+build/test_train: build/test/test_train.o $(TRAINER_OBJS) | train sample
+	$(LINK) $(MPI_LDLIBS)
+# Every loader against thousands of mutated files (test/test_fuzz.cpp).
+build/test_fuzz: build/test/test_fuzz.o $(TRAINER_OBJS)
 	$(LINK) $(MPI_LDLIBS)
 build/test_options: build/test/test_options.o $(TRAINER_OBJS)
 	$(LINK) $(MPI_LDLIBS)
@@ -171,8 +176,15 @@ build/%.o: %.cu
 test: $(TEST_BINS) $(PROGRAMS) $(EXPERIMENT_BINS)
 	@bash test/run_all.sh $(TEST_BINS) $(SHELL_TESTS)
 
-clean:
-	rm -rf build $(PROGRAMS)
+# Every CPU test under AddressSanitizer and UndefinedBehaviorSanitizer, built in build-san/ (scripts/sanitize.sh).
+sanitize:
+	@bash scripts/sanitize.sh
 
-.PHONY: all test clean
+print-test-bins:
+	@echo $(TEST_BINS)
+
+clean:
+	rm -rf build build-san $(PROGRAMS)
+
+.PHONY: all test sanitize print-test-bins clean
 -include $(shell find build -name '*.d' 2>/dev/null)

@@ -9,6 +9,7 @@
 #include "formats/checkpoint.h"
 #include "formats/config.h"
 #include "options.h"
+#include "resource_check.h"
 #include "rng.h"
 
 template <typename Real>
@@ -63,6 +64,7 @@ void debug_state(const DebugStateOptions& o, const nlohmann::json& cfg) {
     std::unique_ptr<Model<Real>> model = make_model<Real>(cfg);
     if (o.load.empty()) model->init_weights(o.seed, o.strong);
     else load_weights(o.load, *model);
+    check_token_count(o.batch, cfg.at("seq_len").get<int>());  // before B * T is computed in int, and allocated
     const int B = o.batch, T = cfg.at("seq_len").get<int>(), N = B * T, V = cfg.at("vocab_size").get<int>();
     const flash_data::Objective objective = flash_data::parse_objective(o.objective);
     flash_data::check_objective_fits_model(objective, model->config_json().value("causal", true));

@@ -4,7 +4,8 @@
 // only the attention of one query against the cache is written here (softmax, FAVOR+), or taken from combiner.h.
 #include "decode_baselines.h"
 
-#include "formats/config.h"  // transformer_shape_mismatch
+#include "formats/config.h"     // transformer_shape_mismatch
+#include "formats/json_file.h"  // clip_text
 
 #include <cblas.h>
 
@@ -18,7 +19,7 @@ BaselineAttention baseline_attention(const TransformerConfig& c) {
     if (c.arch == "transformer++") return {BaselineAttention::softmax, 0};
     if (c.arch == "performer") return {BaselineAttention::favor, 0};
     if (c.arch == "combiner") return {BaselineAttention::combiner, c.block};
-    FLASH_FAIL("no cached decoder for the architecture '" << c.arch << "'",
+    FLASH_FAIL("no cached decoder for the architecture '" << clip_text(c.arch) << "'",
                "this decoder knows transformer++ and performer (and the Combiner through BaselineAttention)");
 }
 

@@ -17,6 +17,7 @@
 #include <limits>
 
 #include "formats/config.h"
+#include "resource_check.h"
 
 // ====================================================================================================
 // Configuration (§5) and cost (§4)
@@ -459,6 +460,7 @@ void init_flash_weights(const ParamView<Real>& p, const FlashConfig& cfg, uint64
 template <typename Real>
 FlashModel<Real>::FlashModel(const FlashConfig& c) : cfg(c) {
     config_validate(cfg);
+    check_model_state_fits((double)param_count(cfg), sizeof(Real));
     specs = param_specs(cfg);
     const size_t n = param_count(cfg);
     params.assign(n, Real(0));
@@ -490,8 +492,10 @@ void FlashModel<Real>::init_weights(uint64_t seed, bool strong) {
 // (Re)allocates the activations for a batch of B rows of T tokens.
 template <typename Real>
 static void layout_activations(FlashModel<Real>& m, int B, int T) {
+    check_token_count(B, T);  // before activation_counts computes B * T in int
     size_t n_act, n_grad;
     activation_counts(m.cfg, B, T, &n_act, &n_grad);
+    check_activations_fit((double)n_act, (double)n_grad, B, T, sizeof(Real));
     m.act_buf.assign(n_act, Real(0));
     m.grad_act_buf.assign(n_grad, Real(0));
     view_activations(m.acts, m.dacts, m.act_buf.data(), m.grad_act_buf.data(), m.cfg, B, T);

@@ -1,6 +1,8 @@
 // model.cpp: what every model shares (clipping) and the factory that makes one. Read model.h first.
 #include "model.h"
 
+#include "formats/json_file.h"  // clip_text
+
 #include <cstdio>
 
 #include "flash.h"
@@ -58,11 +60,11 @@ std::unique_ptr<Model<Real>> make_model(const nlohmann::json& config, Device dev
     }
     if (is_transformer_arch(arch)) {
         const TransformerConfig cfg = transformer_config_from_json(config);
-        FLASH_CHECK(device == Device::cpu, "arch " << arch << " has no CUDA model yet (only FLASH runs on the GPU)",
-                    "use --device cpu for " << arch);
+        FLASH_CHECK(device == Device::cpu, "arch " << clip_text(arch) << " has no CUDA model yet (only FLASH runs on the GPU)",
+                    "use --device cpu for " << clip_text(arch));
         return std::make_unique<TransformerModel<Real>>(cfg);
     }
-    FLASH_FAIL("unknown model architecture '" << arch << "'",
+    FLASH_FAIL("unknown model architecture '" << clip_text(arch) << "'",
                "\"arch\" is one of flash (the default), transformer++, performer, combiner");
 }
 template std::unique_ptr<Model<float>> make_model(const nlohmann::json&, Device);

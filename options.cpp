@@ -7,6 +7,8 @@
 #include <cstdlib>
 #include <sstream>
 
+#include "formats/json_file.h"
+
 using json = nlohmann::json;
 
 // ----------------------------------------------------------------------------------------------------
@@ -18,9 +20,9 @@ long long OptionTable::parse_integer(const std::string& option, const std::strin
     const char *first = text.data(), *last = text.data() + text.size();
     const auto [end, err] = std::from_chars(first, last, v);
     FLASH_CHECK(!text.empty() && end == last && err != std::errc::invalid_argument,
-                "option --" << option << ": '" << text << "' is not an integer", "give an integer in " << min << ".." << max);
+                "option --" << option << ": '" << clip_text(text) << "' is not an integer", "give an integer in " << min << ".." << max);
     FLASH_CHECK(err != std::errc::result_out_of_range && v >= min && v <= max,
-                "option --" << option << ": " << text << " is out of range", "give an integer in " << min << ".." << max);
+                "option --" << option << ": " << clip_text(text) << " is out of range", "give an integer in " << min << ".." << max);
     return v;
 }
 
@@ -29,9 +31,9 @@ uint64_t OptionTable::parse_unsigned(const std::string& option, const std::strin
     const char *first = text.data(), *last = text.data() + text.size();
     const auto [end, err] = std::from_chars(first, last, v);  // no sign accepted: "-1" is not a number here
     FLASH_CHECK(!text.empty() && end == last && err != std::errc::invalid_argument,
-                "option --" << option << ": '" << text << "' is not a non-negative integer",
+                "option --" << option << ": '" << clip_text(text) << "' is not a non-negative integer",
                 "give an integer in 0..18446744073709551615");
-    FLASH_CHECK(err != std::errc::result_out_of_range, "option --" << option << ": " << text << " is out of range",
+    FLASH_CHECK(err != std::errc::result_out_of_range, "option --" << option << ": " << clip_text(text) << " is out of range",
                 "give an integer in 0..18446744073709551615");
     return (uint64_t)v;
 }
@@ -40,8 +42,8 @@ double OptionTable::parse_number(const std::string& option, const std::string& t
     char* end = nullptr;
     const double v = text.empty() ? 0.0 : std::strtod(text.c_str(), &end);
     FLASH_CHECK(!text.empty() && end == text.c_str() + text.size() && std::isfinite(v),
-                "option --" << option << ": '" << text << "' is not a number", "give a number in " << min << ".." << max);
-    FLASH_CHECK(v >= min && v <= max, "option --" << option << ": " << text << " is out of range",
+                "option --" << option << ": '" << clip_text(text) << "' is not a number", "give a number in " << min << ".." << max);
+    FLASH_CHECK(v >= min && v <= max, "option --" << option << ": " << clip_text(text) << " is out of range",
                 "give a number in " << min << ".." << max);
     return v;
 }
@@ -55,7 +57,7 @@ void OptionTable::add(const char* name, std::string& field, const char* help) {
     o.help = help;
     o.set_text = [&field](const std::string& text) { field = text; };
     o.set_json = [&field, name](const json& j) {
-        FLASH_CHECK(j.is_string(), "option '" << name << "' must be a string, got " << j.dump(),
+        FLASH_CHECK(j.is_string(), "option '" << name << "' must be a string, got " << json_excerpt(j),
                     "write \"" << name << "\": \"...\"");
         field = j.get<std::string>();
     };
@@ -70,7 +72,7 @@ void OptionTable::add_flag(const char* name, bool& field, const char* help) {
     o.flag = true;
     o.set_text = [&field](const std::string&) { field = true; };
     o.set_json = [&field, name](const json& j) {
-        FLASH_CHECK(j.is_boolean(), "option '" << name << "' must be true or false, got " << j.dump(),
+        FLASH_CHECK(j.is_boolean(), "option '" << name << "' must be true or false, got " << json_excerpt(j),
                     "write \"" << name << "\": true");
         field = j.get<bool>();
     };
@@ -80,7 +82,7 @@ void OptionTable::add_flag(const char* name, bool& field, const char* help) {
 
 // An integer from JSON: an integer value, checked by the same text rule (so it cannot wrap either).
 static std::string json_integer_text(const char* name, const json& j) {
-    FLASH_CHECK(j.is_number_integer(), "option '" << name << "' must be an integer, got " << j.dump(),
+    FLASH_CHECK(j.is_number_integer(), "option '" << name << "' must be an integer, got " << json_excerpt(j),
                 "write \"" << name << "\": 1");
     return j.dump();
 }
@@ -121,10 +123,10 @@ void OptionTable::add(const char* name, double& field, const char* help, double 
     o.help = help;
     o.set_text = [&field, name, min, max](const std::string& text) { field = parse_number(name, text, min, max); };
     o.set_json = [&field, name, min, max](const json& j) {
-        FLASH_CHECK(j.is_number(), "option '" << name << "' must be a number, got " << j.dump(),
+        FLASH_CHECK(j.is_number(), "option '" << name << "' must be a number, got " << json_excerpt(j),
                     "write \"" << name << "\": 0.5");
         const double v = j.get<double>();
-        FLASH_CHECK(v >= min && v <= max, "option '" << name << "': " << j.dump() << " is out of range",
+        FLASH_CHECK(v >= min && v <= max, "option '" << name << "': " << json_excerpt(j) << " is out of range",
                     "give a number in " << min << ".." << max);
         field = v;
     };
@@ -135,7 +137,7 @@ void OptionTable::add(const char* name, double& field, const char* help, double 
 OptionTable::Option& OptionTable::find(const std::string& name) {
     for (Option& o : options_)
         if (o.name == name) return o;
-    FLASH_FAIL("unknown option '--" << name << "'", "see --help for the options");
+    FLASH_FAIL("unknown option '--" << clip_text(name) << "'", "see --help for the options");
 }
 
 void OptionTable::set(const std::string& name, const std::string& text) { find(name).set_text(text); }

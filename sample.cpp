@@ -129,6 +129,10 @@ int main(int argc, char** argv) {
                 return 0;
             }
         return run(parse_options(argc, argv));
+    } catch (const std::bad_alloc&) {
+        std::fflush(stdout);
+        std::fprintf(stderr, "sample: error: out of memory (hint: a smaller model, or a machine with more memory)\n");
+        return 1;
     } catch (const std::exception& e) {
         std::fflush(stdout);
         std::fprintf(stderr, "sample: error: %s\n", e.what());

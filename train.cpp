@@ -9,9 +9,12 @@
 #include "dist.h"
 #include "trainer.h"
 
-static void on_sigint(int) {
-    if (g_stop_requested) std::_Exit(130);  // a second Ctrl-C does not wait
-    g_stop_requested = 1;
+// SIGINT (Ctrl-C) and SIGTERM (what schedulers and `docker stop` send) both stop training at the end of the
+// step, with a checkpoint; the exit status is then 128 + the signal's number (130, 143), as a shell reports a
+// program killed by it. A second signal does not wait.
+static void on_stop_signal(int sig) {
+    if (g_stop_requested) std::_Exit(128 + sig);
+    g_stop_requested = sig;
 }
 
 static int run(int argc, char** argv) {
@@ -25,10 +28,14 @@ static int run(int argc, char** argv) {
         run_eval_only(o);
         return 0;
     }
-    std::signal(SIGINT, on_sigint);
-    std::signal(SIGUSR1, on_sigint);  // mpirun forwards SIGUSR1 to every rank (its Ctrl-C ends the job at once)
+    std::signal(SIGINT, on_stop_signal);
+    std::signal(SIGTERM, on_stop_signal);
+    std::signal(SIGUSR1, on_stop_signal);  // mpirun forwards SIGUSR1 to every rank (its Ctrl-C ends the job at once)
     TrainResult r = run_training(o);
-    if (r.interrupted && !g_stop_requested) return 2;  // stopped by a non-finite loss
+    // SIGUSR1 is how mpirun asks every rank to stop (with a checkpoint): a normal end, or mpirun reports a failure.
+    if (g_stop_requested == SIGUSR1) return 0;
+    if (g_stop_requested) return 128 + g_stop_requested;
+    if (r.interrupted) return 2;  // stopped by a non-finite loss or weights
     return 0;
 }
 
@@ -39,6 +46,12 @@ int main(int argc, char** argv) {
         const int rc = run(argc, argv);
         dist_finalize();
         return rc;
+    } catch (const std::bad_alloc&) {
+        const char* msg = "out of memory (hint: lower --batch, or choose a smaller model)";
+        if (dist.size() > 1) dist_abort(msg);
+        std::fprintf(stderr, "error: %s\n", msg);
+        dist_finalize();
+        return 1;
     } catch (const std::exception& ex) {
         if (dist.size() > 1) dist_abort(ex.what());
         std::fprintf(stderr, "error: %s\n", ex.what());

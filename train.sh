@@ -2,6 +2,7 @@
 # The main job, on a fresh Debian machine: install what is missing, prepare the data, build, train.
 # Run it again and it reuses what exists (packages, data, build). Options after ./train.sh go to ./train
 # and override the defaults below, e.g.  ./train.sh --steps 3000   for a longer run (see ./train --help).
+# A second run does not replace runs/flash: add --resume to continue it or --overwrite to start afresh.
 #
 # The default run trains the small config of FLASH.md section 5 (with T = 256 and a batch of 4) for about
 # 15 minutes on 2 cores, writes runs/flash/{metrics.jsonl,loss.png,ckpt_*.safetensors} (or --out-dir DIR), and prints

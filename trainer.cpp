@@ -6,7 +6,11 @@
 #include "trainer.h"
 
 #include <cblas.h>
+#include <fcntl.h>
 #include <omp.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -15,6 +19,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 
 #include "data/dataloader.h"
 #include "data/mlm.h"
@@ -24,7 +29,10 @@
 #include "dist.h"
 #include "formats/json_file.h"
 #include "options.h"
+#include "resource_check.h"
+#include "rundir.h"
 #include "tokenizer/bpe.h"
+#include "value_check.h"
 
 using json = nlohmann::json;
 namespace fs = std::filesystem;
@@ -71,6 +79,7 @@ static OptionTable option_table(TrainOptions& o) {
     t.add("dist-timeout", o.dist_timeout, "under mpirun: seconds a collective may wait before the job ends (0: never)",
           0, 1e9);
     t.add_flag("resume", o.resume, "continue from the newest checkpoint in out-dir");
+    t.add_flag("overwrite", o.overwrite, "start afresh in an out-dir that holds a run, deleting it");
     t.add_flag("quiet", o.quiet, "no per-step lines");
     t.add_flag("eval-only", o.eval_only, "score a checkpoint on the whole validation set and exit");
     t.add("load", o.load, "checkpoint for --eval-only (default: newest in out-dir)");
@@ -109,14 +118,32 @@ TrainOptions parse_train_options(int argc, char** argv) {
             table.set_all_json(read_json_file(argv[i + 1], "options file", "check the path and the JSON"),
                                std::string("options file '") + argv[i + 1] + "'");
     table.parse(argc, argv, {"options"});
-    FLASH_CHECK(o.lr > 0 && o.lr_min <= o.lr, "need 0 <= --lr-min <= --lr and --lr > 0, got --lr " << o.lr
-                                                  << " --lr-min " << o.lr_min, "");
+    check_train_options(o);
+    return o;
+}
+
+void check_train_options(const TrainOptions& o) {
+    FLASH_CHECK(o.batch > 0, "--batch must be positive, got " << o.batch, "");
+    // Real-valued options: each must be finite and inside the domain where AdamW and the schedule are defined
+    // (beta2 = 1 makes the bias correction 1 - beta2^t zero, and every weight NaN).
+    auto in_range = [](const char* name, double v, double lo, double hi, bool hi_open, const char* hint) {
+        FLASH_CHECK(std::isfinite(v) && v >= lo && (hi_open ? v < hi : v <= hi),
+                    "--" << name << " is " << v << ", must be in [" << lo << ", " << hi << (hi_open ? ")" : "]"), hint);
+    };
+    const double inf = HUGE_VAL;
+    in_range("lr", o.lr, 0, inf, true, "a learning rate is >= 0; the default is 3e-3");
+    in_range("lr-min", o.lr_min, 0, o.lr, false, "the schedule's floor lies between 0 and --lr");
+    in_range("beta1", o.beta1, 0, 1, true, "AdamW's beta1 is usually 0.9");
+    in_range("beta2", o.beta2, 0, 1, true, "AdamW's beta2 is usually 0.95 or 0.999; 1 would divide by zero");
+    in_range("weight-decay", o.weight_decay, 0, inf, true, "0 turns it off; the default is 0.1");
+    in_range("grad-clip", o.grad_clip, 0, inf, true, "0 turns clipping off; the default is 1");
+    FLASH_CHECK(!(o.resume && o.overwrite), "--resume and --overwrite contradict each other",
+                "--resume continues the run in --out-dir, --overwrite replaces it: give one");
     FLASH_CHECK(o.device == "cpu" || o.device == "cuda" || o.device == "auto",
                 "--device must be cpu, cuda or auto, got '" << o.device << "'", "");
     flash_data::parse_objective(o.objective);  // throws for an unknown one
     FLASH_CHECK(o.load.empty() || o.eval_only, "--load is for --eval-only (training does not start from a checkpoint)",
                 "to continue a run use --resume; to score a checkpoint use --eval-only --load CKPT");
-    return o;
 }
 
 json model_config_from_options(const TrainOptions& o, int vocab_size) {
@@ -307,6 +334,10 @@ void log_step(const Run& run, int64_t step, double loss, double lr, double norm,
                  "\"tok_per_s\": %.1f}\n",
                  (long long)step, loss, lr, norm, sec * 1e3, tok_s);
     std::fprintf(run.train_tsv, "%lld\t%.6f\n", (long long)step, loss);
+    // Every line reaches the file at once: a killed run loses no line it printed, and leaves no half line that a
+    // later line could be glued to.
+    std::fflush(run.metrics);
+    std::fflush(run.train_tsv);
 }
 
 // The loss over the given validation windows (eval.h): the fixed sample during training, the whole set at the end.
@@ -326,6 +357,7 @@ void log_eval(const Run& run, int64_t step, const EvalResult& val) {
                  (unsigned long long)val.tokens);
     std::fprintf(run.val_tsv, "%lld\t%.6f\n", (long long)step, val.loss());
     std::fflush(run.metrics);
+    std::fflush(run.val_tsv);
 }
 
 // The figure to compare models by: every validation token once (eval.h), printed and logged.
@@ -344,7 +376,29 @@ EvalResult evaluate_whole_set(const Run& run, Model<float>& model, int64_t step)
                      "\"whole_val_tokens\": %llu, \"whole_val_bytes\": %llu}\n",
                      (long long)step, flash_data::objective_name(run.objective), r.loss(), r.bits_per_byte(),
                      (unsigned long long)r.tokens, (unsigned long long)r.bytes);
+    if (run.metrics) std::fflush(run.metrics);
     return r;
+}
+
+// Runs a program found on PATH, its output discarded, and waits for it: its exit status, or -1 when it cannot be
+// started (not installed). Unlike std::system, it leaves this process's signal handling alone: system() ignores
+// SIGINT while its child runs, and a Ctrl-C in that window (gnuplot runs at every evaluation) was lost.
+int run_program_quietly(const std::vector<std::string>& args) {
+    std::vector<char*> argv;
+    for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
+    posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0);
+    pid_t pid;
+    const int failed = posix_spawnp(&pid, argv[0], &actions, nullptr, argv.data(), environ);
+    posix_spawn_file_actions_destroy(&actions);
+    if (failed) return -1;
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0)
+        if (errno != EINTR) return -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
 // loss.png from the TSV logs, when gnuplot is there.
@@ -354,7 +408,6 @@ void plot_losses(const Run& run) {
     std::fflush(run.train_tsv);
     std::fflush(run.val_tsv);
     if (!dist_get().lead()) return;
-    if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) return;
     const fs::path script = out / "loss.gp";
     std::ofstream gp(script);
     gp << "set terminal pngcairo size 900,540\nset output '" << (out / "loss.png").string() << "'\n"
@@ -362,8 +415,8 @@ void plot_losses(const Run& run) {
        << "plot '" << (out / "train_loss.tsv").string() << "' using 1:2 with lines title 'train', '"
        << (out / "val_loss.tsv").string() << "' using 1:2 with linespoints title 'validation'\n";
     gp.close();
-    if (std::system(("gnuplot '" + script.string() + "' 2>/dev/null").c_str()) != 0 && !o.quiet)
-        std::printf("note: gnuplot failed; no loss.png\n");
+    const int status = run_program_quietly({"gnuplot", script.string()});
+    if (status > 0 && !o.quiet) std::printf("note: gnuplot failed; no loss.png\n");  // -1: no gnuplot here
 }
 
 void print_sample(const Run& run, const Model<float>& model, int64_t step) {
@@ -371,11 +424,29 @@ void print_sample(const Run& run, const Model<float>& model, int64_t step) {
     std::printf("---- sample at step %lld ----\n%s\n----\n", (long long)step, text.c_str());
 }
 
-// Under mpirun every rank first checks that the replicas agree; rank 0 alone writes.
-void checkpoint(const Run& run, const Model<float>& model, const flash_data::DataLoader& train_loader, int64_t step) {
+// Writes a checkpoint; false (and none written) when the update made a weight or moment non-finite. Under mpirun every
+// rank first checks that the replicas agree, and all take the same decision; rank 0 alone writes.
+bool checkpoint(const Run& run, const Model<float>& model, const flash_data::DataLoader& train_loader, int64_t step) {
     Dist& dist = dist_get();
     dist_check_replicas(dist, model, "at the checkpoint of step " + std::to_string(step));
-    if (!dist.lead()) return;
+    std::string bad;
+    for (ModelBuffer which : {ModelBuffer::params, ModelBuffer::adam_m, ModelBuffer::adam_v}) {
+        std::vector<float> host(model.param_count());
+        model.copy_to_host(which, host.data());
+        bad = first_bad_tensor(model.tensor_specs(), host, /*nonnegative=*/which == ModelBuffer::adam_v);
+        if (!bad.empty()) {
+            if (which != ModelBuffer::params) bad = (which == ModelBuffer::adam_m ? "adam_m." : "adam_v.") + bad;
+            break;
+        }
+    }
+    if (!bad.empty()) {
+        if (dist.lead())
+            std::fprintf(stderr, "error: after step %lld tensor '%s' holds a non-finite value; stopping without "
+                                 "writing a checkpoint. The last checkpoint in %s is intact (hint: lower --lr or "
+                                 "--grad-clip and --resume)\n", (long long)step, bad.c_str(), run.o.out_dir.c_str());
+        return false;
+    }
+    if (!dist.lead()) return true;
     const flash_data::DataLoaderState ls = train_loader.state();
     const std::string path =
         save_checkpoint(run.o.out_dir, model,
@@ -383,6 +454,7 @@ void checkpoint(const Run& run, const Model<float>& model, const flash_data::Dat
                                    dist.size()});
     prune_checkpoints(run.o.out_dir, run.o.keep_ckpts);
     if (!run.o.quiet) std::printf("checkpoint %s\n", path.c_str());
+    return true;
 }
 
 // Continues from the newest checkpoint in out_dir: the model, its moments and the data loader's position.
@@ -399,7 +471,8 @@ int64_t resume(const Run& run, Model<float>& model, flash_data::DataLoader& trai
     ls.rng_state = st.loader_rng;
     ls.batches = st.loader_batches;
     train_loader.restore(ls);
-    if (!run.o.quiet) std::printf("resumed from %s at step %lld\n", path.c_str(), (long long)st.step);
+    if (dist_get().lead()) trim_run_logs(run.o.out_dir, st.step);  // rank 0's logs: the others write none
+    if (dist_get().lead()) std::printf("resumed from %s at step %lld\n", path.c_str(), (long long)st.step);
     const int ranks = dist_get().size();
     if (st.ranks != ranks && !run.o.quiet)
         std::printf("note: the checkpoint was trained by %d rank(s), this run has %d: every step still trains on the "
@@ -429,6 +502,7 @@ static TrainOptions options_for_rank(const TrainOptions& options, Dist& dist) {
 }
 
 TrainResult run_training(const TrainOptions& options) {
+    check_train_options(options);
     Dist& dist = dist_get();
     const TrainOptions o = options_for_rank(options, dist);
     if (o.threads > 0) {
@@ -443,18 +517,33 @@ TrainResult run_training(const TrainOptions& options) {
     const int B = o.batch, T = cfg.at("seq_len").get<int>();
     const int B_rank = B / dist.size();  // this rank's rows of each global batch
     run.T = T;
+    // Refuse a batch that cannot fit before allocating it (the model checks its own parameters; on the GPU, flash.cu
+    // checks its own memory; FLASH's activation layout is known here, the baselines' models check theirs).
+    check_token_count(B, T);
+    if (device == Device::cpu && model_arch(cfg) == "flash") {
+        size_t n_act = 0, n_grad = 0;
+        activation_counts(config_from_json(cfg), B_rank, T, &n_act, &n_grad);
+        check_activations_fit((double)n_act, (double)n_grad, B_rank, T, sizeof(float));
+    }
     std::unique_ptr<Model<float>> model = make_model<float>(cfg, device);
     model->init_weights(o.seed);
     flash_data::DataLoader train_loader(run.train_tokens.tokens, B_rank, T, flash_data::LoaderMode::kTrainRandom,
                                         o.seed, (uint64_t)dist.rank() * B_rank);
     run.val_sample = sample_windows(run.val_tokens.tokens.size(), T, o.eval_batches * B);
+    // The run directory: locked for this run alone, leftovers of crashed writers removed, and an existing run
+    // replaced only when asked to (rundir.h).
+    // Under mpirun rank 0 alone owns it (the other ranks write nothing there).
+    std::optional<RunDirLock> lock;
+    if (dist.lead()) {
+        lock.emplace(o.out_dir);
+        remove_stale_temporaries(o.out_dir);
+    }
     const int64_t done = o.resume ? resume(run, *model, train_loader) : 0;  // first: it names another objective
     check_model_objective(run, *model);
     dist_check_replicas(dist, *model, done ? "after the resume" : "at the start");
+    // The last check: it may delete the old run. Rank 0's alone (the other ranks write nothing in out_dir).
+    if (!o.resume && dist.lead()) prepare_fresh_run_dir(o.out_dir, o.overwrite);
 
-    std::error_code ec;
-    if (dist.lead()) fs::create_directories(o.out_dir, ec);
-    FLASH_CHECK(!ec, "cannot create '" << o.out_dir << "': " << ec.message(), "check permissions or pick --out-dir");
     run.flops_per_step_token = 3 * model->forward_flops_per_token();
     run.peak = (o.quiet || device == Device::cuda) ? 0.0 : measure_sgemm_peak();
     if (!o.quiet) print_header(run, *model, device);
@@ -510,7 +599,12 @@ TrainResult run_training(const TrainOptions& options) {
         if (o.sample_interval > 0 && (step % o.sample_interval == 0 || step == o.steps) && !o.quiet && !run.mlm())
             print_sample(run, *model, step);
         const bool stop = totals.stop, pause = o.stop_after > 0 && step - done >= o.stop_after;
-        if (step % o.ckpt_interval == 0 || step == o.steps || stop || pause) checkpoint(run, *model, train_loader, step);
+        if ((step % o.ckpt_interval == 0 || step == o.steps || stop || pause) &&
+            !checkpoint(run, *model, train_loader, step)) {
+            result.steps_done = step - 1;
+            result.interrupted = true;
+            break;
+        }
         if (stop || pause) {
             if (!o.quiet)
                 std::printf("%s: checkpoint written at step %lld; continue with --resume\n",

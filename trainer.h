@@ -31,6 +31,7 @@ struct TrainOptions {
     std::string objective = "ar";        // ar | mlm (data/mlm.h; mlm needs a model config with "causal": false)
     double dist_timeout = 300;           // under mpirun: seconds one collective may wait (dist.h); 0: never
     bool resume = false;
+    bool overwrite = false;              // a fresh run may replace the run in out_dir
     bool quiet = false;                  // no per-step lines (tests)
     bool eval_only = false;              // score a checkpoint on the whole validation set and exit
     std::string load;                    // --eval-only's checkpoint ("": the newest in out_dir)
@@ -40,6 +41,11 @@ struct TrainOptions {
 // option parser (options.h). Throws flash_error for an unknown option or a bad value, naming both.
 TrainOptions parse_train_options(int argc, char** argv);
 std::string train_options_help();
+// Refuses option values outside their domain (betas in [0, 1), lr >= 0, --resume with --overwrite, ...), naming the
+// option: called by parse_train_options and by run_training, before anything is allocated or written. (The option
+// table range-checks each value it parses; this holds the domains a table row cannot say, and guards TrainOptions
+// built in code, as the tests do.)
+void check_train_options(const TrainOptions& o);
 nlohmann::json train_options_to_json(const TrainOptions& o);
 
 // The model config the options describe, as JSON of its arch (vocab_size comes from the data). --e, --s and --chunk
@@ -64,4 +70,4 @@ TrainResult run_training(const TrainOptions& o);
 // ./train --eval-only: the whole validation set's loss under the checkpoint o.load (or the newest in o.out_dir),
 // on o.device with batches of o.batch rows; prints it and returns it. Needs only the data and the checkpoint.
 EvalResult run_eval_only(const TrainOptions& o);
-extern volatile int g_stop_requested;  // set by the SIGINT handler
+extern volatile int g_stop_requested;  // set by the SIGINT and SIGTERM handlers (to the signal's number)

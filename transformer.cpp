@@ -21,6 +21,10 @@
 #include <limits>
 #include <sstream>
 
+#include "formats/json_file.h"
+#include "resource_check.h"
+#include "value_check.h"
+
 using json = nlohmann::json;
 
 // ====================================================================================================
@@ -34,7 +38,7 @@ TransformerConfig transformer_preset(const std::string& name, const std::string&
         c.vocab_size = 64; c.d = 16; c.n_layers = 2; c.n_heads = 2; c.ffn = 48; c.features = 12; c.block = 4;
         c.seq_len = 16;
     } else if (name != "small") {
-        FLASH_FAIL("unknown config preset '" << name << "' for " << arch, "use tiny or small, or a JSON file");
+        FLASH_FAIL("unknown config preset '" << clip_text(name) << "' for " << clip_text(arch), "use tiny or small, or a JSON file");
     }
     transformer_config_validate(c);
     return c;
@@ -42,7 +46,7 @@ TransformerConfig transformer_preset(const std::string& name, const std::string&
 
 void transformer_config_validate(const TransformerConfig& c) {
     FLASH_CHECK(is_transformer_arch(c.arch),
-                "config field 'arch' is '" << c.arch << "', this model is transformer++, performer or combiner",
+                "config field 'arch' is '" << clip_text(c.arch) << "', this model is transformer++, performer or combiner",
                 "use \"arch\": \"transformer++\", \"performer\" or \"combiner\"");
     auto positive = [](const char* field, long long v, long long max) {
         FLASH_CHECK(v > 0 && v <= max, "config field '" << field << "' is " << v << ", must be in 1.." << max,
@@ -669,6 +673,7 @@ void check_transformer_batch(const TransformerConfig& cfg, const int* tokens, co
 template <typename Real>
 TransformerModel<Real>::TransformerModel(const TransformerConfig& c) : cfg(c) {
     transformer_config_validate(cfg);
+    check_model_state_fits((double)transformer_param_count(cfg), sizeof(Real));
     specs = transformer_param_specs(cfg);
     const size_t n = this->param_count();
     params.assign(n, Real(0));

@@ -6,6 +6,8 @@
 #include <cstdio>
 #include <cstring>
 
+#include <unistd.h>
+
 #include "common.h"
 
 namespace flash_data {
@@ -99,7 +101,7 @@ void save_token_file(const std::string& path, const uint32_t* tokens, size_t cou
 
     // Write to a temporary name and rename, so that an interrupted run never leaves a half file under
     // the real name (data/prepare.sh reuses files that exist).
-    std::string tmp = path + ".tmp";
+    std::string tmp = path + "." + std::to_string(getpid()) + ".tmp";  // this process's own: writers never share one
     File file;
     file.f = fopen(tmp.c_str(), "wb");
     FLASH_CHECK(file.f, "cannot write " << tmp << ": " << strerror(errno), "check that the directory exists and is writable");

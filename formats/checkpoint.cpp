@@ -7,6 +7,7 @@
 
 #include "formats/config.h"
 #include "formats/json_file.h"
+#include "value_check.h"
 
 using json = nlohmann::json;
 namespace fs = std::filesystem;
@@ -68,6 +69,8 @@ void load_param_tensors(const Model<Real>& m, std::vector<Real>& buf, const Safe
                                     "redrawn: use a file that carries it"));
         read_tensor(*t, spec.shape, buf.data() + spec.offset, path);
     }
+    // Every architecture: no NaN or infinite weight or moment, no negative second moment.
+    check_loaded_values(m.tensor_specs(), buf, prefix, path, /*nonnegative=*/prefix == "adam_v.");
 }
 
 template <typename Real>

@@ -16,21 +16,21 @@ FlashConfig config_from_json(const json& j) {
     FlashConfig c;
     // "arch" names the architecture (model.h: make_model); a FLASH config may say so, or leave it out.
     if (j.contains("arch"))
-        FLASH_CHECK(j["arch"] == "flash", "model config field 'arch' is " << j["arch"].dump() << ", not \"flash\"",
+        FLASH_CHECK(j["arch"] == "flash", "model config field 'arch' is " << json_excerpt(j["arch"]) << ", not \"flash\"",
                     "this is a FLASH config reader; make_model picks the reader for each arch");
     static const char* known[] = {"arch", "vocab_size", "d", "e", "s", "n_layers", "chunk", "seq_len", "causal", "eps",
                                   "rope_base"};
     for (auto it = j.begin(); it != j.end(); ++it) {
         bool ok = false;
         for (const char* k : known) ok = ok || it.key() == k;
-        FLASH_CHECK(ok, "unknown model config field '" << it.key() << "': it does not belong to arch flash",
+        FLASH_CHECK(ok, "unknown model config field '" << clip_text(it.key()) << "': it does not belong to arch flash",
                     "the fields of flash are arch, vocab_size, d, e, s, n_layers, chunk, seq_len, causal, eps, "
                     "rope_base");
     }
     auto get_int = [&](const char* k, int& dst) {
         if (!j.contains(k)) return;
         const json& v = j[k];
-        FLASH_CHECK(v.is_number_integer(), "config field '" << k << "' must be an integer, got " << v.dump(),
+        FLASH_CHECK(v.is_number_integer(), "config field '" << k << "' must be an integer, got " << json_excerpt(v),
                     "write e.g. \"" << k << "\": " << dst);
         long long x = v.get<long long>();
         FLASH_CHECK(x >= std::numeric_limits<int>::min() && x <= std::numeric_limits<int>::max(),
@@ -40,7 +40,7 @@ FlashConfig config_from_json(const json& j) {
     auto get_double = [&](const char* k, double& dst) {
         if (!j.contains(k)) return;
         const json& v = j[k];
-        FLASH_CHECK(v.is_number(), "config field '" << k << "' must be a number, got " << v.dump(),
+        FLASH_CHECK(v.is_number(), "config field '" << k << "' must be a number, got " << json_excerpt(v),
                     "write e.g. \"" << k << "\": " << dst);
         dst = v.get<double>();
     };
@@ -52,7 +52,7 @@ FlashConfig config_from_json(const json& j) {
     get_int("chunk", c.chunk);
     get_int("seq_len", c.seq_len);
     if (j.contains("causal")) {
-        FLASH_CHECK(j["causal"].is_boolean(), "config field 'causal' must be true or false, got " << j["causal"].dump(),
+        FLASH_CHECK(j["causal"].is_boolean(), "config field 'causal' must be true or false, got " << json_excerpt(j["causal"]),
                     "write \"causal\": true");
         c.causal = j["causal"].get<bool>();
     }
@@ -93,7 +93,7 @@ TransformerConfig transformer_config_from_json(const json& j) {
                 "write {\"arch\": \"transformer++\", \"d\": 256, ...} with the keys of BASELINES.md section 6");
     TransformerConfig c;
     if (j.contains("arch")) {
-        FLASH_CHECK(j["arch"].is_string(), "config field 'arch' must be a string, got " << j["arch"].dump(),
+        FLASH_CHECK(j["arch"].is_string(), "config field 'arch' must be a string, got " << json_excerpt(j["arch"]),
                     "write \"arch\": \"performer\"");
         c.arch = j["arch"].get<std::string>();
     }
@@ -106,13 +106,13 @@ TransformerConfig transformer_config_from_json(const json& j) {
         std::string list;
         for (const std::string& k : known) list += (list.empty() ? "" : ", ") + k;
         FLASH_CHECK(std::find(known.begin(), known.end(), it.key()) != known.end(),
-                    "config field '" << it.key() << "' does not belong to arch " << c.arch,
-                    "remove it; the fields of " << c.arch << " are " << list);
+                    "config field '" << clip_text(it.key()) << "' does not belong to arch " << clip_text(c.arch),
+                    "remove it; the fields of " << clip_text(c.arch) << " are " << list);
     }
     auto get_int = [&](const char* k, int& dst) {
         if (!j.contains(k)) return;
         const json& v = j[k];
-        FLASH_CHECK(v.is_number_integer(), "config field '" << k << "' must be an integer, got " << v.dump(),
+        FLASH_CHECK(v.is_number_integer(), "config field '" << k << "' must be an integer, got " << json_excerpt(v),
                     "write e.g. \"" << k << "\": " << dst);
         long long x = v.get<long long>();
         FLASH_CHECK(x >= std::numeric_limits<int>::min() && x <= std::numeric_limits<int>::max(),
@@ -122,7 +122,7 @@ TransformerConfig transformer_config_from_json(const json& j) {
     auto get_double = [&](const char* k, double& dst) {
         if (!j.contains(k)) return;
         const json& v = j[k];
-        FLASH_CHECK(v.is_number(), "config field '" << k << "' must be a number, got " << v.dump(),
+        FLASH_CHECK(v.is_number(), "config field '" << k << "' must be a number, got " << json_excerpt(v),
                     "write e.g. \"" << k << "\": " << dst);
         dst = v.get<double>();
     };
@@ -139,7 +139,7 @@ TransformerConfig transformer_config_from_json(const json& j) {
     get_int("n_layers", c.n_layers);
     get_int("seq_len", c.seq_len);
     if (j.contains("causal")) {
-        FLASH_CHECK(j["causal"].is_boolean(), "config field 'causal' must be true or false, got " << j["causal"].dump(),
+        FLASH_CHECK(j["causal"].is_boolean(), "config field 'causal' must be true or false, got " << json_excerpt(j["causal"]),
                     "write \"causal\": true");
         c.causal = j["causal"].get<bool>();
     }
@@ -187,7 +187,7 @@ json normalized_model_config(const json& j) {
     const std::string arch = model_arch(j);
     if (arch == "flash") return config_to_json(config_from_json(j));
     if (is_transformer_arch(arch)) return transformer_config_to_json(transformer_config_from_json(j));
-    FLASH_FAIL("unknown model architecture '" << arch << "'",
+    FLASH_FAIL("unknown model architecture '" << clip_text(arch) << "'",
                "\"arch\" is one of flash (the default), transformer++, performer, combiner");
 }
 
@@ -206,6 +206,10 @@ json load_model_config_json(const std::string& name) {
                 return transformer_config_to_json(transformer_preset(size, arch));
     std::string names;
     for (const std::string& n : model_preset_names()) names += (names.empty() ? "" : ", ") + n;
-    return normalized_model_config(
-        read_json_file(name, "model config", "give a preset (" + names + ") or a path to a JSON model config"));
+    const json j = read_json_file(name, "model config", "give a preset (" + names + ") or a path to a JSON model config");
+    try {
+        return normalized_model_config(j);
+    } catch (const flash_error& ex) {
+        FLASH_FAIL("model config '" << clip_text(name) << "': " << ex.what(), "fix the file");
+    }
 }

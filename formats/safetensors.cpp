@@ -51,7 +51,8 @@ void safetensors_write(const std::string& path, const std::vector<SafeTensor>& t
     while (text.size() % 8 != 0) text += ' ';  // keeps the data 8-byte aligned
     const uint64_t header_len = text.size();
 
-    const std::string tmp = path + ".tmp";
+    // A name of this process's own: two writers of one path never share a temporary file.
+    const std::string tmp = path + "." + std::to_string(getpid()) + ".tmp";
     FILE* f = std::fopen(tmp.c_str(), "wb");
     FLASH_CHECK(f, "cannot open '" << tmp << "' for writing: " << std::strerror(errno),
                 "check that the directory exists and is writable");
@@ -104,7 +105,7 @@ SafeTensorsFile safetensors_read(const std::string& path) {
         if (it.key() == "__metadata__") {
             FLASH_CHECK(it->is_object(), "'" << path << "': __metadata__ is not a map of strings", "");
             for (auto mt = it->begin(); mt != it->end(); ++mt) {
-                FLASH_CHECK(mt->is_string(), "'" << path << "': __metadata__ entry '" << mt.key() << "' is not a string", "");
+                FLASH_CHECK(mt->is_string(), "'" << path << "': __metadata__ entry '" << clip_text(mt.key()) << "' is not a string", "");
                 out.metadata[mt.key()] = mt->get<std::string>();
             }
             continue;
@@ -114,27 +115,35 @@ SafeTensorsFile safetensors_read(const std::string& path) {
         FLASH_CHECK(e.is_object() && e.contains("dtype") && e.contains("shape") && e.contains("data_offsets") &&
                         e["dtype"].is_string() && e["shape"].is_array() && e["data_offsets"].is_array() &&
                         e["data_offsets"].size() == 2,
-                    "'" << path << "': tensor '" << name << "' lacks a valid dtype, shape or data_offsets",
+                    "'" << path << "': tensor '" << clip_text(name) << "' lacks a valid dtype, shape or data_offsets",
                     "the file is corrupt");
         SafeTensor t;
         t.name = name;
         t.dtype = e["dtype"].get<std::string>();
-        size_t bytes = dtype_size(t.dtype);
+        size_t bytes = 0;
+        try {
+            bytes = dtype_size(t.dtype);
+        } catch (const flash_error& ex) {
+            FLASH_FAIL("'" << path << "': tensor '" << clip_text(name) << "': " << clip_text(ex.what(), 200), "the file is corrupt");
+        }
         for (const json& dim : e["shape"]) {
             FLASH_CHECK(dim.is_number_integer() && dim.get<int64_t>() >= 0,
-                        "'" << path << "': tensor '" << name << "' has a bad dimension " << dim.dump(), "");
+                        "'" << path << "': tensor '" << clip_text(name) << "' has a bad dimension " << json_excerpt(dim), "");
             t.shape.push_back(dim.get<int64_t>());
+            FLASH_CHECK(t.shape.back() == 0 || bytes <= SIZE_MAX / (uint64_t)t.shape.back(),
+                        "'" << path << "': tensor '" << clip_text(name) << "' has a shape of more than 2^64 bytes",
+                        "the file is corrupt");
             bytes *= (size_t)t.shape.back();
         }
         const json& off = e["data_offsets"];
         FLASH_CHECK(off[0].is_number_unsigned() && off[1].is_number_unsigned(),
-                    "'" << path << "': tensor '" << name << "' has bad data_offsets", "the file is corrupt");
+                    "'" << path << "': tensor '" << clip_text(name) << "' has bad data_offsets", "the file is corrupt");
         Range r{off[0].get<uint64_t>(), off[1].get<uint64_t>(), name};
         FLASH_CHECK(r.begin <= r.end && r.end <= data_size,
-                    "'" << path << "': tensor '" << name << "' lies at bytes [" << r.begin << ", " << r.end
+                    "'" << path << "': tensor '" << clip_text(name) << "' lies at bytes [" << r.begin << ", " << r.end
                         << ") but the data section has " << data_size << " bytes",
                     "the file is truncated");
-        FLASH_CHECK(r.end - r.begin == bytes, "'" << path << "': tensor '" << name << "' has " << r.end - r.begin
+        FLASH_CHECK(r.end - r.begin == bytes, "'" << path << "': tensor '" << clip_text(name) << "' has " << r.end - r.begin
                                                   << " bytes but its shape " << shape_str(t.shape) << " of " << t.dtype
                                                   << " needs " << bytes,
                     "the file is corrupt");
@@ -146,7 +155,7 @@ SafeTensorsFile safetensors_read(const std::string& path) {
     std::sort(sorted.begin(), sorted.end(), [](const Range& a, const Range& b) { return a.begin < b.begin; });
     uint64_t expect = 0;
     for (const Range& r : sorted) {
-        FLASH_CHECK(r.begin == expect, "'" << path << "': tensor '" << r.name << "' starts at byte " << r.begin
+        FLASH_CHECK(r.begin == expect, "'" << path << "': tensor '" << clip_text(r.name) << "' starts at byte " << r.begin
                                            << ", expected " << expect << " (overlap or hole)",
                     "the file is corrupt");
         expect = r.end;
@@ -161,7 +170,7 @@ SafeTensorsFile safetensors_read(const std::string& path) {
                 in.seekg((std::streamoff)(8 + header_len + r.begin));
                 t.data.resize(r.end - r.begin);
                 in.read((char*)t.data.data(), (std::streamsize)t.data.size());
-                FLASH_CHECK(in || t.data.empty(), "cannot read tensor '" << t.name << "' of '" << path << "'",
+                FLASH_CHECK(in || t.data.empty(), "cannot read tensor '" << clip_text(t.name) << "' of '" << path << "'",
                             "the file is truncated");
                 ordered.push_back(std::move(t));
                 break;

@@ -3,14 +3,20 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
+#include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 
 #include "data/tokenfile.h"
 #include "test/corpus.h"
+#include "formats/json_file.h"
+#include "resource_check.h"
+#include "rundir.h"
 #include "testutil.h"
 #include "tokenizer/bpe.h"
 #include "trainer.h"
@@ -340,4 +346,366 @@ TEST_CASE("a non-finite loss stops training and leaves the last checkpoint intac
     fs::remove_all(dir);
 }
 
+
+// ---- issue 9: runs that lose no data and crash on no input ------------------------------------------
+
+std::vector<std::string> lines_of(const std::string& path) {
+    std::ifstream in(path);
+    std::vector<std::string> lines;
+    for (std::string line; std::getline(in, line);) lines.push_back(line);
+    return lines;
+}
+
+TEST_CASE("a fresh run into a directory that holds a run needs --resume or --overwrite") {
+    const std::string dir = "/tmp/flash_test_reuse_" + std::to_string(getpid());
+    fs::remove_all(dir);
+    TrainOptions o = tiny_options(dir);
+    o.steps = 6;
+    o.keep_ckpts = 1;
+    run_training(o);
+    const std::string ckpt = dir + "/ckpt_00000006.safetensors";
+    const std::string ckpt_bytes = read_bytes(ckpt), metrics = read_bytes(dir + "/metrics.jsonl");
+    REQUIRE(ckpt_bytes.size() > 1000);
+    // Before: the second run overwrote metrics.jsonl, and its pruning deleted its own ckpt_00000002.
+    TrainOptions fresh = tiny_options(dir);
+    fresh.steps = 2;
+    fresh.keep_ckpts = 1;
+    CHECK_THROWS_WITH_AS(run_training(fresh), doctest::Contains("holds a run"), flash_error);
+    CHECK(read_bytes(ckpt) == ckpt_bytes);
+    CHECK(read_bytes(dir + "/metrics.jsonl") == metrics);
+    fresh.overwrite = true;
+    TrainResult r = run_training(fresh);
+    CHECK(r.steps_done == 2);
+    CHECK(latest_checkpoint(dir) == dir + "/ckpt_00000002.safetensors");
+    CHECK(!fs::exists(ckpt));
+    CHECK(train_loss_lines(dir).size() == 2);  // the old run's 6 lines are gone
+    fresh.resume = true;
+    CHECK_THROWS_WITH_AS(run_training(fresh), doctest::Contains("--resume and --overwrite contradict"), flash_error);
+    fs::remove_all(dir);
+}
+
+TEST_CASE("the run directory is locked, and stale temporary files are removed under the lock") {
+    const std::string dir = "/tmp/flash_test_lock_" + std::to_string(getpid());
+    fs::remove_all(dir);
+    TrainOptions o = tiny_options(dir);
+    o.steps = 3;
+    {
+        RunDirLock held(dir);  // as another trainer would hold it (flock conflicts across open files, one process too)
+        const std::string in_use = "is in use by another ./train (pid " + std::to_string(getpid()) + ")";
+        CHECK_THROWS_WITH_AS(run_training(o), doctest::Contains(in_use.c_str()), flash_error);
+        CHECK(!fs::exists(dir + "/metrics.jsonl"));
+    }
+    run_training(o);  // the lock went with its holder
+    // A crashed writer's temporaries go at the next start; other files stay.
+    std::ofstream(dir + "/ckpt_00000009.safetensors.4242.tmp") << "half a checkpoint";
+    std::ofstream(dir + "/metrics.jsonl.4242.tmp") << "{";
+    std::ofstream(dir + "/notes.tmp") << "not ours";
+    o.resume = true;
+    o.steps = 4;
+    run_training(o);
+    CHECK(!fs::exists(dir + "/ckpt_00000009.safetensors.4242.tmp"));
+    CHECK(!fs::exists(dir + "/metrics.jsonl.4242.tmp"));
+    CHECK(fs::exists(dir + "/notes.tmp"));
+    int tmp_files = 0;
+    for (const auto& e : fs::directory_iterator(dir)) tmp_files += e.path().extension() == ".tmp";
+    CHECK(tmp_files == 1);  // notes.tmp: checkpoint writes leave none
+    fs::remove_all(dir);
+}
+
+TEST_CASE("on resume, log lines past the checkpoint and a partial last line are dropped") {
+    const std::string dir = "/tmp/flash_test_trim_" + std::to_string(getpid());
+    fs::remove_all(dir);
+    TrainOptions o = tiny_options(dir);
+    o.steps = 4;
+    run_training(o);
+    // What a run killed after its checkpoint at step 4 leaves: lines of steps 5 and 6, and half a line.
+    std::ofstream(dir + "/metrics.jsonl", std::ios::app)
+        << "{\"step\": 5, \"train_loss\": 9.0}\n{\"step\": 6, \"train_loss\": 9.0}\n{\"step\": 7, \"tra";
+    std::ofstream(dir + "/train_loss.tsv", std::ios::app) << "5\t9.0\n6\t9.0\n7\t9";
+    o.resume = true;
+    o.steps = 6;
+    run_training(o);
+    std::vector<int64_t> train_steps;
+    for (const std::string& line : lines_of(dir + "/metrics.jsonl")) {
+        nlohmann::json j;
+        REQUIRE_NOTHROW(j = nlohmann::json::parse(line));  // before: the half line glued to the next one
+        if (j.contains("train_loss")) {
+            CHECK(j["train_loss"].get<double>() != 9.0);  // the killed run's lines are gone
+            train_steps.push_back(j["step"].get<int64_t>());
+        }
+    }
+    CHECK(train_steps == std::vector<int64_t>{1, 2, 3, 4, 5, 6});
+    const std::vector<std::string> tsv = lines_of(dir + "/train_loss.tsv");
+    REQUIRE(tsv.size() == 6);
+    CHECK(tsv[4].rfind("5\t", 0) == 0);
+    CHECK(tsv[4] != "5\t9.0");
+    fs::remove_all(dir);
+}
+
+TEST_CASE("option values outside their domain are refused before anything is written") {
+    const std::string dir = "/tmp/flash_test_domain_" + std::to_string(getpid());
+    fs::remove_all(dir);
+    struct Case { std::function<void(TrainOptions&)> set; const char* message; };
+    const Case cases[] = {
+        {[](TrainOptions& o) { o.beta2 = 1; }, "--beta2 is 1, must be in [0, 1)"},  // every weight NaN, before
+        {[](TrainOptions& o) { o.beta1 = -0.5; }, "--beta1 is -0.5, must be in [0, 1)"},
+        {[](TrainOptions& o) { o.lr = -1e-3; }, "--lr is -0.001, must be in [0, inf)"},
+        {[](TrainOptions& o) { o.lr = NAN; }, "--lr is nan"},
+        {[](TrainOptions& o) { o.lr_min = 1; }, "--lr-min is 1, must be in [0, 0.003]"},
+        {[](TrainOptions& o) { o.weight_decay = -0.1; }, "--weight-decay is -0.1"},
+        {[](TrainOptions& o) { o.grad_clip = -1; }, "--grad-clip is -1"},
+        {[](TrainOptions& o) { o.grad_clip = INFINITY; }, "--grad-clip is inf"},
+    };
+    for (const Case& c : cases) {
+        TrainOptions o = tiny_options(dir);
+        c.set(o);
+        CHECK_THROWS_WITH_AS(check_train_options(o), doctest::Contains(c.message), flash_error);
+        CHECK_THROWS_WITH_AS(run_training(o), doctest::Contains(c.message), flash_error);
+    }
+    CHECK(!fs::exists(dir));
+    const char* argv[] = {"train", "--beta2", "1"};
+    CHECK_THROWS_WITH_AS(parse_train_options(3, (char**)argv), doctest::Contains("--beta2 is 1"), flash_error);
+}
+
+// Rewrites one tensor of a checkpoint through f(values).
+void edit_tensor(const std::string& path, const std::string& name, const std::function<void(float*, size_t)>& f) {
+    SafeTensorsFile file = safetensors_read(path);
+    for (SafeTensor& t : file.tensors)
+        if (t.name == name) f((float*)t.data.data(), t.data.size() / 4);
+    safetensors_write(path, file.tensors, file.metadata);
+}
+
+TEST_CASE("no checkpoint holds NaN: the trainer does not write one, the loaders refuse one") {
+    const std::string dir = "/tmp/flash_test_nanckpt_" + std::to_string(getpid());
+    fs::remove_all(dir);
+    TrainOptions o = tiny_options(dir);
+    o.steps = 3;
+    o.ckpt_interval = 1;
+    o.lr = o.lr_min = 1e300;  // in the domain, but the first update sends the weights to infinity
+    o.grad_clip = 0;
+    o.warmup = 0;
+    TrainResult r = run_training(o);
+    CHECK(r.interrupted);
+    CHECK(r.steps_done == 0);
+    CHECK(latest_checkpoint(dir).empty());  // before: ckpt_00000001 with infinite weights, called intact
+
+    o = tiny_options(dir);
+    o.overwrite = true;
+    o.steps = 2;
+    run_training(o);
+    const std::string ckpt = dir + "/ckpt_00000002.safetensors", good = read_bytes(ckpt);
+    FlashModel<float> m(config_from_json(model_config_from_options(o, (int)bpe::Tokenizer::load(o.data_dir + "/tokenizer.json").vocab_size())));
+    CHECK(load_checkpoint(ckpt, m).step == 2);
+    edit_tensor(ckpt, "layers.1.w_out", [](float* x, size_t n) { x[n / 2] = NAN; });
+    CHECK_THROWS_WITH_AS(load_checkpoint(ckpt, m), doctest::Contains("tensor 'layers.1.w_out' holds value nan"), flash_error);
+    CHECK_THROWS_WITH_AS(load_weights(ckpt, m), doctest::Contains("must be finite"), flash_error);
+    std::ofstream(ckpt, std::ios::binary) << good;
+    edit_tensor(ckpt, "adam_m.wte", [](float* x, size_t) { x[3] = INFINITY; });
+    CHECK_THROWS_WITH_AS(load_checkpoint(ckpt, m), doctest::Contains("tensor 'adam_m.wte' holds value inf"), flash_error);
+    std::ofstream(ckpt, std::ios::binary) << good;
+    edit_tensor(ckpt, "adam_v.wte", [](float* x, size_t) { x[5] = -1e-6f; });
+    CHECK_THROWS_WITH_AS(load_checkpoint(ckpt, m), doctest::Contains("tensor 'adam_v.wte' holds value -0.000001 at index 5 (must be finite and >= 0)"),
+                         flash_error);
+    fs::remove_all(dir);
+}
+
+TEST_CASE("deeply nested JSON gets a clear error in every file that holds JSON, never a stack overflow") {
+    const std::string dir = "/tmp/flash_test_deep_" + std::to_string(getpid());
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    const int depth = 200000;  // printing this recursively overflowed an 8 MB stack
+    const std::string deep = std::string(depth, '[') + std::string(depth, ']');
+    // --options FILE and --model FILE
+    std::ofstream(dir + "/opts.json") << "{\"lr\": " << deep << "}";
+    const std::string opts = dir + "/opts.json";
+    const char* argv[] = {"train", "--options", opts.c_str()};
+    CHECK_THROWS_WITH_AS(parse_train_options(3, (char**)argv), doctest::Contains("more than 64 levels deep"), flash_error);
+    std::ofstream(dir + "/model.json") << "{\"d\": " << deep << "}";
+    CHECK_THROWS_WITH_AS(load_model_config_json(dir + "/model.json"), doctest::Contains("more than 64 levels deep"), flash_error);
+    // a value nested 60 levels (under the bound) is named by its kind and size, not printed
+    std::ofstream(dir + "/model.json") << "{\"d\": " << std::string(60, '[') << std::string(60, ']') << "}";
+    CHECK_THROWS_WITH_AS(load_model_config_json(dir + "/model.json"), doctest::Contains("must be an integer, got an array of 1 elements"),
+                         flash_error);
+    // on the command line, a deep value is a bad value
+    const char* argv3[] = {"train", "--lr", deep.c_str()};
+    try {
+        parse_train_options(3, (char**)argv3);
+        FAIL("a deep --lr was accepted");
+    } catch (const flash_error& e) {
+        const std::string msg = e.what();
+        CHECK(msg.find("option --lr: '[[[[") != std::string::npos);
+        CHECK(msg.find("characters)' is not a number") != std::string::npos);  // clipped, not printed whole
+        CHECK(msg.size() < 400);
+    }
+    // a checkpoint's header, and the config inside its metadata
+    const std::string header = "{\"x\": {\"dtype\": \"F32\", \"shape\": [" + deep + "], \"data_offsets\": [0, 0]}}";
+    std::string file(8, '\0');
+    for (int i = 0; i < 8; i++) file[i] = (char)((uint64_t)header.size() >> (8 * i));
+    std::ofstream(dir + "/deep.safetensors", std::ios::binary) << file << header;
+    CHECK_THROWS_WITH_AS(safetensors_read(dir + "/deep.safetensors"), doctest::Contains("more than 64 levels deep"), flash_error);
+    safetensors_write(dir + "/deepcfg.safetensors", {}, {{"config", "{\"d\": " + deep + "}"}});
+    CHECK_THROWS_WITH_AS(checkpoint_config(safetensors_read(dir + "/deepcfg.safetensors"), "x"),
+                         doctest::Contains("the config in the __metadata__ of 'x' nests JSON arrays or objects more than 64"), flash_error);
+    // tokenizer.json
+    std::ofstream(dir + "/tokenizer.json") << "{\"model\": {\"type\": " << deep << "}}";
+    CHECK_THROWS_WITH_AS(bpe::Tokenizer::load(dir + "/tokenizer.json"), doctest::Contains("more than 64 levels deep"), flash_error);
+    // brackets inside strings do not count
+    CHECK(json_nesting_depth("{\"a\": \"[[[[[[\\\"[[[[\"}", 64) == 1);
+    fs::remove_all(dir);
+}
+
+TEST_CASE("sizes that cannot fit are refused with the figures, before allocating") {
+    TrainOptions o = tiny_options("/tmp/flash_test_sizes_" + std::to_string(getpid()));
+    o.batch = 2000000000;  // B * T overflowed an int, then grew to 16-24 GB before the OOM killer
+    CHECK_THROWS_WITH_AS(run_training(o), doctest::Contains("64000000000 positions, more than the 2147483647 an int indexes"),
+                         flash_error);
+    o.batch = 60000000;  // fits an int, not the memory: 1.9e9 positions of ~300 logits and more
+    CHECK_THROWS_WITH_AS(run_training(o), doctest::Contains("the activations of a batch of 60000000 x 32 tokens need"),
+                         flash_error);
+    FlashConfig huge = config_preset("small");
+    huge.vocab_size = 1 << 30;
+    huge.d = 1 << 16;
+    CHECK_THROWS_WITH_AS(FlashModel<float>{huge}, doctest::Contains("parameters, their gradients and AdamW moments need"),
+                         flash_error);
+    CHECK_THROWS_WITH_AS(check_fits_in_memory(1e18, "a test", "none"),
+                         doctest::Contains("a test need 1000000000.0 GB, but this machine has"), flash_error);
+    fs::remove_all(o.out_dir);
+}
+
+// ---- the programs as processes: ./train and ./sample, started as a scheduler or a user would ------------
+
+// Starts a program of this build (./train, ./sample: the tests run from the repository root) with its output
+// in log.
+pid_t spawn(const std::vector<std::string>& args, const std::string& log) {
+    REQUIRE_MESSAGE(fs::exists(args[0]), args[0] << " is missing: run the tests from the repository root after make");
+    std::fflush(stdout);  // else the child would print the parent's buffered output a second time
+    std::fflush(stderr);
+    const pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        FILE* out = std::freopen(log.c_str(), "w", stdout);
+        if (!out || dup2(fileno(stdout), 2) < 0) _exit(127);
+        std::vector<char*> argv;
+        for (const std::string& a : args) argv.push_back((char*)a.c_str());
+        argv.push_back(nullptr);
+        execv(argv[0], argv.data());
+        _exit(127);
+    }
+    return pid;
+}
+
+// The exit status of pid, or minus the signal's number when a signal killed it (so that exit(143) and death by
+// SIGTERM differ). A guard against a hung child, not a timing: after 120 s it is killed and the test fails.
+int wait_exit(pid_t pid) {
+    int status = 0;
+    for (int i = 0; i < 120000; i++) {
+        const pid_t got = waitpid(pid, &status, WNOHANG);
+        REQUIRE(got >= 0);
+        if (got == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+        usleep(1000);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+    FAIL("process " << pid << " did not end within 120 s");
+    return -1;
+}
+
+// Waits until path holds at least n lines (the trainer is past its start and holds the lock), or the process
+// has ended (then the test's later checks fail with what it printed).
+void wait_for_lines(const std::string& path, size_t n, pid_t pid) {
+    for (int i = 0; i < 120000 && lines_of(path).size() < n; i++) {
+        if (waitpid(pid, nullptr, WNOHANG) == pid) FAIL("the trainer ended early");
+        usleep(1000);
+    }
+}
+
+std::vector<std::string> train_args(const std::string& dir, std::vector<std::string> extra) {
+    std::vector<std::string> a = {"./train", "--model", "tiny", "--d", "32", "--e", "64", "--s", "16", "--chunk", "8",
+                                  "--seq-len", "32", "--batch", "4", "--steps", "1000000", "--warmup", "3",
+                                  "--eval-interval", "4", "--eval-batches", "1", "--sample-interval", "0",
+                                  "--ckpt-interval", "3", "--keep-ckpts", "2", "--threads", "1",
+                                  "--data-dir", make_data_dir(), "--out-dir", dir, "--quiet"};
+    a.insert(a.end(), extra.begin(), extra.end());
+    return a;
+}
+
+TEST_CASE("two trainers, kill -9, resume, SIGTERM, SIGINT: one run, a valid metrics.jsonl, exit status 143 and 130") {
+    const std::string dir = "/tmp/flash_test_procs_" + std::to_string(getpid());
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    const std::string metrics = dir + "/metrics.jsonl";
+    // A runs (a million steps: it only ends when killed).
+    const pid_t a = spawn(train_args(dir, {}), dir + "/a.log");
+    wait_for_lines(metrics, 12, a);
+    // B, on the same directory, is refused while A runs; before, both wrote the same ckpt_N.safetensors.tmp.
+    const int b_status = wait_exit(spawn(train_args(dir, {"--resume"}), dir + "/b.log"));
+    CHECK(b_status == 1);
+    CHECK(read_bytes(dir + "/b.log").find("is in use by another ./train (pid " + std::to_string(a) + ")") != std::string::npos);
+    // A dies without warning, between checkpoints or while writing one.
+    kill(a, SIGKILL);
+    CHECK(wait_exit(a) == -SIGKILL);
+    const std::string killed_at = latest_checkpoint(dir);
+    REQUIRE(!killed_at.empty());
+    // C resumes, and is stopped the way a scheduler stops a job.
+    const pid_t c = spawn(train_args(dir, {"--resume"}), dir + "/c.log");
+    wait_for_lines(metrics, lines_of(metrics).size() + 8, c);
+    kill(c, SIGTERM);
+    const int c_status = wait_exit(c);
+    CHECK(c_status == 143);  // it exited, with a checkpoint; before, SIGTERM killed it (-15) with none
+    const std::string c_log = read_bytes(dir + "/c.log");
+    INFO("C printed: " << c_log);
+    CHECK(c_log.find("resumed from " + killed_at) != std::string::npos);
+    // D resumes and gets a Ctrl-C: the same, with status 130 (before: 0).
+    const pid_t d = spawn(train_args(dir, {"--resume"}), dir + "/d.log");
+    wait_for_lines(metrics, lines_of(metrics).size() + 4, d);
+    kill(d, SIGINT);
+    CHECK(wait_exit(d) == 130);
+    const std::string last = latest_checkpoint(dir);
+    REQUIRE(last > killed_at);
+    TrainOptions shape = tiny_options(dir);
+    FlashModel<float> tiny(config_from_json(model_config_from_options(shape, (int)bpe::Tokenizer::load(shape.data_dir + "/tokenizer.json").vocab_size())));
+    const int64_t last_step = load_checkpoint(last, tiny).step;
+    // metrics.jsonl: one valid JSON object per line; a train line for every step 1..last once, in order, and an
+    // evaluation line for every 4th step; nothing past the last checkpoint.
+    int64_t expect_train = 1, expect_val = 4;
+    for (const std::string& line : lines_of(metrics)) {
+        nlohmann::json j;
+        REQUIRE_NOTHROW(j = nlohmann::json::parse(line));
+        REQUIRE(j.is_object());
+        const int64_t step = j.at("step").get<int64_t>();
+        if (j.contains("train_loss")) {
+            CHECK(step == expect_train++);
+        } else {
+            CHECK(j.contains("val_loss"));
+            CHECK(step == expect_val);
+            expect_val += 4;
+        }
+    }
+    CHECK(expect_train == last_step + 1);
+    CHECK(expect_val == (last_step / 4 + 1) * 4);
+    CHECK(lines_of(dir + "/train_loss.tsv").size() == (size_t)last_step);
+    // no temporary file left behind by the killed run survives the runs after it
+    for (const auto& e : fs::directory_iterator(dir)) CHECK(e.path().extension() != ".tmp");
+    MESSAGE("killed at " << killed_at << ", stopped by SIGTERM and SIGINT, last at step " << last_step);
+    fs::remove_all(dir);
+}
+
+TEST_CASE("./sample and ./train get a clear error from a crafted checkpoint, never a crash") {
+    const std::string dir = "/tmp/flash_test_crafted_" + std::to_string(getpid());
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    const int depth = 200000;
+    // a config whose field holds a deep array: printing it in "must be an integer, got ..." overflowed the stack
+    safetensors_write(dir + "/deep.safetensors", {},
+                      {{"config", "{\"d\": " + std::string(depth, '[') + std::string(depth, ']') + "}"}});
+    const int status = wait_exit(spawn({"./sample", "--checkpoint", dir + "/deep.safetensors", "--tokenizer",
+                                        make_data_dir() + "/tokenizer.json"}, dir + "/sample.log"));
+    CHECK(status == 1);  // before: -11 (SIGSEGV)
+    CHECK(read_bytes(dir + "/sample.log").find("more than 64 levels deep") != std::string::npos);
+    const int status2 = wait_exit(spawn({"./train", "--debug-state", dir + "/x.safetensors", "--load", dir + "/deep.safetensors"},
+                                        dir + "/train.log"));
+    CHECK(status2 == 1);
+    CHECK(read_bytes(dir + "/train.log").find("more than 64 levels deep") != std::string::npos);
+    fs::remove_all(dir);
+}
 }  // namespace

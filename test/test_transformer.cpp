@@ -786,6 +786,32 @@ TEST_CASE("checkpoints keep omega; one without it is refused and changes nothing
     std::remove(path.c_str());
 }
 
+TEST_CASE("a baseline's weights holding NaN or Inf are refused, and the model is left as it was") {
+    TransformerModel<float> model(tiny("performer"));
+    model.init_weights(21, false);
+    const std::string path = "build/test_transformer_nan.safetensors";
+    for (const char* name : {"layers.0.w_qkv", "layers.1.omega"}) {
+        save_weights(path, model);
+        SafeTensorsFile f = safetensors_read(path);
+        for (SafeTensor& t : f.tensors)
+            if (t.name == name) ((float*)t.data.data())[7] = std::string(name) == "layers.1.omega" ? INFINITY : NAN;
+        safetensors_write(path, f.tensors, f.metadata);
+        TransformerModel<float> fresh(tiny("performer"));
+        fresh.init_weights(22, false);
+        const std::vector<float> params = fresh.params;  // omega included: it lives in the parameter buffer
+        std::string message;
+        try {
+            load_weights(path, fresh);
+        } catch (const flash_error& e) {
+            message = e.what();
+        }
+        CHECK(message.find(std::string("tensor '") + name + "' holds value") != std::string::npos);
+        CHECK(message.find("at index 7 (must be finite)") != std::string::npos);
+        CHECK(fresh.params == params);
+    }
+    std::remove(path.c_str());
+}
+
 TEST_CASE("config JSON: round trip, defaults from d, and keys of another arch refused by name") {
     for (const char* arch : {"transformer++", "performer", "combiner"}) {
         TransformerConfig c = tiny(arch, false);

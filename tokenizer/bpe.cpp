@@ -5,6 +5,8 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+
+#include <unistd.h>
 #include <queue>
 
 #include <nlohmann/json.hpp>
@@ -731,20 +733,20 @@ std::string Tokenizer::to_json() const {
 Tokenizer Tokenizer::from_json(std::string_view json_text, const std::string& origin) {
     using nlohmann::json;
     const std::string hint_ours = "write it with `tokenizer/bpe train` (or data/prepare.sh)";
-    json j = parse_json(std::string(json_text), origin, "is it a tokenizer.json? " + hint_ours);
+    const json j = parse_json(json_text, origin, "is it a tokenizer.json? " + hint_ours);
     FLASH_CHECK(j.is_object(), origin << ": the top level is not a JSON object", hint_ours);
     // A field that must be null or absent, or hold a given string in "type".
     auto type_of = [&](const char* field) -> std::string {
         if (!j.contains(field) || j[field].is_null()) return "null";
         const json& v = j[field];
         if (!v.is_object() || !v.contains("type") || !v["type"].is_string()) return "(no type)";
-        return v["type"].get<std::string>();
+        return clip_text(v["type"].get<std::string>());
     };
     FLASH_CHECK(j.contains("model") && j["model"].is_object(), origin << ": no \"model\" object",
                 "a tokenizer.json has a model; " << hint_ours);
     const json& model = j["model"];
     FLASH_CHECK(model.contains("type") && model["type"] == "BPE",
-                origin << ": model type is " << (model.contains("type") ? model["type"].dump() : "missing")
+                origin << ": model type is " << (model.contains("type") ? json_excerpt(model["type"]) : "missing")
                        << ", only \"BPE\" is supported",
                 "this tokenizer reads byte-level BPE files; " << hint_ours);
     FLASH_CHECK(type_of("normalizer") == "null", origin << ": has a normalizer (" << type_of("normalizer") << "), which this tokenizer does not implement",
@@ -760,7 +762,7 @@ Tokenizer Tokenizer::from_json(std::string_view json_text, const std::string& or
     FLASH_CHECK(dec == "ByteLevel" || dec == "null", origin << ": decoder is " << dec << ", only ByteLevel is supported", hint_ours);
     for (const char* field : {"dropout", "continuing_subword_prefix", "end_of_word_suffix"})
         FLASH_CHECK(!model.contains(field) || model[field].is_null(),
-                    origin << ": model." << field << " is " << model[field].dump() << ", only null is supported", hint_ours);
+                    origin << ": model." << field << " is " << json_excerpt(model[field]) << ", only null is supported", hint_ours);
     FLASH_CHECK(model.contains("vocab") && model["vocab"].is_object(), origin << ": model.vocab is missing or not an object", hint_ours);
     FLASH_CHECK(model.contains("merges") && model["merges"].is_array(), origin << ": model.merges is missing or not an array", hint_ours);
 
@@ -769,24 +771,28 @@ Tokenizer Tokenizer::from_json(std::string_view json_text, const std::string& or
     std::vector<std::string> tokens;
     std::vector<char> assigned;
     std::unordered_map<std::string, uint32_t> id_of_string;  // as spelled in the file
+    // Ids must cover 0..N-1 for the N entries, so an id of N or more is wrong; refusing it here also keeps a
+    // crafted id from sizing the tables below (a 4-billion-entry vocabulary).
+    const size_t n_entries = vocab.size() + (j.contains("added_tokens") ? j["added_tokens"].size() : 0);
     auto assign = [&](uint32_t id, std::string bytes, const std::string& spelled) {
-        FLASH_CHECK(id < (1u << 30), origin << ": token " << spelled << " has id " << id << ", far beyond any vocabulary",
+        FLASH_CHECK(id < n_entries, origin << ": token " << clip_text(spelled) << " has id " << id << ", but the file lists only "
+                                           << n_entries << " tokens",
                     "ids must be 0..vocab_size-1");
         if (id >= tokens.size()) {
             tokens.resize(id + 1);
             assigned.resize(id + 1, 0);
         }
-        FLASH_CHECK(!assigned[id], origin << ": id " << id << " is used by two tokens (" << bytes_to_unicode(tokens[id])
-                                          << " and " << spelled << ")", "every id must belong to one token");
+        FLASH_CHECK(!assigned[id], origin << ": id " << id << " is used by two tokens (" << clip_text(bytes_to_unicode(tokens[id]))
+                                          << " and " << clip_text(spelled) << ")", "every id must belong to one token");
         assigned[id] = 1;
         tokens[id] = std::move(bytes);
     };
     for (auto it = vocab.begin(); it != vocab.end(); ++it) {
-        FLASH_CHECK(it.value().is_number_unsigned(), origin << ": vocab entry \"" << it.key() << "\" has id "
-                                                            << it.value().dump() << ", not a non-negative integer", hint_ours);
+        FLASH_CHECK(it.value().is_number_unsigned(), origin << ": vocab entry \"" << clip_text(it.key()) << "\" has id "
+                                                            << json_excerpt(it.value()) << ", not a non-negative integer", hint_ours);
         std::string bytes;
         FLASH_CHECK(unicode_to_bytes(it.key(), bytes) && !bytes.empty(),
-                    origin << ": vocab entry \"" << it.key() << "\" is not a string of the GPT-2 byte-level alphabet",
+                    origin << ": vocab entry \"" << clip_text(it.key()) << "\" is not a string of the GPT-2 byte-level alphabet",
                     "a ByteLevel vocab spells bytes with the bytes-to-unicode mapping (space is \"Ġ\")");
         uint32_t id = it.value().get<uint32_t>();
         assign(id, std::move(bytes), "\"" + it.key() + "\"");
@@ -799,10 +805,10 @@ Tokenizer Tokenizer::from_json(std::string_view json_text, const std::string& or
     for (const json& t : j["added_tokens"]) {
         FLASH_CHECK(t.is_object() && t.contains("id") && t["id"].is_number_unsigned() && t.contains("content") &&
                         t["content"].is_string(),
-                    origin << ": an added_tokens entry lacks an integer \"id\" or a string \"content\": " << t.dump(), hint_ours);
+                    origin << ": an added_tokens entry lacks an integer \"id\" or a string \"content\": " << json_excerpt(t), hint_ours);
         std::string content = t["content"];
         uint32_t id = t["id"].get<uint32_t>();
-        FLASH_CHECK(content == kEndOfText || content == kMask, origin << ": added token \"" << content
+        FLASH_CHECK(content == kEndOfText || content == kMask, origin << ": added token \"" << clip_text(content)
                         << "\" is not supported, only " << kEndOfText << " and " << kMask,
                     "remove other special tokens");
         auto same = id_of_string.find(bytes_to_unicode(content));
@@ -844,25 +850,29 @@ Tokenizer Tokenizer::from_json(std::string_view json_text, const std::string& or
             const std::string& s = m.get_ref<const std::string&>();
             size_t sp = s.find(' ');
             FLASH_CHECK(sp != std::string::npos && sp > 0 && sp + 1 < s.size() && s.find(' ', sp + 1) == std::string::npos,
-                        origin << ": merge \"" << s << "\" is not two tokens separated by one space", hint_ours);
+                        origin << ": merge \"" << clip_text(s) << "\" is not two tokens separated by one space", hint_ours);
             left = s.substr(0, sp);
             right = s.substr(sp + 1);
         } else {
             FLASH_CHECK(m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string(),
-                        origin << ": merge " << m.dump() << " is neither \"a b\" nor [\"a\", \"b\"]", hint_ours);
+                        origin << ": merge " << json_excerpt(m) << " is neither \"a b\" nor [\"a\", \"b\"]", hint_ours);
             left = m[0].get<std::string>();
             right = m[1].get<std::string>();
         }
         auto l = id_of_string.find(left), r = id_of_string.find(right), res = id_of_string.find(left + right);
         FLASH_CHECK(l != id_of_string.end() && r != id_of_string.end(),
-                    origin << ": merge \"" << left << " " << right << "\" uses a token that is not in the vocab",
+                    origin << ": merge \"" << clip_text(left + " " + right) << "\" uses a token that is not in the vocab",
                     "merges may only combine vocab tokens");
         FLASH_CHECK(res != id_of_string.end(),
-                    origin << ": merge \"" << left << " " << right << "\" makes \"" << left << right << "\", which is not in the vocab",
+                    origin << ": merge \"" << clip_text(left + " " + right) << "\" makes \"" << clip_text(left + right) << "\", which is not in the vocab",
                     "every merge result needs a vocab entry");
         tok.merges_.push_back({l->second, r->second, res->second});
     }
-    tok.build_merge_index();
+    try {
+        tok.build_merge_index();
+    } catch (const flash_error& e) {
+        FLASH_FAIL(origin << ": " << e.what(), hint_ours);
+    }
     return tok;
 }
 
@@ -870,7 +880,7 @@ void Tokenizer::save(const std::string& path) const {
     std::string text = to_json();
     // Write a temporary file and rename it: an interrupted save never leaves a half-written file under
     // the real name (data/prepare.sh reuses a tokenizer.json that exists).
-    std::string tmp = path + ".tmp";
+    std::string tmp = path + "." + std::to_string(getpid()) + ".tmp";  // this process's own: writers never share one
     FILE* f = fopen(tmp.c_str(), "wb");
     FLASH_CHECK(f, "cannot write " << tmp << ": " << strerror(errno), "check that the directory exists and is writable");
     size_t wrote = fwrite(text.data(), 1, text.size(), f);
