@@ -161,6 +161,30 @@ TEST_CASE("2 ranks of 1 thread equal one process with the same global batch: los
     CHECK(metric(r.two, "grad_norm").size() == 10);
 }
 
+// The baselines too (BASELINES.md): the same data-parallel arithmetic through the Model interface, each tiny preset.
+TEST_CASE("2 ranks equal one process for every baseline arch: losses 1e-6, weights 1e-5") {
+    if (!can_run_mpi()) return;
+    for (const std::string preset : {"transformer++-tiny", "performer-tiny", "combiner-tiny"}) {
+        INFO(preset);
+        const std::string one = base_dir() + "/one_" + preset, two = base_dir() + "/two_" + preset;
+        const std::string args = "./train --model " + preset + " --batch 4 --steps 10 --warmup 3 --lr 3e-3 "
+                                 "--lr-min 3e-4 --eval-interval 5 --eval-batches 2 --sample-interval 0 "
+                                 "--ckpt-interval 100 --threads 1 --quiet --data-dir " + make_data_dir() + " --out-dir ";
+        const Job single = run_job(args + one), pair = run_job(ranks(2) + args + two);
+        REQUIRE_MESSAGE(single.rc == 0, single.output);
+        REQUIRE_MESSAGE(pair.rc == 0, pair.output);
+        const std::vector<double> a = metric(one, "train_loss"), b = metric(two, "train_loss");
+        REQUIRE(a.size() == 10);
+        REQUIRE(b.size() == 10);
+        double worst = 0;
+        for (int i = 0; i < 10; i++) worst = std::max(worst, std::fabs(a[i] - b[i]) / std::fabs(a[i]));
+        const double w = max_weight_rel_diff(one + "/ckpt_00000010.safetensors", two + "/ckpt_00000010.safetensors");
+        MESSAGE(preset << ": per-step loss largest relative difference " << worst << ", final weights " << w);
+        CHECK(worst <= 1e-6);
+        CHECK(w <= 1e-5);
+    }
+}
+
 TEST_CASE("2 ranks: a stop and a resume continue bit for bit; a resume as one process continues, with a note") {
     if (!can_run_mpi()) return;
     const SharedRuns& r = shared_runs();
