@@ -95,9 +95,11 @@ template <typename Real> void matmul_backward(Real* dx, Real* dw, Real* db, cons
 // bits. x is clamped to [−87, 88], where 2^k stays a normal float: below −87 it returns exp(−87) ≈ 1.6e-38 instead of
 // a denormal or 0, above 88 exp(88) ≈ 1.7e38 instead of inf. Measured max relative error against std::exp over
 // [−87, 88]: test_ops "exp_approx" (bound 2e-7, under 2 ulp; measured 7.7e-8).
-inline float exp_approx(float x) {
-    x = std::max(x, -87.0f);  // (not fmin/fmax: their NaN rules keep GCC from vectorising)
-    x = std::min(x, 88.0f);
+inline float exp_approx(float x_in) {
+    // Clamped by compares that send NaN to −87 (so the float-to-int conversion below is always in range); a NaN
+    // input is handed back at the end. (Not fmin/fmax: their NaN rules keep GCC from vectorising.)
+    float x = x_in > -87.0f ? x_in : -87.0f;
+    x = x < 88.0f ? x : 88.0f;
     const float t = x * 1.44269504f;  // x / ln 2
     // round to nearest: adding 1.5·2^23 pushes the fraction out of the mantissa (no -ffast-math here, so it stays)
     const float kf = (t + 12582912.0f) - 12582912.0f;
@@ -113,7 +115,7 @@ inline float exp_approx(float x) {
     const int32_t bits = ((int32_t)kf + 127) << 23;  // 2^k: k in [−126, 127]
     float scale;
     std::memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
+    return x_in == x_in ? p * scale : x_in;  // NaN stays NaN
 }
 // The exp of the tuned float paths; double (the gradient checks) keeps std::exp.
 inline float exp_tuned(float x) { return exp_approx(x); }

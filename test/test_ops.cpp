@@ -273,6 +273,9 @@ TEST_CASE("exp_approx: max relative error against exp below 2e-7 over [-87, 88],
     CHECK(exp_approx(-1000.0f) > 0.0f);
     CHECK(exp_approx(1000.0f) == exp_approx(88.0f));    // clamped: large and finite
     CHECK(std::isfinite(exp_approx(1000.0f)));
+    CHECK(std::isnan(exp_approx(NAN)));                 // NaN propagates (and no out-of-range conversion on the way)
+    CHECK(exp_approx(INFINITY) == exp_approx(88.0f));
+    CHECK(exp_approx(-INFINITY) == exp_approx(-87.0f));
 }
 
 // The tuned SiLU (vectorised, exp_approx in float) against the naive one (std::exp one value at a time), over
