@@ -461,14 +461,9 @@ template <typename Real>
 FlashModel<Real>::FlashModel(const FlashConfig& c) : cfg(c) {
     config_validate(cfg);
     check_model_state_fits((double)param_count(cfg), sizeof(Real));
-    specs = param_specs(cfg);
-    const size_t n = param_count(cfg);
-    params.assign(n, Real(0));
-    grads.assign(n, Real(0));
-    adam_m.assign(n, Real(0));
-    adam_v.assign(n, Real(0));
-    p = view_params(params.data(), cfg);
-    dp = view_params(grads.data(), cfg);
+    this->allocate(param_specs(cfg));
+    p = view_params(this->params.data(), cfg);
+    dp = view_params(this->grads.data(), cfg);
 }
 
 template <typename Real>
@@ -483,9 +478,8 @@ std::string FlashModel<Real>::shape_mismatch(const nlohmann::json& config) const
 
 template <typename Real>
 void FlashModel<Real>::init_weights(uint64_t seed, bool strong) {
-    std::fill(params.begin(), params.end(), Real(0));
-    std::fill(adam_m.begin(), adam_m.end(), Real(0));
-    std::fill(adam_v.begin(), adam_v.end(), Real(0));
+    std::fill(this->params.begin(), this->params.end(), Real(0));
+    this->zero_moments();
     init_flash_weights(p, cfg, seed, strong);
 }
 
@@ -537,11 +531,6 @@ double FlashModel<Real>::forward(const int* tok, const int* tgt, int B_, int T_)
 }
 
 template <typename Real>
-void FlashModel<Real>::zero_grad() {
-    std::fill(grads.begin(), grads.end(), Real(0));
-}
-
-template <typename Real>
 void FlashModel<Real>::backward() {
     FLASH_CHECK(B > 0 && (int)targets.size() == B * T, "backward() needs a forward() with targets first", "");
     const int N = B * T, d = cfg.d, e = cfg.e, s = cfg.s, I = cfg.inner(), C = cfg.chunk, V = cfg.vocab_size;
@@ -573,47 +562,6 @@ void FlashModel<Real>::backward() {
         scalenorm_backward(g.dres, dlp.norm_g, g.dxn, la.x, la.rstd, lp.norm_g, N, d);
     }
     encoder_backward(dp.wte, g.dres, tokens.data(), N, d);
-}
-
-template <typename Real>
-void FlashModel<Real>::adamw_update(double lr, const AdamWConfig& opt, int64_t t) {
-    ::adamw_update(params.data(), grads.data(), adam_m.data(), adam_v.data(), specs, lr, opt, t);
-}
-
-template <typename Real>
-double FlashModel<Real>::grad_norm() const {
-    double ss = 0;
-    for (Real gv : grads) ss += (double)gv * gv;
-    return std::sqrt(ss);
-}
-
-template <typename Real>
-void FlashModel<Real>::scale_grads(double factor) {
-    const Real f = (Real)factor;
-    for (Real& g : grads) g *= f;
-}
-
-template <typename Real>
-std::vector<Real>& FlashModel<Real>::buffer(ModelBuffer which) {
-    switch (which) {
-        case ModelBuffer::params: return params;
-        case ModelBuffer::grads: return grads;
-        case ModelBuffer::adam_m: return adam_m;
-        case ModelBuffer::adam_v: return adam_v;
-    }
-    FLASH_FAIL("unknown model buffer", "this is a bug");
-}
-
-template <typename Real>
-void FlashModel<Real>::copy_to_host(ModelBuffer which, Real* host) const {
-    const std::vector<Real>& b = const_cast<FlashModel<Real>*>(this)->buffer(which);
-    std::copy(b.begin(), b.end(), host);
-}
-
-template <typename Real>
-void FlashModel<Real>::copy_from_host(ModelBuffer which, const Real* host) {
-    std::vector<Real>& b = buffer(which);
-    std::copy(host, host + b.size(), b.begin());
 }
 
 template <typename Real>

@@ -1128,7 +1128,7 @@ static void cuda_model_scale_grads(FlashCuda* m, double factor) {
     CUDA_CHECK_LAUNCH("scale_kernel");
 }
 
-// One AdamW step over n values, in double as on the CPU (FlashModel::adamw_update):
+// One AdamW step over n values, in double as on the CPU (HostModel::adamw_update):
 //   m = β1 m + (1−β1) g;  v = β2 v + (1−β2) g²;  w −= lr · ((m/bc1) / (sqrt(v/bc2) + eps) + wd · w)
 __global__ void adamw_kernel(float* w, const float* grad, float* m1, float* m2, size_t n, double lr, double beta1,
                              double beta2, double eps, double wd, double bc1, double bc2) {

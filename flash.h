@@ -7,7 +7,8 @@
 //   - the index rules of chunked attention, shared with the CUDA kernels and the decoder;
 //   - the parameter layout (§7) and the activation layout: one flat buffer each, viewed through structs of pointers;
 //   - FLASH's own ops (§1 forward, §2 backward): offset-scale, local (quadratic) and global (linear) chunk attention;
-//   - FlashModel: forward to the loss, backward to every gradient, AdamW; and its FLOPs per token (§4).
+//   - FlashModel: forward to the loss, backward to every gradient (its buffers and AdamW are model.h's HostModel);
+//     and its FLOPs per token (§4).
 // Read flash.cpp top to bottom next to this file: every op's shapes are documented there.
 #pragma once
 #include <cstddef>
@@ -53,8 +54,6 @@ struct FlashConfig {
 
 FlashConfig config_preset(const std::string& name);        // "tiny", "small" or "base" (§5)
 void config_validate(const FlashConfig& c);                 // throws, naming the bad field
-FlashConfig config_preset(const std::string& name);        // "tiny", "small" or "base" (§5)
-void config_validate(const FlashConfig& c);                 // throws, naming the bad field
 
 // FLASH.md §4: forward FLOPs per token (a training step is about 3× that). The local part is counted at full C (as is
 // customary, although the causal kernels skip the upper half); the global part is counted even when C = T.
@@ -83,9 +82,6 @@ struct ParamView {
     std::vector<LayerParams<Real>> layers;
     Real* norm_f_g;  // (1)
 };
-template <typename Real>
-ParamView<Real> view_params(Real* base, const FlashConfig& c);
-
 // base may be a device pointer: this is pointer arithmetic only. Made by the same walk as param_specs.
 template <typename Real>
 ParamView<Real> view_params(Real* base, const FlashConfig& c);
@@ -193,12 +189,11 @@ void check_batch(const FlashConfig& cfg, const int* tokens, const int* targets, 
 template <typename Real>
 void init_flash_weights(const ParamView<Real>& p, const FlashConfig& cfg, uint64_t seed, bool strong);
 
-// FLASH on the CPU: the reference implementation of the Model interface (model.h).
+// FLASH on the CPU: the reference implementation of the Model interface (model.h). The buffers (params, grads,
+// adam_m, adam_v, specs) and the verbs on them alone are HostModel's.
 template <typename Real>
-struct FlashModel final : Model<Real> {
+struct FlashModel final : HostModel<Real> {
     FlashConfig cfg;
-    std::vector<TensorSpec> specs;
-    std::vector<Real> params, grads, adam_m, adam_v;   // flat, param_count(cfg) each
     ParamView<Real> p, dp;                             // named views of params and grads
     // Batch-dependent state, (re)allocated by forward when B or T change.
     int B = 0, T = 0;
@@ -211,29 +206,17 @@ struct FlashModel final : Model<Real> {
                                                        // (0 when none is scored, NaN without targets)
 
     explicit FlashModel(const FlashConfig& c);
-    FlashModel(const FlashModel&) = delete;            // the views point into this object's buffers
-    FlashModel& operator=(const FlashModel&) = delete;
 
     // The Model interface (model.h says what each verb does).
     std::string arch() const override { return "flash"; }
     nlohmann::json config_json() const override;
     std::string shape_mismatch(const nlohmann::json& config) const override;
-    const std::vector<TensorSpec>& tensor_specs() const override { return specs; }
     double forward_flops_per_token() const override { return ::forward_flops_per_token(cfg); }
     void init_weights(uint64_t seed, bool strong = false) override;
     double forward(const int* tokens, const int* targets, int B, int T) override;
-    void zero_grad() override;
     void backward() override;
-    double grad_norm() const override;
-    void scale_grads(double factor) override;
-    void adamw_update(double lr, const AdamWConfig& opt, int64_t t) override;
-    void copy_to_host(ModelBuffer which, Real* host) const override;
-    void copy_from_host(ModelBuffer which, const Real* host) override;
 
     // Frees the forward activations (act_buf, grad_act_buf), which a long prefill leaves behind (≈ 12 GB for a
     // 64K-token prompt in the small config) and decoding never reads; the next forward lays them out afresh.
     void release_activations();
-
-private:
-    std::vector<Real>& buffer(ModelBuffer which);
 };

@@ -1,8 +1,11 @@
-// model.cpp: what every model shares (clipping) and the factory that makes one. Read model.h first.
+// model.cpp: what every model shares (the CPU models' buffers and their verbs, clipping) and the factory that makes
+// one. Read model.h first.
 #include "model.h"
 
 #include "formats/json_file.h"  // clip_text
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 
 #include "flash.h"
@@ -11,6 +14,77 @@
 #ifdef FLASH_HAVE_CUDA
 #include "flash_cuda.h"
 #endif
+
+// ----------------------------------------------------------------------------------------------------
+// HostModel: the CPU models' buffers and the verbs on them
+
+template <typename Real>
+void HostModel<Real>::allocate(std::vector<TensorSpec> layout) {
+    specs = std::move(layout);
+    const size_t n = this->param_count();
+    params.assign(n, Real(0));
+    grads.assign(n, Real(0));
+    adam_m.assign(n, Real(0));
+    adam_v.assign(n, Real(0));
+}
+
+template <typename Real>
+void HostModel<Real>::zero_moments() {
+    std::fill(adam_m.begin(), adam_m.end(), Real(0));
+    std::fill(adam_v.begin(), adam_v.end(), Real(0));
+}
+
+template <typename Real>
+void HostModel<Real>::zero_grad() {
+    std::fill(grads.begin(), grads.end(), Real(0));
+}
+
+template <typename Real>
+double HostModel<Real>::grad_norm() const {
+    double ss = 0;
+    for (Real gv : grads) ss += (double)gv * gv;
+    return std::sqrt(ss);
+}
+
+template <typename Real>
+void HostModel<Real>::scale_grads(double factor) {
+    const Real f = (Real)factor;
+    for (Real& g : grads) g *= f;
+}
+
+template <typename Real>
+void HostModel<Real>::adamw_update(double lr, const AdamWConfig& opt, int64_t t) {
+    ::adamw_update(params.data(), grads.data(), adam_m.data(), adam_v.data(), specs, lr, opt, t);
+}
+
+template <typename Real>
+std::vector<Real>& HostModel<Real>::buffer(ModelBuffer which) {
+    switch (which) {
+        case ModelBuffer::params: return params;
+        case ModelBuffer::grads: return grads;
+        case ModelBuffer::adam_m: return adam_m;
+        case ModelBuffer::adam_v: return adam_v;
+    }
+    FLASH_FAIL("unknown model buffer", "this is a bug");
+}
+
+template <typename Real>
+void HostModel<Real>::copy_to_host(ModelBuffer which, Real* host) const {
+    const std::vector<Real>& b = const_cast<HostModel<Real>*>(this)->buffer(which);
+    std::copy(b.begin(), b.end(), host);
+}
+
+template <typename Real>
+void HostModel<Real>::copy_from_host(ModelBuffer which, const Real* host) {
+    std::vector<Real>& b = buffer(which);
+    std::copy(host, host + b.size(), b.begin());
+}
+
+template struct HostModel<float>;
+template struct HostModel<double>;
+
+// ----------------------------------------------------------------------------------------------------
+// Clipping
 
 template <typename Real>
 double clip_grad_norm(Model<Real>& m, double max_norm) {

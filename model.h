@@ -1,6 +1,7 @@
 // model.h: the one model interface. FLASH on the CPU (flash.h: FlashModel) and on the GPU (flash_cuda.h:
 // FlashCudaModel) implement it, and so do the baselines (transformer.h: TransformerModel). The trainer, ./sample
-// and the debug state hold a Model and never ask which device or architecture it is.
+// and the debug state hold a Model and never ask which device or architecture it is. The CPU models share their
+// buffers and the verbs on them (HostModel, below).
 //
 // Every architecture keeps its parameters, gradients and AdamW moments as flat buffers in the order of its
 // tensor_specs(); the host copies of those buffers are what checkpoints hold (formats/checkpoint.h), so a checkpoint
@@ -57,6 +58,36 @@ struct Model {
     virtual void copy_from_host(ModelBuffer which, const Real* host) = 0;
     // The buffer itself where it lives on a GPU (for NCCL's in-place all-reduce, dist.h); nullptr on the CPU.
     virtual Real* device_buffer(ModelBuffer which) { return nullptr; }
+};
+
+// What every CPU model shares: the spec table, the four flat host buffers in its layout, and the verbs that touch
+// only those buffers, written once here. FlashModel and TransformerModel derive from it and add their config, the
+// named views of params and grads, and the forward and backward passes; the GPU model keeps device buffers instead.
+template <typename Real>
+struct HostModel : Model<Real> {
+    std::vector<TensorSpec> specs;                    // the parameter layout, in checkpoint order
+    std::vector<Real> params, grads, adam_m, adam_v;  // flat, param_count() values each, in the layout of specs
+
+    HostModel(const HostModel&) = delete;  // the derived models' views point into these buffers
+    HostModel& operator=(const HostModel&) = delete;
+
+    const std::vector<TensorSpec>& tensor_specs() const override { return specs; }
+    void zero_grad() override;
+    double grad_norm() const override;
+    void scale_grads(double factor) override;
+    void adamw_update(double lr, const AdamWConfig& opt, int64_t t) override;  // ops.h's, trained tensors only
+    void copy_to_host(ModelBuffer which, Real* host) const override;
+    void copy_from_host(ModelBuffer which, const Real* host) override;
+
+protected:
+    HostModel() = default;
+    // Takes the layout and allocates the four buffers, zeroed. The derived constructor calls it once its config is
+    // validated and its size checked, then points its views into params and grads.
+    void allocate(std::vector<TensorSpec> layout);
+    void zero_moments();  // adam_m = adam_v = 0: the optimizer starts afresh (init_weights)
+
+private:
+    std::vector<Real>& buffer(ModelBuffer which);
 };
 
 // Gradient clipping, the one place it happens: scales the gradients so that their global norm is at most max_norm

@@ -674,14 +674,9 @@ template <typename Real>
 TransformerModel<Real>::TransformerModel(const TransformerConfig& c) : cfg(c) {
     transformer_config_validate(cfg);
     check_model_state_fits((double)transformer_param_count(cfg), sizeof(Real));
-    specs = transformer_param_specs(cfg);
-    const size_t n = this->param_count();
-    params.assign(n, Real(0));
-    grads.assign(n, Real(0));
-    adam_m.assign(n, Real(0));
-    adam_v.assign(n, Real(0));
-    p = view_transformer_params(params.data(), cfg, true);
-    dp = view_transformer_params(grads.data(), cfg, false);
+    this->allocate(transformer_param_specs(cfg));
+    p = view_transformer_params(this->params.data(), cfg, true);
+    dp = view_transformer_params(this->grads.data(), cfg, false);
 }
 
 template <typename Real>
@@ -697,11 +692,10 @@ std::string TransformerModel<Real>::shape_mismatch(const nlohmann::json& config)
 template <typename Real>
 void TransformerModel<Real>::init_weights(uint64_t seed, bool strong) {
     Rng rng(seed);
-    std::fill(adam_m.begin(), adam_m.end(), Real(0));
-    std::fill(adam_v.begin(), adam_v.end(), Real(0));
-    for (const TensorSpec& t : specs) {  // trained tensors, in checkpoint order
+    this->zero_moments();
+    for (const TensorSpec& t : this->specs) {  // trained tensors, in checkpoint order
         if (!t.trained) continue;
-        Real* x = params.data() + t.offset;
+        Real* x = this->params.data() + t.offset;
         const bool gain = t.shape.size() == 1;  // the RMSNorm gains; every other trained tensor is a matrix
         double mean = 0, std = 0.02;
         if (gain) mean = 1, std = strong ? 0.2 : 0.0;
@@ -709,11 +703,11 @@ void TransformerModel<Real>::init_weights(uint64_t seed, bool strong) {
         for (size_t i = 0; i < t.count; i++) x[i] = (Real)(std ? mean + std * rng.normal() : mean);
     }
     std::vector<double> omega;
-    for (const TensorSpec& t : specs) {  // Ω after every trained tensor (see transformer.h)
+    for (const TensorSpec& t : this->specs) {  // Ω after every trained tensor (see transformer.h)
         if (t.trained) continue;
         omega.resize(t.count);
         draw_omega(omega.data(), (int)t.shape[0], (int)t.shape[1], rng);
-        std::copy(omega.begin(), omega.end(), params.begin() + t.offset);
+        std::copy(omega.begin(), omega.end(), this->params.begin() + t.offset);
     }
 }
 
@@ -783,11 +777,6 @@ double TransformerModel<Real>::forward(const int* tok, const int* tgt, int B_, i
 }
 
 template <typename Real>
-void TransformerModel<Real>::zero_grad() {
-    std::fill(grads.begin(), grads.end(), Real(0));
-}
-
-template <typename Real>
 void TransformerModel<Real>::backward() {
     FLASH_CHECK(B > 0 && (int)targets.size() == B * T, "backward() needs a forward() with targets first", "");
     const int N = B * T, d = cfg.d, f = cfg.ffn, H = cfg.n_heads, hd = cfg.head_dim(), BH = B * H, m = cfg.features;
@@ -835,47 +824,6 @@ void TransformerModel<Real>::backward() {
         rmsnorm_backward(g.dres, dlp.attn_norm_g, g.dxn, la.x, la.rstd_a, lp.attn_norm_g, N, d);
     }
     encoder_backward(dp.wte, g.dres, tokens.data(), N, d);
-}
-
-template <typename Real>
-void TransformerModel<Real>::adamw_update(double lr, const AdamWConfig& opt, int64_t t) {
-    ::adamw_update(params.data(), grads.data(), adam_m.data(), adam_v.data(), specs, lr, opt, t);
-}
-
-template <typename Real>
-double TransformerModel<Real>::grad_norm() const {
-    double ss = 0;
-    for (Real gv : grads) ss += (double)gv * gv;
-    return std::sqrt(ss);
-}
-
-template <typename Real>
-void TransformerModel<Real>::scale_grads(double factor) {
-    const Real f = (Real)factor;
-    for (Real& g : grads) g *= f;
-}
-
-template <typename Real>
-std::vector<Real>& TransformerModel<Real>::buffer(ModelBuffer which) {
-    switch (which) {
-        case ModelBuffer::params: return params;
-        case ModelBuffer::grads: return grads;
-        case ModelBuffer::adam_m: return adam_m;
-        case ModelBuffer::adam_v: return adam_v;
-    }
-    FLASH_FAIL("unknown model buffer", "this is a bug");
-}
-
-template <typename Real>
-void TransformerModel<Real>::copy_to_host(ModelBuffer which, Real* host) const {
-    const std::vector<Real>& b = const_cast<TransformerModel<Real>*>(this)->buffer(which);
-    std::copy(b.begin(), b.end(), host);
-}
-
-template <typename Real>
-void TransformerModel<Real>::copy_from_host(ModelBuffer which, const Real* host) {
-    std::vector<Real>& b = buffer(which);
-    std::copy(host, host + b.size(), b.begin());
 }
 
 // ====================================================================================================

@@ -197,12 +197,12 @@ template <typename Real> void linear_attention_backward(Real* dphq, Real* dphk, 
 // A batch the model can take: B, T > 0 (Combiner: T a multiple of block), ids as ops.h: check_token_ids.
 void check_transformer_batch(const TransformerConfig& cfg, const int* tokens, const int* targets, int B, int T);
 
-// Transformer++, Performer and Combiner on the CPU: the Model interface (model.h).
+// Transformer++, Performer and Combiner on the CPU: the Model interface (model.h). The buffers (params, grads,
+// adam_m, adam_v in the layout of specs; Ω included, in params only) and the verbs on them alone are HostModel's;
+// its adamw_update skips Ω (not trained).
 template <typename Real>
-struct TransformerModel final : Model<Real> {
+struct TransformerModel final : HostModel<Real> {
     TransformerConfig cfg;
-    std::vector<TensorSpec> specs;
-    std::vector<Real> params, grads, adam_m, adam_v;  // flat, in the layout of specs (Ω included, in params only)
     TransformerParamView<Real> p, dp;                 // named views (dp's omega pointers are null)
     // Not part of the model: Performer's causal chunk size, and the FAVOR+ stabilisers (on; the tests turn them
     // off to show that they cancel).
@@ -218,28 +218,16 @@ struct TransformerModel final : Model<Real> {
     double loss = 0;                         // mean loss of the last forward (NaN without targets)
 
     explicit TransformerModel(const TransformerConfig& c);
-    TransformerModel(const TransformerModel&) = delete;  // the views point into this object's buffers
-    TransformerModel& operator=(const TransformerModel&) = delete;
 
     // The Model interface (model.h says what each verb does).
     std::string arch() const override { return cfg.arch; }
     nlohmann::json config_json() const override;
     std::string shape_mismatch(const nlohmann::json& config) const override;
-    const std::vector<TensorSpec>& tensor_specs() const override { return specs; }
     double forward_flops_per_token() const override { return transformer_forward_flops_per_token(cfg); }
     // BASELINES.md §1: W, wte ~ N(0, 0.02), every g = 1. strong = true (tests): wte ~ N(0, 0.3), matrices of
     // unit gain N(0, 1/fan_in), gains ~ N(1, 0.2). Ω (BASELINES.md §2) is drawn after the trained tensors from the
     // same Rng, so a Transformer++ and a Performer of one seed start from the same trained weights.
     void init_weights(uint64_t seed, bool strong = false) override;
     double forward(const int* tokens, const int* targets, int B, int T) override;
-    void zero_grad() override;
     void backward() override;
-    double grad_norm() const override;
-    void scale_grads(double factor) override;
-    void adamw_update(double lr, const AdamWConfig& opt, int64_t t) override;  // trained tensors only
-    void copy_to_host(ModelBuffer which, Real* host) const override;
-    void copy_from_host(ModelBuffer which, const Real* host) override;
-
-private:
-    std::vector<Real>& buffer(ModelBuffer which);
 };

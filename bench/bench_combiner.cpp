@@ -2,27 +2,15 @@
 // number of tokens per call, in float. Prints the time, the model FLOPs per token of combiner_attention_flops_per_token
 // (4·d·(c + n + 1)) and the rate they run at; softmax attention's 4·d·T is shown for scale.
 //   build/bench_combiner [block] [d] [heads]        defaults: 128 256 4 (the small width, h = 64)
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <functional>
 #include <vector>
 
 #include <omp.h>
 
+#include "bench/bench_util.h"
 #include "combiner.h"
 #include "flash.h"
-
-static double seconds(const std::function<void()>& f, int reps = 3) {  // best of reps, after a warm-up
-    f();
-    double best = 1e30;
-    for (int r = 0; r < reps; r++) {
-        auto t0 = std::chrono::steady_clock::now();
-        f();
-        best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-    }
-    return best;
-}
 
 int main(int argc, char** argv) {
     try {

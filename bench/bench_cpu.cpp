@@ -14,7 +14,6 @@
 #include <cblas.h>
 #include <omp.h>
 
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
@@ -23,22 +22,12 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "flash.h"
 #include "formats/config.h"
 #include "model.h"
 #include "options.h"
 #include "transformer.h"
-
-static double seconds(const std::function<void()>& f, int reps = 3) {  // best of reps, after a warm-up
-    f();  // warm-up
-    double best = 1e30;
-    for (int r = 0; r < reps; r++) {
-        auto t0 = std::chrono::steady_clock::now();
-        f();
-        best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-    }
-    return best;
-}
 
 // One model of the comparison (BASELINES.md §5): its name in the table and its config at sequence length T.
 struct ScalingModel {

@@ -10,6 +10,54 @@
 
 using json = nlohmann::json;
 
+// ----------------------------------------------------------------------------------------------------
+// What every arch's reader does with a field: refuse a key that is not the arch's, and read a key that is present
+// (an absent one keeps dst, the default), refusing a value of the wrong kind.
+
+namespace {
+
+void check_fields_belong(const json& j, const std::string& arch, const std::vector<std::string>& known) {
+    for (auto it = j.begin(); it != j.end(); ++it) {
+        if (std::find(known.begin(), known.end(), it.key()) != known.end()) continue;
+        std::string list;
+        for (const std::string& k : known) list += (list.empty() ? "" : ", ") + k;
+        FLASH_FAIL("config field '" << clip_text(it.key()) << "' does not belong to arch " << clip_text(arch),
+                   "remove it; the fields of " << clip_text(arch) << " are " << list);
+    }
+}
+
+void read_int(const json& j, const char* k, int& dst) {
+    if (!j.contains(k)) return;
+    const json& v = j[k];
+    FLASH_CHECK(v.is_number_integer(), "config field '" << k << "' must be an integer, got " << json_excerpt(v),
+                "write e.g. \"" << k << "\": " << dst);
+    long long x = v.get<long long>();
+    FLASH_CHECK(x >= std::numeric_limits<int>::min() && x <= std::numeric_limits<int>::max(),
+                "config field '" << k << "' is out of range: " << x, "fix '" << k << "'");
+    dst = (int)x;
+}
+
+void read_double(const json& j, const char* k, double& dst) {
+    if (!j.contains(k)) return;
+    const json& v = j[k];
+    FLASH_CHECK(v.is_number(), "config field '" << k << "' must be a number, got " << json_excerpt(v),
+                "write e.g. \"" << k << "\": " << dst);
+    dst = v.get<double>();
+}
+
+void read_bool(const json& j, const char* k, bool& dst) {
+    if (!j.contains(k)) return;
+    const json& v = j[k];
+    FLASH_CHECK(v.is_boolean(), "config field '" << k << "' must be true or false, got " << json_excerpt(v),
+                "write \"" << k << "\": true");
+    dst = v.get<bool>();
+}
+
+}  // namespace
+
+// ----------------------------------------------------------------------------------------------------
+// FLASH (FLASH.md §5)
+
 FlashConfig config_from_json(const json& j) {
     FLASH_CHECK(j.is_object(), "model config must be a JSON object, got " << j.type_name(),
                 "write {\"d\": 256, ...} with the keys of FLASH.md section 5");
@@ -18,46 +66,18 @@ FlashConfig config_from_json(const json& j) {
     if (j.contains("arch"))
         FLASH_CHECK(j["arch"] == "flash", "model config field 'arch' is " << json_excerpt(j["arch"]) << ", not \"flash\"",
                     "this is a FLASH config reader; make_model picks the reader for each arch");
-    static const char* known[] = {"arch", "vocab_size", "d", "e", "s", "n_layers", "chunk", "seq_len", "causal", "eps",
-                                  "rope_base"};
-    for (auto it = j.begin(); it != j.end(); ++it) {
-        bool ok = false;
-        for (const char* k : known) ok = ok || it.key() == k;
-        FLASH_CHECK(ok, "unknown model config field '" << clip_text(it.key()) << "': it does not belong to arch flash",
-                    "the fields of flash are arch, vocab_size, d, e, s, n_layers, chunk, seq_len, causal, eps, "
-                    "rope_base");
-    }
-    auto get_int = [&](const char* k, int& dst) {
-        if (!j.contains(k)) return;
-        const json& v = j[k];
-        FLASH_CHECK(v.is_number_integer(), "config field '" << k << "' must be an integer, got " << json_excerpt(v),
-                    "write e.g. \"" << k << "\": " << dst);
-        long long x = v.get<long long>();
-        FLASH_CHECK(x >= std::numeric_limits<int>::min() && x <= std::numeric_limits<int>::max(),
-                    "config field '" << k << "' is out of range: " << x, "fix '" << k << "'");
-        dst = (int)x;
-    };
-    auto get_double = [&](const char* k, double& dst) {
-        if (!j.contains(k)) return;
-        const json& v = j[k];
-        FLASH_CHECK(v.is_number(), "config field '" << k << "' must be a number, got " << json_excerpt(v),
-                    "write e.g. \"" << k << "\": " << dst);
-        dst = v.get<double>();
-    };
-    get_int("vocab_size", c.vocab_size);
-    get_int("d", c.d);
-    get_int("e", c.e);
-    get_int("s", c.s);
-    get_int("n_layers", c.n_layers);
-    get_int("chunk", c.chunk);
-    get_int("seq_len", c.seq_len);
-    if (j.contains("causal")) {
-        FLASH_CHECK(j["causal"].is_boolean(), "config field 'causal' must be true or false, got " << json_excerpt(j["causal"]),
-                    "write \"causal\": true");
-        c.causal = j["causal"].get<bool>();
-    }
-    get_double("eps", c.eps);
-    get_double("rope_base", c.rope_base);
+    check_fields_belong(j, "flash", {"arch", "vocab_size", "d", "e", "s", "n_layers", "chunk", "seq_len", "causal",
+                                     "eps", "rope_base"});
+    read_int(j, "vocab_size", c.vocab_size);
+    read_int(j, "d", c.d);
+    read_int(j, "e", c.e);
+    read_int(j, "s", c.s);
+    read_int(j, "n_layers", c.n_layers);
+    read_int(j, "chunk", c.chunk);
+    read_int(j, "seq_len", c.seq_len);
+    read_bool(j, "causal", c.causal);
+    read_double(j, "eps", c.eps);
+    read_double(j, "rope_base", c.rope_base);
     config_validate(c);
     return c;
 }
@@ -102,49 +122,22 @@ TransformerConfig transformer_config_from_json(const json& j) {
                                       "eps", "rope_base"};
     if (c.performer()) known.push_back("features");
     if (c.combiner()) known.push_back("block");
-    for (auto it = j.begin(); it != j.end(); ++it) {
-        std::string list;
-        for (const std::string& k : known) list += (list.empty() ? "" : ", ") + k;
-        FLASH_CHECK(std::find(known.begin(), known.end(), it.key()) != known.end(),
-                    "config field '" << clip_text(it.key()) << "' does not belong to arch " << clip_text(c.arch),
-                    "remove it; the fields of " << clip_text(c.arch) << " are " << list);
-    }
-    auto get_int = [&](const char* k, int& dst) {
-        if (!j.contains(k)) return;
-        const json& v = j[k];
-        FLASH_CHECK(v.is_number_integer(), "config field '" << k << "' must be an integer, got " << json_excerpt(v),
-                    "write e.g. \"" << k << "\": " << dst);
-        long long x = v.get<long long>();
-        FLASH_CHECK(x >= std::numeric_limits<int>::min() && x <= std::numeric_limits<int>::max(),
-                    "config field '" << k << "' is out of range: " << x, "fix '" << k << "'");
-        dst = (int)x;
-    };
-    auto get_double = [&](const char* k, double& dst) {
-        if (!j.contains(k)) return;
-        const json& v = j[k];
-        FLASH_CHECK(v.is_number(), "config field '" << k << "' must be a number, got " << json_excerpt(v),
-                    "write e.g. \"" << k << "\": " << dst);
-        dst = v.get<double>();
-    };
-    get_int("vocab_size", c.vocab_size);
-    get_int("d", c.d);
+    check_fields_belong(j, c.arch, known);
+    read_int(j, "vocab_size", c.vocab_size);
+    read_int(j, "d", c.d);
     // BASELINES.md §1's defaults follow d unless given: H = d/64 where 64 divides d (else 1), f = 3d, m = 4h.
     c.n_heads = (c.d % 64 == 0) ? c.d / 64 : 1;
     c.ffn = 3 * c.d;
-    get_int("n_heads", c.n_heads);
-    get_int("ffn", c.ffn);
+    read_int(j, "n_heads", c.n_heads);
+    read_int(j, "ffn", c.ffn);
     if (c.n_heads > 0 && c.d % c.n_heads == 0) c.features = 4 * c.head_dim();
-    get_int("features", c.features);
-    get_int("block", c.block);
-    get_int("n_layers", c.n_layers);
-    get_int("seq_len", c.seq_len);
-    if (j.contains("causal")) {
-        FLASH_CHECK(j["causal"].is_boolean(), "config field 'causal' must be true or false, got " << json_excerpt(j["causal"]),
-                    "write \"causal\": true");
-        c.causal = j["causal"].get<bool>();
-    }
-    get_double("eps", c.eps);
-    get_double("rope_base", c.rope_base);
+    read_int(j, "features", c.features);
+    read_int(j, "block", c.block);
+    read_int(j, "n_layers", c.n_layers);
+    read_int(j, "seq_len", c.seq_len);
+    read_bool(j, "causal", c.causal);
+    read_double(j, "eps", c.eps);
+    read_double(j, "rope_base", c.rope_base);
     transformer_config_validate(c);
     return c;
 }

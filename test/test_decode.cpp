@@ -28,25 +28,7 @@ FlashConfig variant() {
     return c;
 }
 
-std::vector<int> random_tokens(int V, int n, uint64_t seed) {
-    Rng rng(seed);
-    std::vector<int> t(n);
-    for (int& x : t) x = rng.below(V);
-    return t;
-}
-
-// Largest |a − b| over n values, relative to the largest |b| (the logits' scale: ~0.1 under the paper's init,
-// ~10 under the strong one).
-template <typename Real>
-double rel_err(const Real* a, const Real* b, size_t n) {
-    double err = 0, scale = 1e-30;
-    for (size_t i = 0; i < n; i++) {
-        err = std::max(err, std::fabs((double)a[i] - (double)b[i]));
-        scale = std::max(scale, std::fabs((double)b[i]));
-    }
-    return err / scale;
-}
-
+// Of rel_err (testutil.h), relative to the logits' scale: ~0.1 under the paper's init, ~10 under the strong one.
 template <typename Real> double tolerance();
 template <> double tolerance<float>() { return 1e-5; }
 template <> double tolerance<double>() { return 1e-12; }

@@ -26,24 +26,6 @@ const int kT = 16;  // the tiny preset's seq_len; Combiner spans of 4 make 4 spa
 
 TransformerConfig tiny(const std::string& arch) { return transformer_preset("tiny", arch); }
 
-std::vector<int> random_tokens(int V, int n, uint64_t seed) {
-    Rng rng(seed);
-    std::vector<int> t(n);
-    for (int& x : t) x = rng.below(V);
-    return t;
-}
-
-// Largest |a − b| over n values, relative to the largest |b| (the logits' scale).
-template <typename Real>
-double rel_err(const Real* a, const Real* b, size_t n) {
-    double err = 0, scale = 1e-30;
-    for (size_t i = 0; i < n; i++) {
-        err = std::max(err, std::fabs((double)a[i] - (double)b[i]));
-        scale = std::max(scale, std::fabs((double)b[i]));
-    }
-    return err / scale;
-}
-
 // Double: the decoder and the forward differ only in the order of their sums (BLAS blocking, Performer's chunked
 // prefix sums against one row at a time and its running key maximum against the sequence's), so ~1e-15 is seen.
 // Float: the same differences at float's 6e-8 per operation, through a few dozen operations per block and 2 blocks

@@ -1,7 +1,8 @@
-// testutil.h: helpers shared by the tests: random tensors and the finite-difference gradient check.
+// testutil.h: helpers shared by the tests: random tensors and tokens, errors, and the finite-difference gradient check.
 #pragma once
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <functional>
 #include <vector>
 
@@ -27,6 +28,25 @@ inline double max_abs_diff(const double* a, const double* b, size_t n) {
     double m = 0;
     for (size_t i = 0; i < n; i++) m = std::max(m, std::fabs(a[i] - b[i]));
     return m;
+}
+
+// Largest |a − b| over n values, relative to the largest |b| (for logits: their scale).
+template <typename Real>
+double rel_err(const Real* a, const Real* b, size_t n) {
+    double err = 0, scale = 1e-30;
+    for (size_t i = 0; i < n; i++) {
+        err = std::max(err, std::fabs((double)a[i] - (double)b[i]));
+        scale = std::max(scale, std::fabs((double)b[i]));
+    }
+    return err / scale;
+}
+
+// n token ids drawn uniformly from [0, V) by an Rng of the seed.
+inline std::vector<int> random_tokens(int V, int n, uint64_t seed) {
+    Rng rng(seed);
+    std::vector<int> t(n);
+    for (int& x : t) x = rng.below(V);
+    return t;
 }
 
 // Relative error of an analytic gradient against central finite differences, measured per tensor as
