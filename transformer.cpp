@@ -716,6 +716,7 @@ template <typename Real>
 static void layout_activations(TransformerModel<Real>& m, int B, int T) {
     size_t n_act, n_grad;
     view_transformer_activations<Real>(m.acts, m.dacts, nullptr, nullptr, m.cfg, B, T, &n_act, &n_grad);
+    check_activations_fit((double)n_act, (double)n_grad, B, T, sizeof(Real));  // refused before allocating
     m.act_buf.assign(n_act, Real(0));
     m.grad_act_buf.assign(n_grad, Real(0));
     view_transformer_activations(m.acts, m.dacts, m.act_buf.data(), m.grad_act_buf.data(), m.cfg, B, T, &n_act,
@@ -727,6 +728,7 @@ static void layout_activations(TransformerModel<Real>& m, int B, int T) {
 
 template <typename Real>
 double TransformerModel<Real>::forward(const int* tok, const int* tgt, int B_, int T_) {
+    check_token_count(B_, T_);  // before B * T is computed in int
     check_transformer_batch(cfg, tok, tgt, B_, T_);
     const int N = B_ * T_, V = cfg.vocab_size;
     if (B_ != B || T_ != T) layout_activations(*this, B_, T_);

@@ -20,6 +20,7 @@
 #include "testutil.h"
 #include "tokenizer/bpe.h"
 #include "trainer.h"
+#include "transformer.h"
 
 namespace fs = std::filesystem;
 
@@ -567,6 +568,18 @@ TEST_CASE("sizes that cannot fit are refused with the figures, before allocating
     huge.d = 1 << 16;
     CHECK_THROWS_WITH_AS(FlashModel<float>{huge}, doctest::Contains("parameters, their gradients and AdamW moments need"),
                          flash_error);
+    // the baselines' activations too (BASELINES.md): refused by the model before it allocates them
+    TransformerModel<float> performer(transformer_preset("tiny", "performer"));
+    std::vector<int> few(16, 1);
+    CHECK_THROWS_WITH_AS(performer.forward(few.data(), nullptr, 2000000000, 16),
+                         doctest::Contains("more than the 2147483647 an int indexes"), flash_error);
+    // one block at d = 1024 (50 MB of weights) over 2M tokens (8 MB): about 500 GB of activations: more than any machine
+    TransformerConfig wide = transformer_preset("tiny", "performer");
+    wide.d = 1024; wide.n_heads = 16; wide.ffn = 3072; wide.features = 256; wide.n_layers = 1;
+    TransformerModel<float> wide_model(wide);
+    std::vector<int> long_row(2000000, 1);
+    CHECK_THROWS_WITH_AS(wide_model.forward(long_row.data(), nullptr, 1, (int)long_row.size()),
+                         doctest::Contains("the activations of a batch of 1 x 2000000 tokens need"), flash_error);
     CHECK_THROWS_WITH_AS(check_fits_in_memory(1e18, "a test", "none"),
                          doctest::Contains("a test need 1000000000.0 GB, but this machine has"), flash_error);
     fs::remove_all(o.out_dir);
