@@ -36,7 +36,7 @@ void HostModel<Real>::zero_moments() {
 
 template <typename Real>
 void HostModel<Real>::zero_grad() {
-    std::fill(grads.begin(), grads.end(), Real(0));
+    zero_fill(grads.data(), grads.size());
 }
 
 template <typename Real>

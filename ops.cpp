@@ -16,15 +16,67 @@
 // ====================================================================================================
 // BLAS: y = alpha · op(A) · op(B) + beta · C, row-major, one overload per precision.
 
-void gemm(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda, const float* B, int ldb,
-                 float beta, float* C, int ldc) {
+void gemm_blas(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda, const float* B, int ldb,
+               float beta, float* C, int ldc) {
     cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda,
                 B, ldb, beta, C, ldc);
 }
-void gemm(bool ta, bool tb, int M, int N, int K, double alpha, const double* A, int lda, const double* B,
-                 int ldb, double beta, double* C, int ldc) {
+void gemm_blas(bool ta, bool tb, int M, int N, int K, double alpha, const double* A, int lda, const double* B,
+               int ldb, double beta, double* C, int ldc) {
     cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda,
                 B, ldb, beta, C, ldc);
+}
+
+// Why the project splits its products itself (issue 11): OpenBLAS's pthread build runs its own threads, and after
+// every OpenMP loop of the step the OpenMP threads keep spinning for a while, so on a machine with as many threads
+// as cores the two pools take turns on the cores. Measured on 2 cores: 2 threads were 1.35× one, 2 MPI ranks of one
+// thread 1.8×. Here a product is cut into one block of C per thread, whole rows of C (or whole columns, when C is
+// wider than tall), and each block is one single-threaded BLAS call inside an OpenMP loop: one pool of threads.
+// A block's elements are computed exactly as in a one-block call of the same shape; the blocks' boundaries are on
+// multiples of 16 (whole cache lines of C).
+template <typename Real>
+static void gemm_split(bool ta, bool tb, int M, int N, int K, Real alpha, const Real* A, int lda, const Real* B,
+                       int ldb, Real beta, Real* C, int ldc) {
+    const bool by_rows = M >= N;
+    const int extent = by_rows ? M : N;
+    const int parts = gemm_parts(M, N, K);
+    if (parts <= 1) {
+        gemm_blas(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    const int saved = openblas_get_num_threads();
+    openblas_set_num_threads(1);
+#pragma omp parallel for num_threads(parts) schedule(static, 1)
+    for (int p = 0; p < parts; p++) {
+        const int lo = p == 0 ? 0 : (int)((int64_t)extent * p / parts) / 16 * 16;
+        const int hi = p == parts - 1 ? extent : (int)((int64_t)extent * (p + 1) / parts) / 16 * 16;
+        if (hi <= lo) continue;
+        if (by_rows)  // rows lo..hi of op(A) and of C
+            gemm_blas(ta, tb, hi - lo, N, K, alpha, ta ? A + lo : A + (size_t)lo * lda, lda, B, ldb, beta,
+                      C + (size_t)lo * ldc, ldc);
+        else  // columns lo..hi of op(B) and of C
+            gemm_blas(ta, tb, M, hi - lo, K, alpha, A, lda, tb ? B + (size_t)lo * ldb : B + lo, ldb, beta, C + lo, ldc);
+    }
+    openblas_set_num_threads(saved);
+}
+
+int gemm_parts(int M, int N, int K) {
+    if (omp_in_parallel()) return 1;  // already one thread's share of a parallel loop (e.g. ChunkParallelism)
+    // As many parts as threads, where BLAS would have been allowed that many (a caller that holds BLAS at one thread
+    // keeps one-block products), each block at least 16 wide and worth a fork (a few MFLOP).
+    const int threads = std::min(omp_get_max_threads(), openblas_get_num_threads());
+    const int widest = std::max(M, N);
+    if (threads <= 1 || 2.0 * M * N * K < 4e6) return 1;
+    return std::max(1, std::min(threads, widest / 16));
+}
+
+void gemm(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda, const float* B, int ldb,
+          float beta, float* C, int ldc) {
+    gemm_split(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+void gemm(bool ta, bool tb, int M, int N, int K, double alpha, const double* A, int lda, const double* B, int ldb,
+          double beta, double* C, int ldc) {
+    gemm_split(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 ChunkParallelism::ChunkParallelism(int n_chunks)
@@ -37,9 +89,13 @@ double measure_sgemm_peak() {
     const int n = 1024;
     std::vector<float> a((size_t)n * n, 1.0f), b((size_t)n * n, 0.5f), c((size_t)n * n);
     double best = 0;
-    for (int rep = 0; rep < 10; rep++) {
+    for (int rep = 0; rep < 20; rep++) {
         auto t0 = std::chrono::steady_clock::now();
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
+        if (rep % 2 == 0)  // OpenBLAS's own threads
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f,
+                        c.data(), n);
+        else  // the project's split (gemm above)
+            gemm(false, false, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
         double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         best = std::max(best, 2.0 * n * n * n / sec);
     }
@@ -234,6 +290,13 @@ void gate_backward(Real* du, int lddu, Real* d_o, const Real* dgated, const Real
 }
 
 // y += x: the residual connection (its backward passes the gradient through unchanged)
+// x[0..n) = 0
+template <typename Real>
+void zero_fill(Real* x, size_t n) {
+#pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < n; i++) x[i] = Real(0);
+}
+
 template <typename Real>
 void residual_forward(Real* y, const Real* x, size_t n) {
 #pragma omp parallel for
@@ -380,6 +443,7 @@ INSTANTIATE(rope_backward)
 INSTANTIATE(gate_forward)
 INSTANTIATE(gate_backward)
 INSTANTIATE(residual_forward)
+INSTANTIATE(zero_fill)
 INSTANTIATE(logits_forward)
 INSTANTIATE(logits_backward)
 INSTANTIATE(crossentropy_forward)

@@ -45,11 +45,20 @@ size_t trained_param_count(const std::vector<TensorSpec>& specs);
 
 // ----------------------------------------------------------------------------------------------------
 // Matrix products. gemm: C = alpha · op(A) · op(B) + beta · C, row-major, op(A) (M,K), op(B) (K,N); one overload per
-// precision (OpenBLAS sgemm / dgemm).
+// precision. A large product is split among the OpenMP threads (ops.cpp says why): gemm_parts blocks of whole rows
+// (or columns) of C, each one single-threaded BLAS call. gemm_blas is the plain OpenBLAS call (sgemm / dgemm, with
+// OpenBLAS's own threads), the naive version the tests compare gemm with.
 void gemm(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda, const float* B, int ldb,
           float beta, float* C, int ldc);
 void gemm(bool ta, bool tb, int M, int N, int K, double alpha, const double* A, int lda, const double* B, int ldb,
           double beta, double* C, int ldc);
+void gemm_blas(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda, const float* B, int ldb,
+               float beta, float* C, int ldc);
+void gemm_blas(bool ta, bool tb, int M, int N, int K, double alpha, const double* A, int lda, const double* B,
+               int ldb, double beta, double* C, int ldc);
+// The number of blocks gemm cuts an (M,N,K) product into here: min(OpenMP threads, OpenBLAS threads), 1 inside a
+// parallel region or for a product under 4 MFLOP, and no block narrower than 16.
+int gemm_parts(int M, int N, int K);
 
 // Per-chunk products run either chunks in parallel, each with a one-thread BLAS (when there are at least as many
 // chunks as threads: the usual case), or one chunk at a time with BLAS's own threads (few, large chunks, as in
@@ -66,8 +75,9 @@ struct ChunkParallelism {
 // whatever the number of threads.
 constexpr int kColBlock = 64;
 
-// The machine's matrix-multiply peak as a program sees it, in FLOP/s: the best of ten 1024³ sgemm calls (best, not
-// mean: on a shared machine the slow calls measure the neighbours, not the machine).
+// The machine's matrix-multiply peak as a program sees it, in FLOP/s: the best of twenty 1024³ sgemm products, half
+// with OpenBLAS's own threads and half split by gemm (best, not mean: on a shared machine the slow calls measure the
+// neighbours, not the machine).
 double measure_sgemm_peak();
 
 // ----------------------------------------------------------------------------------------------------
@@ -155,6 +165,10 @@ template <typename Real> void gate_backward(Real* du, int lddu, Real* d_o, const
                                             const Real* o, int N, int e);
 
 template <typename Real> void residual_forward(Real* y, const Real* x, size_t n);
+
+// x[0..n) = 0, split among the threads: a backward pass zeroes its gradient scratch layer after layer (over 500 MB
+// per step for the small FLASH at 4096 tokens), more than one thread's share of the memory bandwidth keeps up with.
+template <typename Real> void zero_fill(Real* x, size_t n);
 
 template <typename Real> void logits_forward(Real* logits, const Real* xn, const Real* wte, int N, int d, int V);
 template <typename Real> void logits_backward(Real* dxn, Real* dwte, const Real* dlogits, const Real* xn, const Real* wte,

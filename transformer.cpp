@@ -784,7 +784,7 @@ void TransformerModel<Real>::backward() {
     const int N = B * T, d = cfg.d, f = cfg.ffn, H = cfg.n_heads, hd = cfg.head_dim(), BH = B * H, m = cfg.features;
     const int V = cfg.vocab_size;
     TransformerGradActs<Real>& g = dacts;
-    std::fill(grad_act_buf.begin(), grad_act_buf.end(), Real(0));
+    zero_fill(grad_act_buf.data(), grad_act_buf.size());
 
     crossentropy_backward(g.dlogits, acts.probs, targets.data(), N, V);
     logits_backward(g.dxn, dp.wte, g.dlogits, acts.xn_f, p.wte, N, d, V);
@@ -795,14 +795,14 @@ void TransformerModel<Real>::backward() {
         const BlockParams<Real>& dlp = dp.layers[l];
         const BlockActs<Real>& la = acts.layers[l];
         // g.dres carries d(x_next) in and d(x) out; the scratch gradients dxn .. dz accumulate from zero.
-        std::fill(g.dxn, g.dlogits, Real(0));
+        zero_fill(g.dxn, (size_t)(g.dlogits - g.dxn));
         // ffn: the residual passes dres through; the rmsnorm path adds to it.
         matmul_backward(g.dz, dlp.w_2, (Real*)nullptr, g.dres, la.z, lp.w_2, N, f, d);
         swiglu_backward(g.dgu, g.dz, la.gu, la.sg, N, f);
         matmul_backward(g.dxn, dlp.w_13, (Real*)nullptr, g.dgu, la.xn_f, lp.w_13, N, d, 2 * f);
         rmsnorm_backward(g.dres, dlp.ffn_norm_g, g.dxn, la.x_mid, la.rstd_f, lp.ffn_norm_g, N, d);
         // attention
-        std::fill(g.dxn, g.dxn + (size_t)N * d, Real(0));
+        zero_fill(g.dxn, (size_t)N * d);
         matmul_backward(g.d_o, dlp.w_o, (Real*)nullptr, g.dres, la.o, lp.w_o, N, d, d);
         merge_heads_backward(g.doh, g.d_o, B, T, H, hd);
         if (cfg.performer()) {

@@ -5,6 +5,11 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
+#include <array>
+
+#include <cblas.h>
+#include <omp.h>
+
 #include "testutil.h"
 
 namespace {
@@ -386,6 +391,55 @@ TEST_CASE("matmul_residual_forward equals matmul_forward then residual_forward")
     std::vector<double> in_place = res;  // y may be the residual itself
     matmul_residual_forward(in_place.data(), in_place.data(), x.data(), w.data(), b.data(), N, in, out);
     CHECK(in_place == fused);
+}
+
+// gemm splits a large product among the OpenMP threads (ops.cpp); gemm_blas is the plain BLAS call it replaces.
+// Both transposes, both split directions (rows when C is tall, columns when it is wide), an uneven split
+// (boundaries on multiples of 16), alpha and beta.
+template <typename Real>
+void check_gemm_split(double tol) {
+    const int saved_omp = omp_get_max_threads(), saved_blas = openblas_get_num_threads();
+    omp_set_num_threads(2);
+    openblas_set_num_threads(2);
+    Rng rng(43);
+    for (auto [M, N, K] : {std::array<int, 3>{301, 70, 100}, std::array<int, 3>{40, 333, 200}})
+        for (bool ta : {false, true})
+            for (bool tb : {false, true}) {
+                INFO("M " << M << " N " << N << " K " << K << " ta " << ta << " tb " << tb);
+                REQUIRE(gemm_parts(M, N, K) == 2);  // the split path is the one under test
+                const std::vector<double> a = randn((size_t)M * K, rng), b = randn((size_t)K * N, rng),
+                                          c0 = randn((size_t)M * N, rng);
+                const std::vector<Real> A(a.begin(), a.end()), Bm(b.begin(), b.end());
+                std::vector<Real> split(c0.begin(), c0.end()), plain = split;
+                const int lda = ta ? M : K, ldb = tb ? K : N;
+                gemm(ta, tb, M, N, K, Real(0.5), A.data(), lda, Bm.data(), ldb, Real(1), split.data(), N);
+                openblas_set_num_threads(1);
+                gemm_blas(ta, tb, M, N, K, Real(0.5), A.data(), lda, Bm.data(), ldb, Real(1), plain.data(), N);
+                openblas_set_num_threads(2);
+                double err = 0, scale = 0;
+                for (size_t i = 0; i < plain.size(); i++) {
+                    err = std::max(err, std::fabs((double)split[i] - (double)plain[i]));
+                    scale = std::max(scale, std::fabs((double)plain[i]));
+                }
+                CHECK(scale > 1);
+                CHECK(err <= tol * scale);
+            }
+    int inside = 0;
+#pragma omp parallel num_threads(2)
+    {
+#pragma omp single
+        inside = gemm_parts(1000, 1000, 1000);  // already inside a parallel region: no second split
+    }
+    CHECK(inside == 1);
+    CHECK(gemm_parts(1000, 1000, 1) == 1);  // 2 MFLOP: not worth a fork
+    openblas_set_num_threads(1);
+    CHECK(gemm_parts(1000, 1000, 1000) == 1);  // BLAS held at one thread: one block
+    omp_set_num_threads(saved_omp);
+    openblas_set_num_threads(saved_blas);
+}
+TEST_CASE("gemm: the product split among threads equals the plain BLAS call (double within 1e-13, float 1e-5)") {
+    check_gemm_split<double>(1e-13);
+    check_gemm_split<float>(1e-5);
 }
 
 TEST_CASE("residual adds in place") {
