@@ -134,12 +134,13 @@ static ActivationSlots<Real> activation_slots(Acts<Real>& acts, GradActs<Real>& 
     const size_t G = T / c.chunk, C = c.chunk;
     ActivationSlots<Real> slots;
     acts.layers.resize(c.n_layers);
+    slots.act.push_back({&acts.act, N * I});  // one layer's silu(h), shared by all (Acts::act)
     for (LayerActs<Real>& la : acts.layers) {
         // qq, kq, ql, kl are adjacent (the GPU rotates all four in one launch)
         slots.act.insert(slots.act.end(), {{&la.x, N * d}, {&la.rstd, N}, {&la.xn, N * d}, {&la.h, N * I},
-                                           {&la.act, N * I}, {&la.qq, N * s}, {&la.kq, N * s}, {&la.ql, N * s},
-                                           {&la.kl, N * s}, {&la.relu_s, B * G * C * C}, {&la.m, B * G * s * e},
-                                           {&la.o, N * e}, {&la.gated, N * e}});
+                                           {&la.qq, N * s}, {&la.kq, N * s}, {&la.ql, N * s}, {&la.kl, N * s},
+                                           {&la.relu_s, B * G * C * C}, {&la.m, B * G * s * e}, {&la.o, N * e},
+                                           {&la.gated, N * e}});
     }
     slots.act.insert(slots.act.end(), {{&acts.x_final, N * d}, {&acts.rstd_f, N}, {&acts.xn_f, N * d},
                                        {&acts.logits, N * V}, {&acts.probs, N * V}, {&acts.losses, N}});
@@ -513,10 +514,10 @@ double FlashModel<Real>::forward(const int* tok, const int* tgt, int B_, int T_)
         const LayerParams<Real>& lp = p.layers[l];
         LayerActs<Real>& la = acts.layers[l];
         Real* x_next = (l + 1 < cfg.n_layers) ? acts.layers[l + 1].x : acts.x_final;
-        const Real *u = la.act, *v = la.act + e;
+        const Real *u = acts.act, *v = acts.act + e;
         scalenorm_forward(la.xn, la.rstd, la.x, lp.norm_g, N, d, cfg.eps);
         matmul_forward(la.h, la.xn, lp.w_in, lp.b_in, N, d, I);
-        gau_rows_forward(la.act, la.qq, la.kq, la.ql, la.kl, la.h, lp.gamma, lp.beta, rope_cos.data(),
+        gau_rows_forward(acts.act, la.qq, la.kq, la.ql, la.kl, la.h, lp.gamma, lp.beta, rope_cos.data(),
                          rope_sin.data(), N, T, e, s);
         local_attention_forward(la.o, la.relu_s, la.qq, la.kq, v, I, lp.rel_bias, B, T, C, s, e, cfg.causal);
         global_attention_forward(la.o, la.m, la.ql, la.kl, v, I, B, T, C, s, e, cfg.causal);
@@ -535,7 +536,7 @@ void FlashModel<Real>::backward() {
     FLASH_CHECK(B > 0 && (int)targets.size() == B * T, "backward() needs a forward() with targets first", "");
     const int N = B * T, d = cfg.d, e = cfg.e, s = cfg.s, I = cfg.inner(), C = cfg.chunk, V = cfg.vocab_size;
     GradActs<Real>& g = dacts;
-    std::fill(grad_act_buf.begin(), grad_act_buf.end(), Real(0));
+    zero_fill(grad_act_buf.data(), grad_act_buf.size());
 
     crossentropy_backward(g.dlogits, acts.probs, targets.data(), N, V);
     logits_backward(g.dxn, dp.wte, g.dlogits, acts.xn_f, p.wte, N, d, V);
@@ -545,17 +546,18 @@ void FlashModel<Real>::backward() {
         const LayerParams<Real>& lp = p.layers[l];
         const LayerParams<Real>& dlp = dp.layers[l];
         const LayerActs<Real>& la = acts.layers[l];
-        const Real *u = la.act, *v = la.act + e;
+        silu_forward(acts.act, la.h, (size_t)N * I);  // this layer's act again (Acts::act)
+        const Real *u = acts.act, *v = acts.act + e;
         Real *du = g.dact, *dv = g.dact + e;
         // This layer's scratch gradients (dxn .. dgated, contiguous in view_activations) accumulate from zero;
         // g.dres carries d(x_next) in and d(x) out.
-        std::fill(g.dxn, g.dlogits, Real(0));
+        zero_fill(g.dxn, (size_t)(g.dlogits - g.dxn));
         matmul_backward(g.dgated, dlp.w_out, dlp.b_out, g.dres, la.gated, lp.w_out, N, e, d);
         gate_backward(du, I, g.d_o, g.dgated, u, I, la.o, N, e);
         global_attention_backward(g.dql, g.dkl, dv, I, g.d_o, la.m, la.ql, la.kl, v, I, B, T, C, s, e, cfg.causal);
         local_attention_backward(g.dqq, g.dkq, dv, I, dlp.rel_bias, g.d_o, la.relu_s, la.qq, la.kq, v, I, B, T, C, s, e,
                                  cfg.causal);
-        gau_rows_backward(g.dh, dlp.gamma, dlp.beta, g.dact, g.dqq, g.dkq, g.dql, g.dkl, la.h, la.act, lp.gamma,
+        gau_rows_backward(g.dh, dlp.gamma, dlp.beta, g.dact, g.dqq, g.dkq, g.dql, g.dkl, la.h, acts.act, lp.gamma,
                           rope_cos.data(), rope_sin.data(), N, T, e, s);
         matmul_backward(g.dxn, dlp.w_in, dlp.b_in, g.dh, la.xn, lp.w_in, N, d, I);
         // residual: dres already holds the direct path; the scalenorm path adds to it.

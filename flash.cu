@@ -1027,10 +1027,10 @@ static double cuda_model_forward(FlashCuda* m, const int* tok, const int* tgt, i
         const LayerParams<float>& lp = m->p.layers[l];
         LayerActs<float>& la = acts.layers[l];
         float* x_next = (l + 1 < cfg.n_layers) ? acts.layers[l + 1].x : acts.x_final;
-        const float *u = la.act, *v = la.act + e, *z = la.act + 2 * e;
+        const float *u = acts.act, *v = acts.act + e, *z = acts.act + 2 * e;  // one layer's silu(h): Acts::act
         gpu::scalenorm_forward(la.xn, la.rstd, la.x, lp.norm_g, N, d, cfg.eps);
         gpu::matmul_forward(la.h, la.xn, lp.w_in, lp.b_in, N, d, I);
-        gpu::silu_forward(la.act, la.h, (size_t)N * I);
+        gpu::silu_forward(acts.act, la.h, (size_t)N * I);
         gpu::offset_scale_forward(la.qq, la.kq, la.ql, la.kl, z, I, lp.gamma, lp.beta, N, s);
         // The four heads are adjacent (N rows each, N a multiple of T): one launch rotates all 4N rows.
         gpu::rope_forward(la.qq, m->rope_cos, m->rope_sin, 4 * N, T, s);
@@ -1072,7 +1072,8 @@ static void cuda_model_backward(FlashCuda* m) {
         const LayerParams<float>& lp = m->p.layers[l];
         const LayerParams<float>& dlp = m->dp.layers[l];
         const LayerActs<float>& la = acts.layers[l];
-        const float *u = la.act, *v = la.act + e, *z = la.act + 2 * e;
+        gpu::silu_forward(acts.act, la.h, (size_t)N * I);  // this layer's act again (Acts::act)
+        const float *u = acts.act, *v = acts.act + e, *z = acts.act + 2 * e;
         float *du = g.dact, *dv = g.dact + e, *dz = g.dact + 2 * e;
         // This layer's scratch gradients (dxn .. dgated, contiguous) accumulate from zero; g.dres carries d(x_next)
         // in and d(x) out.

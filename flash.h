@@ -94,8 +94,7 @@ struct LayerActs {
     Real* x;       // (N, d)        layer input: the residual stream
     Real* rstd;    // (N)           1 / sqrt(mean(x²) + eps)
     Real* xn;      // (N, d)        scalenorm(x)
-    Real* h;       // (N, 2e+s)     xn · W_in + b_in
-    Real* act;     // (N, 2e+s)     silu(h) = [u | v | z]
+    Real* h;       // (N, 2e+s)     xn · W_in + b_in   (act = silu(h) is not kept per layer: Acts::act)
     Real* qq;      // (N, s)        the four offset-scale heads, after RoPE
     Real* kq;
     Real* ql;
@@ -108,6 +107,10 @@ struct LayerActs {
 template <typename Real>
 struct Acts {
     std::vector<LayerActs<Real>> layers;
+    // (N, 2e+s)  act = silu(h) = [u | v | z] of ONE layer: the forward overwrites it layer after layer, and the
+    // backward recomputes it from the layer's h before differentiating the layer. One SiLU pass per layer costs
+    // little; keeping it for every layer would cost L·N·(2e+s) values, about a fifth of the activations.
+    Real* act;
     Real* x_final;  // (N, d)   output of the last layer
     Real* rstd_f;   // (N)
     Real* xn_f;     // (N, d)

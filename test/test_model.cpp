@@ -638,5 +638,7 @@ TEST_CASE("one layout list: activation_counts equals the span view_activations l
         CHECK(a.losses + N == act.data() + n_act);        // the last activation ends the buffer
         CHECK(g.dlogits + N * c.vocab_size == grad.data() + n_grad);
         CHECK(a.layers[1].x == a.layers[0].gated + N * c.e);  // layers follow each other
+        CHECK(a.act == act.data());                            // one act for all layers, first (Acts::act)
+        CHECK(a.layers[0].x == a.act + N * c.inner());
     }
 }
