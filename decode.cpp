@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstring>
 #include <numeric>
+#include <string>
 
 #include "formats/config.h"
 
@@ -28,7 +29,7 @@ void decode_init(DecodeState<Real>& state, const FlashModel<Real>& model) {
     FLASH_CHECK(c.causal, "cached decoding needs a causal model, and this one is non-causal",
                 "a non-causal (masked-LM) model's global sum includes future chunks, so it cannot generate left to "
                 "right; run FlashModel::forward on whole sequences instead");
-    const size_t d = c.d, e = c.e, s = c.s, I = c.inner(), C = c.chunk;
+    const size_t e = c.e, s = c.s, C = c.chunk;
     state.cfg = c;
     state.pos = 0;
     state.layers.assign(c.n_layers, DecodeLayerCache<Real>{});
@@ -43,10 +44,26 @@ void decode_init(DecodeState<Real>& state, const FlashModel<Real>& model) {
     for (int i = 0; i < (int)s / 2; i++) state.inv_freq[i] = rope_frequency(i, (int)s, c.rope_base);
     state.rope_cos.assign(s / 2, 0.0);
     state.rope_sin.assign(s / 2, 0.0);
-    for (std::vector<Real>* row : {&state.x, &state.x_next, &state.xn}) row->assign(d, Real(0));
-    for (std::vector<Real>* row : {&state.h, &state.act}) row->assign(I, Real(0));
     for (std::vector<Real>* row : {&state.qq, &state.kq, &state.ql, &state.kl}) row->assign(s, Real(0));
-    for (std::vector<Real>* row : {&state.o, &state.lin, &state.gated}) row->assign(e, Real(0));
+    state.rows.size_for(c, 1);
+}
+
+template <typename Real>
+void DecodeRows<Real>::size_for(const FlashConfig& c, int n) {
+    const size_t rows = (size_t)n, I = c.inner();
+    if (rstd.size() == rows && x.size() == rows * c.d && h.size() == rows * I && o.size() == rows * c.e) return;
+    for (std::vector<Real>* v : {&x, &x_next, &xn}) v->assign(rows * c.d, Real(0));
+    rstd.assign(rows, Real(0));
+    for (std::vector<Real>* v : {&h, &act}) v->assign(rows * I, Real(0));
+    for (std::vector<Real>* v : {&o, &lin, &gated}) v->assign(rows * c.e, Real(0));
+}
+
+template <typename Real>
+void decode_batch_init(DecodeBatch<Real>& batch, const FlashModel<Real>& model, int n) {
+    FLASH_CHECK(n >= 1, "a decode batch needs at least one sequence, got " << n, "");
+    batch.seqs.assign(n, DecodeState<Real>{});
+    for (DecodeState<Real>& st : batch.seqs) decode_init(st, model);
+    batch.rows.size_for(model.cfg, n);
 }
 
 // The state must have been made by decode_init for a model of this shape (cheap: called once per token).
@@ -98,59 +115,88 @@ static void local_attention_one_query(Real* quad, const Real* qq, const Real* kq
     }
 }
 
+// One step of n sequences (n = 1: decode_step; n > 1: decode_batch_step). The products and the elementwise ops run
+// on the n rows together; the attention runs per sequence, against its own cache, at its own position.
 template <typename Real>
-void decode_step(const FlashModel<Real>& model, DecodeState<Real>& state, int token, Real* logits_out) {
-    check_state(model, state);
+static void decode_rows(const FlashModel<Real>& model, DecodeState<Real>* const* seqs, int n, const int* tokens,
+                        Real* logits_out, DecodeRows<Real>& rows) {
     SingleThreaded one_thread;
     const FlashConfig& c = model.cfg;
     const int d = c.d, e = c.e, s = c.s, I = c.inner(), C = c.chunk, V = c.vocab_size, half = c.s / 2;
-    FLASH_CHECK(token >= 0 && token < V, "token id " << token << " at position " << state.pos
-                                                     << " is out of range for vocab_size " << V,
-                "the tokenizer and the model disagree; use the tokenizer the model was trained with");
-    const int a = (int)(state.pos % C);  // row of this token inside its chunk
-
-    // RoPE angles of this position, in double (FLASH.md §1), for any position: no table, no length limit.
-    const double t = (double)state.pos;
-    for (int i = 0; i < half; i++) {
-        const double theta = t * state.inv_freq[i];
-        state.rope_cos[i] = std::cos(theta);
-        state.rope_sin[i] = std::sin(theta);
+    rows.size_for(c, n);
+    for (int i = 0; i < n; i++) {
+        DecodeState<Real>& st = *seqs[i];
+        check_state(model, st);
+        FLASH_CHECK(tokens[i] >= 0 && tokens[i] < V,
+                    "token id " << tokens[i] << " at position " << st.pos
+                                << (n > 1 ? " of sequence " + std::to_string(i) : std::string())
+                                << " is out of range for vocab_size " << V,
+                    "the tokenizer and the model disagree; use the tokenizer the model was trained with");
+        // RoPE angles of this position, in double (FLASH.md §1), for any position: no table, no length limit.
+        const double t = (double)st.pos;
+        for (int k = 0; k < half; k++) {
+            const double theta = t * st.inv_freq[k];
+            st.rope_cos[k] = std::cos(theta);
+            st.rope_sin[k] = std::sin(theta);
+        }
+        std::memcpy(rows.x.data() + (size_t)i * d, model.p.wte + (size_t)tokens[i] * d, sizeof(Real) * d);
     }
 
-    Real *x = state.x.data(), *x_next = state.x_next.data();
-    std::memcpy(x, model.p.wte + (size_t)token * d, sizeof(Real) * d);
+    Real *x = rows.x.data(), *x_next = rows.x_next.data();
     for (int l = 0; l < c.n_layers; l++) {
         const LayerParams<Real>& lp = model.p.layers[l];
-        DecodeLayerCache<Real>& cache = state.layers[l];
-        const Real *u = state.act.data(), *v = state.act.data() + e, *z = state.act.data() + 2 * e;
-        scalenorm_forward(state.xn.data(), &state.rstd, x, lp.norm_g, 1, d, c.eps);
-        matmul_forward(state.h.data(), state.xn.data(), lp.w_in, lp.b_in, 1, d, I);
-        silu_forward(state.act.data(), state.h.data(), (size_t)I);
-        offset_scale_forward(state.qq.data(), state.kq.data(), state.ql.data(), state.kl.data(), z, I, lp.gamma,
-                             lp.beta, 1, s);
-        for (Real* head : {state.qq.data(), state.kq.data(), state.ql.data(), state.kl.data()})
-            rope_forward(head, state.rope_cos.data(), state.rope_sin.data(), 1, 1, s);
-        // This token joins the chunk cache before attending: the local part includes the diagonal.
-        std::memcpy(cache.kq.data() + (size_t)a * s, state.kq.data(), sizeof(Real) * s);
-        std::memcpy(cache.v.data() + (size_t)a * e, v, sizeof(Real) * e);
-        std::memcpy(cache.kl.data() + (size_t)a * s, state.kl.data(), sizeof(Real) * s);
-        // o = quad + lin, lin = ql · M (M covers the finished chunks only: the exclusive sum)
-        local_attention_one_query(state.o.data(), state.qq.data(), cache.kq.data(), cache.v.data(), lp.rel_bias, a,
-                                  C, s, e);
-        matmul_forward(state.lin.data(), state.ql.data(), cache.m.data(), (const Real*)nullptr, 1, s, e);
-        for (int j = 0; j < e; j++) state.o[j] += state.lin[j];
-        gate_forward(state.gated.data(), u, I, state.o.data(), 1, e);
-        matmul_forward(x_next, state.gated.data(), lp.w_out, lp.b_out, 1, e, d);
-        residual_forward(x_next, x, (size_t)d);
+        scalenorm_forward(rows.xn.data(), rows.rstd.data(), x, lp.norm_g, n, d, c.eps);
+        matmul_forward(rows.h.data(), rows.xn.data(), lp.w_in, lp.b_in, n, d, I);
+        silu_forward(rows.act.data(), rows.h.data(), (size_t)n * I);
+        for (int i = 0; i < n; i++) {
+            DecodeState<Real>& st = *seqs[i];
+            DecodeLayerCache<Real>& cache = st.layers[l];
+            const int a = (int)(st.pos % C);  // row of this token inside its chunk
+            const Real *v = rows.act.data() + (size_t)i * I + e, *z = rows.act.data() + (size_t)i * I + 2 * e;
+            Real *o = rows.o.data() + (size_t)i * e, *lin = rows.lin.data() + (size_t)i * e;
+            offset_scale_forward(st.qq.data(), st.kq.data(), st.ql.data(), st.kl.data(), z, I, lp.gamma, lp.beta, 1,
+                                 s);
+            for (Real* head : {st.qq.data(), st.kq.data(), st.ql.data(), st.kl.data()})
+                rope_forward(head, st.rope_cos.data(), st.rope_sin.data(), 1, 1, s);
+            // This token joins the chunk cache before attending: the local part includes the diagonal.
+            std::memcpy(cache.kq.data() + (size_t)a * s, st.kq.data(), sizeof(Real) * s);
+            std::memcpy(cache.v.data() + (size_t)a * e, v, sizeof(Real) * e);
+            std::memcpy(cache.kl.data() + (size_t)a * s, st.kl.data(), sizeof(Real) * s);
+            // o = quad + lin, lin = ql · M (M covers the finished chunks only: the exclusive sum)
+            local_attention_one_query(o, st.qq.data(), cache.kq.data(), cache.v.data(), lp.rel_bias, a, C, s, e);
+            matmul_forward(lin, st.ql.data(), cache.m.data(), (const Real*)nullptr, 1, s, e);
+            for (int j = 0; j < e; j++) o[j] += lin[j];
+        }
+        gate_forward(rows.gated.data(), rows.act.data(), I, rows.o.data(), n, e);
+        matmul_forward(x_next, rows.gated.data(), lp.w_out, lp.b_out, n, e, d);
+        residual_forward(x_next, x, (size_t)n * d);
         std::swap(x, x_next);
-        // The chunk is complete: its P joins M, and its rows are overwritten from the next token on.
-        if (a == C - 1) add_chunk_to_m(cache.m.data(), cache.kl.data(), cache.v.data(), e, C, s, e);
+        // A chunk that is complete: its P joins M, and its rows are overwritten from the next token on.
+        for (int i = 0; i < n; i++) {
+            DecodeLayerCache<Real>& cache = seqs[i]->layers[l];
+            if (seqs[i]->pos % C == C - 1) add_chunk_to_m(cache.m.data(), cache.kl.data(), cache.v.data(), e, C, s, e);
+        }
     }
     if (logits_out) {
-        scalenorm_forward(state.xn.data(), &state.rstd, x, model.p.norm_f_g, 1, d, c.eps);
-        logits_forward(logits_out, state.xn.data(), model.p.wte, 1, d, V);
+        scalenorm_forward(rows.xn.data(), rows.rstd.data(), x, model.p.norm_f_g, n, d, c.eps);
+        logits_forward(logits_out, rows.xn.data(), model.p.wte, n, d, V);
     }
-    state.pos++;
+    for (int i = 0; i < n; i++) seqs[i]->pos++;
+}
+
+template <typename Real>
+void decode_step(const FlashModel<Real>& model, DecodeState<Real>& state, int token, Real* logits_out) {
+    DecodeState<Real>* one = &state;
+    decode_rows(model, &one, 1, &token, logits_out, state.rows);
+}
+
+template <typename Real>
+void decode_batch_step(const FlashModel<Real>& model, DecodeBatch<Real>& batch, const int* tokens, Real* logits_out) {
+    FLASH_CHECK(!batch.seqs.empty(), "the decode batch is empty", "call decode_batch_init(batch, model, n) first");
+    std::vector<DecodeState<Real>*> seqs;  // n pointers: the only allocation of a batched step
+    seqs.reserve(batch.seqs.size());
+    for (DecodeState<Real>& st : batch.seqs) seqs.push_back(&st);
+    decode_rows(model, seqs.data(), (int)seqs.size(), tokens, logits_out, batch.rows);
 }
 
 template <typename Real>
@@ -168,12 +214,15 @@ void decode_prefill(FlashModel<Real>& model, DecodeState<Real>& state, const int
         model.forward(tokens, nullptr, 1, (int)n_full);  // checks every token id
         const int G = (int)(n_full / C);
         const size_t last_row = (size_t)(G - 1) * C, se = (size_t)s * e;
+        std::vector<Real> v_last((size_t)C * e);  // v = silu(h[:, e:2e]) of the last chunk (the forward keeps h only)
         for (int l = 0; l < c.n_layers; l++) {
             const LayerActs<Real>& la = model.acts.layers[l];
             DecodeLayerCache<Real>& cache = state.layers[l];
+            for (int r = 0; r < C; r++)
+                silu_forward(v_last.data() + (size_t)r * e, la.h + (last_row + r) * I + e, (size_t)e);
             // M after the last chunk = M[G−1] (the exclusive sum before it) + that chunk's P.
             std::copy(la.m + (size_t)(G - 1) * se, la.m + (size_t)G * se, cache.m.begin());
-            add_chunk_to_m(cache.m.data(), la.kl + last_row * s, la.act + last_row * I + e, I, C, s, e);
+            add_chunk_to_m(cache.m.data(), la.kl + last_row * s, v_last.data(), e, C, s, e);
         }
         state.pos = n_full;
         done = n_full;
@@ -261,7 +310,11 @@ int sample_token(const Real* logits, int V, double temperature, int top_k, doubl
 INSTANTIATE(decode_init)
 INSTANTIATE(decode_prefill)
 INSTANTIATE(decode_step)
+INSTANTIATE(decode_batch_init)
+INSTANTIATE(decode_batch_step)
 INSTANTIATE(sampling_distribution)
 INSTANTIATE(sample_token)
 template struct DecodeState<float>;
 template struct DecodeState<double>;
+template struct DecodeRows<float>;
+template struct DecodeRows<double>;

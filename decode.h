@@ -13,6 +13,10 @@
 //   decode_prefill(model, st, prompt, n, logits);      // the prompt, through the chunked forward
 //   for (...) { int tok = sample_token(logits, V, temperature, top_k, top_p, rng);
 //               decode_step(model, st, tok, logits); }  // one token in, the next token's logits out
+//
+//   DecodeBatch<float> batch;                          // n sequences at once, each with its own cache
+//   decode_batch_init(batch, model, n);
+//   decode_batch_step(model, batch, tokens, logits);   // tokens (n) in, logits (n, V) out
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -49,6 +53,17 @@ struct DecodeLayerCache {
     std::vector<Real> kl;  // (C, s)  rotated kl rows of the current chunk (they make P when the chunk ends)
 };
 
+// The rows of one decode step for n sequences at once, (n, ·) each; kept between steps so that a step allocates
+// nothing (they grow when n does).
+template <typename Real>
+struct DecodeRows {
+    std::vector<Real> x, x_next, xn;  // (n, d)     residual stream in and out, normed
+    std::vector<Real> rstd;           // (n)        scalenorm's saved 1/rms, unused here
+    std::vector<Real> h, act;         // (n, 2e+s)  input projection, silu(h) = [u | v | z]
+    std::vector<Real> o, lin, gated;  // (n, e)     attention output, its global part, u ⊙ o
+    void size_for(const FlashConfig& c, int n);
+};
+
 // Everything the decoder keeps between tokens for one sequence of one model.
 template <typename Real>
 struct DecodeState {
@@ -56,13 +71,23 @@ struct DecodeState {
     int64_t pos = 0;                              // tokens consumed = position of the next token (no upper limit)
     std::vector<DecodeLayerCache<Real>> layers;   // (L)
     std::vector<double> inv_freq;                 // (s/2)  rope_base^(−2i/s), as rope_tables computes it
-    // Scratch rows for one token, kept here so that a step allocates nothing.
+    // Scratch for one token, kept here so that a step allocates nothing.
     std::vector<double> rope_cos, rope_sin;       // (s/2)  angles of the current position
-    std::vector<Real> x, x_next, xn, h, act, qq, kq, ql, kl, o, lin, gated;  // (d), (d), (d), (2e+s) x2, (s) x4, (e) x3
-    Real rstd = 0;                                // (1)    scalenorm's saved 1/rms, unused here
+    std::vector<Real> qq, kq, ql, kl;             // (s)    the four heads of the current token, after RoPE
+    DecodeRows<Real> rows;                        // for decode_step (n = 1)
 
     // Bytes held by the per-layer caches (M and the chunk rows): L · (s·e + C·(2s+e)) · sizeof(Real), constant in t.
     size_t cache_bytes() const;
+};
+
+// n independent sequences decoded together (batched decoding): each has its own cache and position, and one step
+// feeds one token to each. The products run on (n, ·) rows, so every weight matrix is read once per step for all
+// n sequences instead of once per sequence: a one-sequence step is bound by reading the weights (bench_decode), and
+// n of them cost little more than one. Attention stays per sequence, against its own cache.
+template <typename Real>
+struct DecodeBatch {
+    std::vector<DecodeState<Real>> seqs;  // (n)
+    DecodeRows<Real> rows;
 };
 
 // Sizes the state for model's config and empties it (position 0). A non-causal model is refused: its global sum
@@ -73,7 +98,7 @@ template <typename Real> void decode_init(DecodeState<Real>& state, const FlashM
 // From position 0 the largest multiple-of-C prefix goes through FlashModel::forward (which overwrites the model's
 // activations), and the cache is built from its saved activations: M = M[G−1] + kl[G−1]ᵀ v[G−1] / C; the rest
 // goes through decode_step. From any other position every token goes through decode_step.
-// Memory: the forward holds activations for the prefix (about 180 KB per token for the small config).
+// Memory: the forward holds activations for the prefix (about 160 KB per token for the small config).
 template <typename Real>
 void decode_prefill(FlashModel<Real>& model, DecodeState<Real>& state, const int* tokens, int64_t n, Real* logits_out);
 
@@ -81,6 +106,16 @@ void decode_prefill(FlashModel<Real>& model, DecodeState<Real>& state, const int
 // not null; advances state.pos.
 template <typename Real>
 void decode_step(const FlashModel<Real>& model, DecodeState<Real>& state, int token, Real* logits_out);
+
+// Sizes a batch of n sequences for the model, each empty (position 0); a sequence may then be prefilled on its own
+// with decode_prefill(model, batch.seqs[i], ...).
+template <typename Real> void decode_batch_init(DecodeBatch<Real>& batch, const FlashModel<Real>& model, int n);
+
+// Feeds tokens[i] to sequence i (each at its own position) and writes the logits predicting each one's next token
+// to row i of logits_out (n, V), if not null. Computes what n decode_step calls compute (test_decode compares them:
+// the products differ only in BLAS's rounding).
+template <typename Real>
+void decode_batch_step(const FlashModel<Real>& model, DecodeBatch<Real>& batch, const int* tokens, Real* logits_out);
 
 // ---------------------------------------------------------------------------------------------------------------
 // Sampling

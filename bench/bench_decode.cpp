@@ -10,11 +10,17 @@
 // plus the memory each holds: the recompute's activation buffers vs the decoder's cache.
 // The first cached step's logits are compared with the recompute's logits at position P (they must agree).
 //
+// The floor of a cached step on a CPU is reading every weight once per token (the caches are small): the benchmark
+// measures the memory bandwidth one thread reaches in the same run (the decoder runs on one thread, decode.h) and
+// prints each cached step against weights / bandwidth. Batched decoding (decode.h: DecodeBatch) reads the weights
+// once per step for n sequences: tokens/s for --batch-sizes sequences at once, caches filled directly.
+//
 // Then FLASH against the baselines (BASELINES.md §1-§3; section "FLASH against the baselines" below): ms per cached
 // step at each position for FLASH, Transformer++, Performer and the Combiner, small presets, each decoder's cache
 // filled directly as if P tokens had been decoded (see there).
 //
-//   build/bench_decode [--positions 1024,4096,16384,65536] [--steps 256] [--reps 3] [--baselines-only]
+//   build/bench_decode [--positions 1024,4096,16384,65536] [--steps 256] [--reps 3] [--batch-sizes 1,8,32]
+//                      [--baselines-only]
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -34,15 +40,33 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-std::vector<int64_t> parse_list(const std::string& text) {
+std::vector<int64_t> parse_list(const char* option, const std::string& text) {
     std::vector<int64_t> out;
     std::stringstream ss(text);
     std::string item;
     while (std::getline(ss, item, ',')) {
-        const long long v = OptionTable::parse_integer("positions", item, 1, 1ll << 40);
+        const long long v = OptionTable::parse_integer(option, item, 1, 1ll << 40);
         out.push_back(v);
     }
     return out;
+}
+
+// The memory bandwidth one thread reaches, in bytes/s: the best of 5 sums over a buffer of `bytes` (make it far
+// larger than the caches). The sum is printed by the caller's check, so the reads cannot be optimised away.
+double measure_read_bandwidth(size_t bytes, float* checksum) {
+    std::vector<float> buf(bytes / sizeof(float), 1.0f);
+    double best = 0;
+    float total = 0;
+    for (int rep = 0; rep < 5; rep++) {
+        const auto t0 = Clock::now();
+        float acc = 0;
+#pragma omp simd reduction(+ : acc)
+        for (size_t i = 0; i < buf.size(); i++) acc += buf[i];
+        best = std::max(best, (double)bytes / seconds_since(t0));
+        total += acc;
+    }
+    *checksum = total;
+    return best;
 }
 
 }  // namespace
@@ -177,6 +201,40 @@ int run(const std::vector<int64_t>& positions, int steps) {
 
 }  // namespace baselines
 
+// =================================================================================================================
+// Batched decoding: n sequences per step, each with its own cache filled directly (as above) at its own position
+// around 1K (staggered, so their chunks end at different steps); --steps steps, tokens/s = n · steps / time.
+namespace batched {
+
+int run(const std::vector<int64_t>& batch_sizes, int steps, double floor_ms) {
+    const FlashConfig cfg = config_preset("small");
+    FlashModel<float> model(cfg);
+    model.init_weights(1);
+    Rng rng(5);
+    std::printf("\nbatched decoding: n sequences per step, each at its own position (1024 + 37·i), small config, "
+                "float, 1 thread, mean of %d steps\n", steps);
+    std::printf("%9s | %12s %11s %13s | %12s\n", "sequences", "ms/step", "tokens/s", "step / floor", "cache MB");
+    for (int64_t n : batch_sizes) {
+        DecodeBatch<float> batch;
+        decode_batch_init(batch, model, (int)n);
+        for (int i = 0; i < n; i++) baselines::fill_flash(batch.seqs[(size_t)i], 1024 + 37 * i, rng);
+        std::vector<int> tokens((size_t)n * steps);
+        for (int& t : tokens) t = rng.below(cfg.vocab_size);
+        std::vector<float> logits((size_t)n * cfg.vocab_size);
+        const auto t0 = Clock::now();
+        for (int k = 0; k < steps; k++) decode_batch_step(model, batch, tokens.data() + (size_t)k * n, logits.data());
+        const double step_s = seconds_since(t0) / steps;
+        size_t cache = 0;
+        for (const DecodeState<float>& st : batch.seqs) cache += st.cache_bytes();
+        std::printf("%9lld | %12.3f %11.0f %12.2fx | %12.2f\n", (long long)n, step_s * 1e3, n / step_s,
+                    step_s * 1e3 / floor_ms, cache / 1e6);
+        std::fflush(stdout);
+    }
+    return 0;
+}
+
+}  // namespace batched
+
 int main(int argc, char** argv) {
     try {
         std::vector<int64_t> positions = {1024, 4096, 16384, 65536};
@@ -186,11 +244,17 @@ int main(int argc, char** argv) {
         options.add("positions", positions_text, "positions to time, comma-separated");
         options.add("steps", steps, "timed decode steps per position", 1, 1 << 20);
         options.add("reps", reps, "repetitions (the best is reported)", 1, 1000);
+        std::string batch_sizes_text = "1,8,32";
+        options.add("batch-sizes", batch_sizes_text, "sequences per batched step, comma-separated");
         bool baselines_only = false;
         options.add_flag("baselines-only", baselines_only,
                          "only the comparison with the baselines (skips the recompute, ~15 GB and a minute at 64K)");
         options.parse(argc, argv);
-        positions = parse_list(positions_text);
+        positions = parse_list("positions", positions_text);
+        const std::vector<int64_t> batch_sizes = parse_list("batch-sizes", batch_sizes_text);
+        for (int64_t n : batch_sizes)
+            FLASH_CHECK(n <= 4096, "--batch-sizes: " << n << " sequences is more than this benchmark holds",
+                        "give at most 4096");
         if (baselines_only) return baselines::run(positions, steps);
         FLASH_CHECK(steps > 0 && reps > 0, "--steps and --reps must be positive", "");
 
@@ -206,12 +270,20 @@ int main(int argc, char** argv) {
 
         std::printf("bench_decode: small config (V=%d d=%d e=%d s=%d L=%d C=%d), float, random weights, %d threads\n",
                     V, cfg.d, cfg.e, cfg.s, cfg.n_layers, C, omp_get_max_threads());
+        // The floor: every weight read once per token, at the bandwidth one thread reaches (1 GB buffer).
+        float checksum = 0;
+        const double bandwidth = measure_read_bandwidth(size_t(1) << 30, &checksum);
+        const double weight_bytes = (double)param_count(cfg) * sizeof(float);
+        const double floor_ms = weight_bytes / bandwidth * 1e3;
+        FLASH_CHECK(checksum > 0, "the bandwidth probe summed to " << checksum, "");
+        std::printf("memory floor: the weights (%.1f MB) read once per token at %.1f GB/s (one thread, best of 5 "
+                    "sums over 1 GB) = %.3f ms/token\n", weight_bytes / 1e6, bandwidth / 1e9, floor_ms);
         std::printf("recompute = full forward over position+1 tokens rounded up to a multiple of C=%d "
                     "(best of %d runs below 16K; one run from 16K on, including its buffers' allocation)\n", C, reps);
-        std::printf("%8s | %12s %12s | %12s | %12s %10s | %9s\n", "position", "recompute", "recompute", "prefill",
-                    "cached", "cache", "max rel");
-        std::printf("%8s | %12s %12s | %12s | %12s %10s | %9s\n", "", "ms/token", "act memory", "us/prompt-tok",
-                    "ms/token", "memory", "diff");
+        std::printf("%8s | %12s %12s | %12s | %12s %8s %10s | %9s\n", "position", "recompute", "recompute", "prefill",
+                    "cached", "cached /", "cache", "max rel");
+        std::printf("%8s | %12s %12s | %12s | %12s %8s %10s | %9s\n", "", "ms/token", "act memory", "us/prompt-tok",
+                    "ms/token", "floor", "memory", "diff");
         for (int64_t P : positions) {
             // Recompute: the logits after position P from scratch.
             const int64_t T_recompute = (P + 1 + C - 1) / C * C;
@@ -243,10 +315,12 @@ int main(int argc, char** argv) {
             t0 = Clock::now();
             for (int i = 1; i <= steps; i++) decode_step(model, state, tokens[(size_t)(P + i)], logits.data());
             const double cached_s = seconds_since(t0) / steps;
-            std::printf("%8lld | %12.2f %9.0f MB | %12.1f | %12.3f %7.2f MB | %9.1e\n", (long long)P, best * 1e3, act_mb,
-                        prefill_s / P * 1e6, cached_s * 1e3, state.cache_bytes() / 1e6, err / scale);
+            std::printf("%8lld | %12.2f %9.0f MB | %12.1f | %12.3f %7.2fx %7.2f MB | %9.1e\n", (long long)P,
+                        best * 1e3, act_mb, prefill_s / P * 1e6, cached_s * 1e3, cached_s * 1e3 / floor_ms,
+                        state.cache_bytes() / 1e6, err / scale);
             std::fflush(stdout);
         }
+        batched::run(batch_sizes, steps, floor_ms);
         return baselines::run(positions, steps);
     } catch (const std::exception& e) {
         std::fprintf(stderr, "bench_decode: error: %s\n", e.what());

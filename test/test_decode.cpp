@@ -206,6 +206,68 @@ TEST_CASE("decoding refuses a non-causal model, a foreign state and bad tokens")
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// Batched decoding
+
+namespace {
+// Three sequences at different positions (prompts of 0, 5 and C+3 tokens, so their chunks end at different steps),
+// then 2C+1 batched steps: every row of the batch's logits equals what decode_step gives for that sequence alone
+// (the naive version: one sequence at a time), and every position advances by one per step.
+template <typename Real>
+void check_batch_equals_alone(const FlashConfig& cfg, bool strong) {
+    FlashModel<Real> m(cfg);
+    m.init_weights(31, strong);
+    const int V = cfg.vocab_size, C = cfg.chunk, n = 3, steps = 2 * C + 1;
+    const int prompt_len[n] = {0, 5, C + 3};
+    DecodeBatch<Real> batch;
+    decode_batch_init(batch, m, n);
+    std::vector<DecodeState<Real>> alone(n);
+    std::vector<std::vector<int>> seq_tokens(n);
+    for (int i = 0; i < n; i++) {
+        seq_tokens[i] = random_tokens(V, prompt_len[i] + steps, 40 + i);
+        decode_init(alone[i], m);
+        decode_prefill(m, batch.seqs[i], seq_tokens[i].data(), prompt_len[i], (Real*)nullptr);
+        decode_prefill(m, alone[i], seq_tokens[i].data(), prompt_len[i], (Real*)nullptr);
+    }
+    std::vector<Real> batch_logits((size_t)n * V), one(V);
+    std::vector<int> step_tokens(n);
+    double worst = 0;
+    for (int t = 0; t < steps; t++) {
+        for (int i = 0; i < n; i++) step_tokens[i] = seq_tokens[i][prompt_len[i] + t];
+        decode_batch_step(m, batch, step_tokens.data(), batch_logits.data());
+        for (int i = 0; i < n; i++) {
+            decode_step(m, alone[i], step_tokens[i], one.data());
+            worst = std::max(worst, rel_err(batch_logits.data() + (size_t)i * V, one.data(), V));
+            CHECK(batch.seqs[i].pos == prompt_len[i] + t + 1);
+        }
+    }
+    CHECK(worst < tolerance<Real>());
+    MESSAGE("batched vs one at a time, " << label<Real>(strong, cfg) << ": max rel error " << worst);
+}
+}  // namespace
+
+TEST_CASE("batched decoding equals decoding each sequence alone: double and float") {
+    for (bool strong : {false, true}) {
+        check_batch_equals_alone<double>(tiny(), strong);
+        check_batch_equals_alone<double>(variant(), strong);
+        check_batch_equals_alone<float>(variant(), strong);
+    }
+}
+
+TEST_CASE("batched decoding refuses an empty batch and names the sequence of a bad token") {
+    FlashModel<double> m(tiny());
+    m.init_weights(1);
+    DecodeBatch<double> batch;
+    std::vector<int> tokens = {1, m.cfg.vocab_size, 2};
+    std::vector<double> logits(3 * (size_t)m.cfg.vocab_size);
+    CHECK_THROWS_WITH_AS(decode_batch_step(m, batch, tokens.data(), logits.data()), doctest::Contains("empty"),
+                         flash_error);
+    CHECK_THROWS_WITH_AS(decode_batch_init(batch, m, 0), doctest::Contains("at least one"), flash_error);
+    decode_batch_init(batch, m, 3);
+    CHECK_THROWS_WITH_AS(decode_batch_step(m, batch, tokens.data(), logits.data()),
+                         doctest::Contains("of sequence 1"), flash_error);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // Sampling
 
 namespace {
