@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
 
 #include "formats/config.h"
 #include "resource_check.h"
@@ -393,20 +394,21 @@ void global_attention_backward(Real* dql, Real* dkl, Real* dv, int lddv, const R
                                int e, bool causal) {
     const int G = T / C;
     const size_t se = (size_t)s * e;
-    std::vector<Real> r((size_t)B * G * se);  // dM, then R in place
+    // dM, then R in place; every entry is written by the first product below (beta 0), so it is not zeroed first
+    std::unique_ptr<Real[]> r(new Real[(size_t)B * G * se]);
     ChunkParallelism par(B * G);
 #pragma omp parallel for if (par.over_chunks)
     for (int bg = 0; bg < B * G; bg++) {
         const size_t row0 = chunk_first_row(bg, C);
         gemm(false, true, C, s, e, Real(1), d_o + row0 * e, e, m + bg * se, e, Real(1), dql + row0 * s, s);
-        gemm(true, false, s, e, C, Real(1), ql + row0 * s, s, d_o + row0 * e, e, Real(0), r.data() + bg * se, e);
+        gemm(true, false, s, e, C, Real(1), ql + row0 * s, s, d_o + row0 * e, e, Real(0), r.get() + bg * se, e);
     }
     // R[g] = Σ_{h>g} dM[h]: the reverse of the forward's exclusive sum (non-causal: the total again).
-    chunk_prefix_sum(r.data(), B, G, se, /*exclusive=*/causal, /*reverse=*/true);
+    chunk_prefix_sum(r.get(), B, G, se, /*exclusive=*/causal, /*reverse=*/true);
 #pragma omp parallel for if (par.over_chunks)
     for (int bg = 0; bg < B * G; bg++) {
         const size_t row0 = chunk_first_row(bg, C);
-        const Real* rg = r.data() + bg * se;
+        const Real* rg = r.get() + bg * se;
         gemm(false, true, C, s, e, Real(1) / C, v + row0 * ldv, ldv, rg, e, Real(1), dkl + row0 * s, s);
         gemm(false, false, C, e, s, Real(1) / C, kl + row0 * s, s, rg, e, Real(1), dv + row0 * lddv, lddv);
     }
@@ -536,7 +538,11 @@ void FlashModel<Real>::backward() {
     FLASH_CHECK(B > 0 && (int)targets.size() == B * T, "backward() needs a forward() with targets first", "");
     const int N = B * T, d = cfg.d, e = cfg.e, s = cfg.s, I = cfg.inner(), C = cfg.chunk, V = cfg.vocab_size;
     GradActs<Real>& g = dacts;
-    zero_fill(grad_act_buf.data(), grad_act_buf.size());
+    // What the head's backward accumulates into starts at zero: dlogits, dxn and dres. The rest of the layers'
+    // scratch (dh .. dgated) is zeroed layer by layer below.
+    zero_fill(g.dlogits, (size_t)N * V);
+    zero_fill(g.dxn, (size_t)N * d);
+    zero_fill(g.dres, (size_t)N * d);
 
     crossentropy_backward(g.dlogits, acts.probs, targets.data(), N, V);
     logits_backward(g.dxn, dp.wte, g.dlogits, acts.xn_f, p.wte, N, d, V);

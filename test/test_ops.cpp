@@ -442,6 +442,21 @@ TEST_CASE("gemm: the product split among threads equals the plain BLAS call (dou
     check_gemm_split<float>(1e-5);
 }
 
+TEST_CASE("zero_fill clears exactly [0, n), split among threads or not") {
+    const int saved = omp_get_max_threads();
+    for (int threads : {1, 2, 3})
+        for (size_t n : {size_t(0), size_t(1), size_t(5), size_t(1001)}) {
+            omp_set_num_threads(threads);
+            std::vector<float> x(n + 2, 7.0f);
+            zero_fill(x.data() + 1, n);
+            INFO("threads " << threads << " n " << n);
+            CHECK(x.front() == 7.0f);
+            CHECK(x.back() == 7.0f);
+            CHECK(std::count(x.begin() + 1, x.begin() + 1 + n, 0.0f) == (long)n);
+        }
+    omp_set_num_threads(saved);
+}
+
 TEST_CASE("residual adds in place") {
     std::vector<double> y = {1, 2, 3}, x = {10, 20, 30};
     residual_forward(y.data(), x.data(), 3);
