@@ -582,6 +582,16 @@ TrainResult run_training(const TrainOptions& options) {
         model->backward();
         dist_average_grads(dist, *model, scored, totals.scored);  // the global batch's gradient on every rank
         const double norm = clip_grad_norm(*model, o.grad_clip);
+        if (!std::isfinite(norm)) {  // a finite loss can still give an overflowing gradient: never apply it
+            if (dist.lead())
+                std::fprintf(stderr,
+                             "error: the gradient norm is %g at step %lld (the loss was %.4f); stopping without "
+                             "applying it. The last checkpoint in %s is intact (hint: lower --lr or --grad-clip and "
+                             "--resume)\n",
+                             norm, (long long)step, loss, o.out_dir.c_str());
+            result.interrupted = true;
+            break;
+        }
         const double lr = learning_rate(o, step);
         model->adamw_update(lr, opt, step);
         const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
