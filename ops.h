@@ -77,8 +77,8 @@ constexpr int kColBlock = 64;
 
 // The machine's matrix-multiply peak as a program sees it, in FLOP/s: the best of twenty 1024³ sgemm products, half
 // with OpenBLAS's own threads and half split by gemm (best, not mean: on a shared machine the slow calls measure the
-// neighbours, not the machine).
-double measure_sgemm_peak();
+// neighbours, not the machine). openblas_threads_peak, if given, gets the best of OpenBLAS's own threads alone.
+double measure_sgemm_peak(double* openblas_threads_peak = nullptr);
 
 // ----------------------------------------------------------------------------------------------------
 // The ops. Shapes are documented in ops.cpp.
