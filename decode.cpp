@@ -80,20 +80,17 @@ static void check_state(const FlashModel<Real>& model, const DecodeState<Real>& 
 }
 
 // M += kl_chunkᵀ · v_chunk / C: the finished chunk's P joins the running sum (FLASH.md §1, §3).
-// The products are summed in double, whatever Real is, so that M does not drift over many chunks.
+// P is one product in double (dgemm on double copies of the chunk's rows), whatever Real is, so that M does not drift
+// over many chunks. (A loop of scalar double multiply-adds took ~8 ms per layer here, once every C tokens: most of a
+// decoded token's time, and nearly all of a batched step's.)
 // m (s,e); kl (C,s); v (C,e) with row stride ldv
 template <typename Real>
 static void add_chunk_to_m(Real* m, const Real* kl, const Real* v, int ldv, int C, int s, int e) {
-    std::vector<double> row(e);
-    for (int i = 0; i < s; i++) {
-        std::fill(row.begin(), row.end(), 0.0);
-        for (int c = 0; c < C; c++) {
-            const double k = kl[(size_t)c * s + i];
-            const Real* vr = v + (size_t)c * ldv;
-            for (int j = 0; j < e; j++) row[j] += k * vr[j];
-        }
-        for (int j = 0; j < e; j++) m[(size_t)i * e + j] += (Real)(row[j] / C);
-    }
+    std::vector<double> kl_d((size_t)C * s), v_d((size_t)C * e), p((size_t)s * e);
+    std::copy(kl, kl + (size_t)C * s, kl_d.begin());
+    for (int c = 0; c < C; c++) std::copy(v + (size_t)c * ldv, v + (size_t)c * ldv + e, v_d.begin() + (size_t)c * e);
+    gemm(true, false, s, e, C, 1.0 / C, kl_d.data(), s, v_d.data(), e, 0.0, p.data(), e);
+    for (size_t i = 0; i < p.size(); i++) m[i] += (Real)p[i];
 }
 
 // Local attention of one query (row a of its chunk) over the chunk's cached rows 0..a (causal, diagonal included):
