@@ -161,7 +161,7 @@ static void decode_rows(const FlashModel<Real>& model, DecodeState<Real>* const*
             std::memcpy(cache.kl.data() + (size_t)a * s, st.kl.data(), sizeof(Real) * s);
             // o = quad + lin, lin = ql · M (M covers the finished chunks only: the exclusive sum)
             local_attention_one_query(o, st.qq.data(), cache.kq.data(), cache.v.data(), lp.rel_bias, a, C, s, e);
-            matmul_forward(lin, st.ql.data(), cache.m.data(), (const Real*)nullptr, 1, s, e);
+            gemv(/*trans=*/true, s, e, Real(1), cache.m.data(), e, st.ql.data(), lin);  // lin = Mᵀ · ql
             for (int j = 0; j < e; j++) o[j] += lin[j];
         }
         gate_forward(rows.gated.data(), rows.act.data(), I, rows.o.data(), n, e);

@@ -108,15 +108,6 @@ static void check_tokens(const BaselineDecodeState<Real>& state, const int* toke
                     "the tokenizer and the model disagree; use the tokenizer the model was trained with");
 }
 
-// y = alpha · op(A) · x for a row-major (rows, cols) matrix A with row stride lda; op(A) = Aᵀ when trans.
-// (A decode step is one row against the cache: a matrix-vector product, which reads the cache once.)
-static void gemv(bool trans, int rows, int cols, float alpha, const float* A, int lda, const float* x, float* y) {
-    cblas_sgemv(CblasRowMajor, trans ? CblasTrans : CblasNoTrans, rows, cols, alpha, A, lda, x, 1, 0.0f, y, 1);
-}
-static void gemv(bool trans, int rows, int cols, double alpha, const double* A, int lda, const double* x, double* y) {
-    cblas_dgemv(CblasRowMajor, trans ? CblasTrans : CblasNoTrans, rows, cols, alpha, A, lda, x, 1, 0.0, y, 1);
-}
-
 // Softmax attention of one query row against every cached key (BASELINES.md §1), as softmax_attention_forward
 // computes its row: scores by BLAS, the max in Real, the sum in double, P = exp(S − lse), o = P · V.
 // o (d); q (d) rotated; k, v (n, d) token rows; scores (n) scratch

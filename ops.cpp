@@ -60,6 +60,13 @@ static void gemm_split(bool ta, bool tb, int M, int N, int K, Real alpha, const 
     openblas_set_num_threads(saved);
 }
 
+void gemv(bool trans, int rows, int cols, float alpha, const float* A, int lda, const float* x, float* y) {
+    cblas_sgemv(CblasRowMajor, trans ? CblasTrans : CblasNoTrans, rows, cols, alpha, A, lda, x, 1, 0.0f, y, 1);
+}
+void gemv(bool trans, int rows, int cols, double alpha, const double* A, int lda, const double* x, double* y) {
+    cblas_dgemv(CblasRowMajor, trans ? CblasTrans : CblasNoTrans, rows, cols, alpha, A, lda, x, 1, 0.0, y, 1);
+}
+
 int gemm_parts(int M, int N, int K) {
     if (omp_in_parallel()) return 1;  // already one thread's share of a parallel loop (e.g. ChunkParallelism)
     // As many parts as threads, where BLAS would have been allowed that many (a caller that holds BLAS at one thread
