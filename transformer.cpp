@@ -784,7 +784,11 @@ void TransformerModel<Real>::backward() {
     const int N = B * T, d = cfg.d, f = cfg.ffn, H = cfg.n_heads, hd = cfg.head_dim(), BH = B * H, m = cfg.features;
     const int V = cfg.vocab_size;
     TransformerGradActs<Real>& g = dacts;
-    zero_fill(grad_act_buf.data(), grad_act_buf.size());
+    // What the head's backward accumulates into starts at zero (as in FlashModel::backward); the layers' scratch
+    // (dxn .. dz) is zeroed layer by layer below.
+    zero_fill(g.dlogits, (size_t)N * V);
+    zero_fill(g.dxn, (size_t)N * d);
+    zero_fill(g.dres, (size_t)N * d);
 
     crossentropy_backward(g.dlogits, acts.probs, targets.data(), N, V);
     logits_backward(g.dxn, dp.wte, g.dlogits, acts.xn_f, p.wte, N, d, V);
