@@ -102,7 +102,8 @@ static void local_attention_one_query(Real* quad, const Real* qq, const Real* kq
     std::fill(quad, quad + e, Real(0));
     for (int b = 0; b <= a; b++) {
         const Real* k = kq_rows + (size_t)b * s;
-        double dot = 0;
+        double dot = 0;  // in double whatever Real is, in vector lanes (the sum's order is the compiler's)
+#pragma omp simd reduction(+ : dot)
         for (int j = 0; j < s; j++) dot += (double)qq[j] * k[j];
         const Real r = std::max(Real(0), (Real)(dot / C) + rel_bias[rel_bias_index(a, b, C, /*causal=*/true)]);
         const Real weight = r * r;

@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 // ====================================================================================================
 // BLAS: y = alpha · op(A) · op(B) + beta · C, row-major, one overload per precision.
@@ -27,6 +28,25 @@ void gemm_blas(bool ta, bool tb, int M, int N, int K, double alpha, const double
                 B, ldb, beta, C, ldc);
 }
 
+// y = alpha · op(A) · x + beta · y for a row-major (rows, cols) A, x with stride incx (sgemv / dgemv). beta = 0
+// overwrites y, NaNs included, as gemm does (y is zeroed here first: BLAS versions differ on 0 · NaN).
+template <typename Real>
+static void gemv_strided(bool trans, int rows, int cols, Real alpha, const Real* A, int lda, const Real* x, int incx,
+                         Real beta, Real* y) {
+    if (beta == Real(0)) std::fill(y, y + (trans ? cols : rows), Real(0));
+    const CBLAS_TRANSPOSE t = trans ? CblasTrans : CblasNoTrans;
+    if constexpr (std::is_same_v<Real, float>)
+        cblas_sgemv(CblasRowMajor, t, rows, cols, alpha, A, lda, x, incx, beta, y, 1);
+    else
+        cblas_dgemv(CblasRowMajor, t, rows, cols, alpha, A, lda, x, incx, beta, y, 1);
+}
+void gemv(bool trans, int rows, int cols, float alpha, const float* A, int lda, const float* x, float* y) {
+    gemv_strided(trans, rows, cols, alpha, A, lda, x, 1, 0.0f, y);
+}
+void gemv(bool trans, int rows, int cols, double alpha, const double* A, int lda, const double* x, double* y) {
+    gemv_strided(trans, rows, cols, alpha, A, lda, x, 1, 0.0, y);
+}
+
 // Why the project splits its products itself (issue 11): OpenBLAS's pthread build runs its own threads, and after
 // every OpenMP loop of the step the OpenMP threads keep spinning for a while, so on a machine with as many threads
 // as cores the two pools take turns on the cores. Measured on 2 cores: 2 threads were 1.35× one, 2 MPI ranks of one
@@ -34,9 +54,19 @@ void gemm_blas(bool ta, bool tb, int M, int N, int K, double alpha, const double
 // wider than tall), and each block is one single-threaded BLAS call inside an OpenMP loop: one pool of threads.
 // A block's elements are computed exactly as in a one-block call of the same shape; the blocks' boundaries are on
 // multiples of 16 (whole cache lines of C).
+//
+// A one-row product (M = 1: every product of a decode step) is a matrix-vector product instead: OpenBLAS's gemm
+// first packs all of op(B), which for one row of A reads B twice and writes a copy of it. Measured, the products of
+// one decoded token of the small config, one thread: 0.65 ms as sgemm, 0.39 ms as sgemv.
 template <typename Real>
 static void gemm_split(bool ta, bool tb, int M, int N, int K, Real alpha, const Real* A, int lda, const Real* B,
                        int ldb, Real beta, Real* C, int ldc) {
+    if (M == 1) {
+        // C (1,N) = alpha · a · op(B) + beta · C with a = op(A) (1,K), stride lda when A is stored transposed:
+        //   op(B) = B (K,N)   →  Cᵀ = Bᵀ · aᵀ;   op(B) = Bᵀ, B (N,K)  →  Cᵀ = B · aᵀ.
+        gemv_strided(!tb, tb ? N : K, tb ? K : N, alpha, B, ldb, A, ta ? lda : 1, beta, C);
+        return;
+    }
     const bool by_rows = M >= N;
     const int extent = by_rows ? M : N;
     const int parts = gemm_parts(M, N, K);
@@ -60,12 +90,6 @@ static void gemm_split(bool ta, bool tb, int M, int N, int K, Real alpha, const 
     openblas_set_num_threads(saved);
 }
 
-void gemv(bool trans, int rows, int cols, float alpha, const float* A, int lda, const float* x, float* y) {
-    cblas_sgemv(CblasRowMajor, trans ? CblasTrans : CblasNoTrans, rows, cols, alpha, A, lda, x, 1, 0.0f, y, 1);
-}
-void gemv(bool trans, int rows, int cols, double alpha, const double* A, int lda, const double* x, double* y) {
-    cblas_dgemv(CblasRowMajor, trans ? CblasTrans : CblasNoTrans, rows, cols, alpha, A, lda, x, 1, 0.0, y, 1);
-}
 
 int gemm_parts(int M, int N, int K) {
     if (omp_in_parallel()) return 1;  // already one thread's share of a parallel loop (e.g. ChunkParallelism)

@@ -442,6 +442,38 @@ TEST_CASE("gemm: the product split among threads equals the plain BLAS call (dou
     check_gemm_split<float>(1e-5);
 }
 
+// A one-row product goes to gemv (ops.cpp): every transpose, a strided row of A (A stored transposed), beta 1 and
+// beta 0 over a C full of NaN (which beta = 0 must overwrite, as BLAS's gemm does).
+template <typename Real>
+void check_gemm_one_row(double tol) {
+    Rng rng(44);
+    const int N = 333, K = 200, lda_t = 3;  // A stored transposed: (K, lda_t), the row is its column 0
+    for (bool ta : {false, true})
+        for (bool tb : {false, true})
+            for (double beta : {1.0, 0.0}) {
+                INFO("ta " << ta << " tb " << tb << " beta " << beta);
+                const std::vector<double> a = randn((size_t)K * lda_t, rng), b = randn((size_t)K * N, rng),
+                                          c0 = randn(N, rng);
+                const std::vector<Real> A(a.begin(), a.end()), Bm(b.begin(), b.end());
+                std::vector<Real> row(c0.begin(), c0.end()), plain = row;
+                if (beta == 0) row.assign(N, Real(NAN));
+                const int lda = ta ? lda_t : K, ldb = tb ? K : N;
+                gemm(ta, tb, 1, N, K, Real(0.5), A.data(), lda, Bm.data(), ldb, Real(beta), row.data(), N);
+                gemm_blas(ta, tb, 1, N, K, Real(0.5), A.data(), lda, Bm.data(), ldb, Real(beta), plain.data(), N);
+                double err = 0, scale = 0;
+                for (int i = 0; i < N; i++) {
+                    err = std::max(err, std::fabs((double)row[i] - (double)plain[i]));
+                    scale = std::max(scale, std::fabs((double)plain[i]));
+                }
+                CHECK(scale > 1);
+                CHECK(err <= tol * scale);  // NaN fails this
+            }
+}
+TEST_CASE("gemm: a one-row product (gemv) equals the plain BLAS call (double within 1e-13, float 1e-5)") {
+    check_gemm_one_row<double>(1e-13);
+    check_gemm_one_row<float>(1e-5);
+}
+
 TEST_CASE("zero_fill clears exactly [0, n), split among threads or not") {
     const int saved = omp_get_max_threads();
     for (int threads : {1, 2, 3})
