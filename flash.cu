@@ -752,7 +752,8 @@ void local_attention_backward(float* dqq, float* dkq, float* dv, int lddv, float
 __global__ void chunk_prefix_sum_kernel(float* m, int B, int G, size_t se, bool causal, bool reverse) {
     GRID_STRIDE_LOOP(idx, (size_t)B * se) {
         const size_t b = idx / se, k = idx % se;
-        chunk_prefix_sum_column(m + b * G * se + k, G, se, /*exclusive=*/causal, reverse);
+        float running;
+        chunk_prefix_sum_columns(m + b * G * se + k, 1, &running, G, se, /*exclusive=*/causal, reverse);
     }
 }
 

@@ -196,20 +196,27 @@ template <typename Real> void crossentropy_backward(Real* dlogits, const Real* p
 // The chunk prefix sum of linear attention, in place over G chunk states (each `stride` values apart):
 //   exclusive (causal):   x[g] = Σ_{h<g} x[h]   (reverse: Σ_{h>g} x[h], the backward of the forward one)
 //   total (non-causal):   x[g] = Σ_h x[h]       (its own backward)
-// One column of the sum; the CPU op below and the CUDA kernel both call it, so they add in the same order.
+// for `width` adjacent columns at once, each with its own running sum in running (width values). Every column adds
+// its chunks in the same order whatever the width: the CPU op below sweeps wide blocks of columns chunk by chunk
+// (contiguous loads), the CUDA kernel one column per thread (width 1), and they add alike.
 template <typename Real>
-FLASH_HD inline void chunk_prefix_sum_column(Real* x, int G, size_t stride, bool exclusive, bool reverse) {
-    Real running = 0;
+FLASH_HD inline void chunk_prefix_sum_columns(Real* x, int width, Real* running, int G, size_t stride, bool exclusive,
+                                              bool reverse) {
+    for (int k = 0; k < width; k++) running[k] = 0;
     if (exclusive) {
         for (int step = 0; step < G; step++) {
-            const int g = reverse ? G - 1 - step : step;
-            const Real p = x[(size_t)g * stride];
-            x[(size_t)g * stride] = running;
-            running += p;
+            Real* row = x + (size_t)(reverse ? G - 1 - step : step) * stride;
+            for (int k = 0; k < width; k++) {
+                const Real p = row[k];
+                row[k] = running[k];
+                running[k] += p;
+            }
         }
     } else {
-        for (int g = 0; g < G; g++) running += x[(size_t)g * stride];
-        for (int g = 0; g < G; g++) x[(size_t)g * stride] = running;
+        for (int g = 0; g < G; g++)
+            for (int k = 0; k < width; k++) running[k] += x[(size_t)g * stride + k];
+        for (int g = 0; g < G; g++)
+            for (int k = 0; k < width; k++) x[(size_t)g * stride + k] = running[k];
     }
 }
 // Every column of m (B, G, se): per batch row, the prefix sum above over its G chunks.
