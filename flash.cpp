@@ -248,50 +248,44 @@ void gau_rows_forward(Real* act, Real* qq, Real* kq, Real* ql, Real* kl, const R
         }
     }
 }
-// Backward of the three, in reverse order per row (the head gradients are rotated back in place), for the v and z
-// columns of h (the u columns are gate_rows_backward's, which takes du straight to dh_u):
+// Backward of the three, in reverse order per row (the head gradients are rotated back in place):
 //   dhead_i = rope⁻¹(dhead_i);   dz = dact_z + Σ_i dhead_i ⊙ γ[i];   dγ[i] += Σ_rows dhead_i ⊙ z;   dβ[i] += Σ_rows dhead_i;
-//   dh[:, e:] += dact[:, e:] ⊙ σ(h) · (1 + h · (1 − σ(h)))
-// z = silu(h_z) is made again here from h (the forward's act is not kept: Acts::act). dact's z columns receive dz
-// (as offset_scale_backward leaves them); its v columns hold dv on entry; its u columns are not read.
+//   dh += dact ⊙ σ(h) · (1 + h · (1 − σ(h)))
+// dact's z part receives dz (as offset_scale_backward leaves it); u and v parts hold du, dv on entry.
 template <typename Real>
 void gau_rows_backward(Real* dh, Real* dgamma, Real* dbeta, Real* dact, Real* dqq, Real* dkq, Real* dql, Real* dkl,
-                       const Real* h, const Real* gamma, const double* cos_t, const double* sin_t, int N, int T, int e,
-                       int s) {
+                       const Real* h, const Real* act, const Real* gamma, const double* cos_t, const double* sin_t,
+                       int N, int T, int e, int s) {
     const int I = 2 * e + s, half = s / 2;
     Real* dheads[4] = {dqq, dkq, dql, dkl};
     const int n_blocks = (N + kRowBlock - 1) / kRowBlock;
     std::vector<Real> part((size_t)n_blocks * 8 * s, Real(0));  // per block: dγ (4,s), then dβ (4,s)
-#pragma omp parallel
-    {
-        std::vector<Real> sig_row(e + s), z_row(s);  // σ(h) of the row's v and z columns; z = silu(h_z)
-#pragma omp for schedule(static)
-        for (int blk = 0; blk < n_blocks; blk++) {
-            Real* pg = part.data() + (size_t)blk * 8 * s;
-            Real* pb = pg + 4 * s;
-            for (int n = blk * kRowBlock; n < std::min(N, (blk + 1) * kRowBlock); n++) {
-                const Real* hr = h + (size_t)n * I + e;  // the v and z columns from here on
-                Real* dar = dact + (size_t)n * I + e;
-                Real* dhr = dh + (size_t)n * I + e;
-                Real *sig = sig_row.data(), *z = z_row.data(), *dz = dar + e;
+#pragma omp parallel for schedule(static)
+    for (int blk = 0; blk < n_blocks; blk++) {
+        Real* pg = part.data() + (size_t)blk * 8 * s;
+        Real* pb = pg + 4 * s;
+        for (int n = blk * kRowBlock; n < std::min(N, (blk + 1) * kRowBlock); n++) {
+            const Real* z = act + (size_t)n * I + 2 * e;
+            Real* dar = dact + (size_t)n * I;
+            Real* dz = dar + 2 * e;
+            for (int i = 0; i < 4; i++) {
+                Real* dhd = dheads[i] + (size_t)n * s;
+                rope_rotate_row(dhd, cos_t + (size_t)(n % T) * half, sin_t + (size_t)(n % T) * half, half, -1.0);
+                const Real* gi = gamma + i * s;
+                Real *pgi = pg + i * s, *pbi = pb + i * s;
 #pragma omp simd
-                for (int j = 0; j < e + s; j++) sig[j] = Real(1) / (Real(1) + exp_tuned(-hr[j]));
-#pragma omp simd
-                for (int j = 0; j < s; j++) z[j] = hr[e + j] * sig[e + j];
-                for (int i = 0; i < 4; i++) {
-                    Real* dhd = dheads[i] + (size_t)n * s;
-                    rope_rotate_row(dhd, cos_t + (size_t)(n % T) * half, sin_t + (size_t)(n % T) * half, half, -1.0);
-                    const Real* gi = gamma + i * s;
-                    Real *pgi = pg + i * s, *pbi = pb + i * s;
-#pragma omp simd
-                    for (int j = 0; j < s; j++) {
-                        pgi[j] += dhd[j] * z[j];
-                        pbi[j] += dhd[j];
-                        dz[j] += dhd[j] * gi[j];
-                    }
+                for (int j = 0; j < s; j++) {
+                    pgi[j] += dhd[j] * z[j];
+                    pbi[j] += dhd[j];
+                    dz[j] += dhd[j] * gi[j];
                 }
+            }
+            const Real* hr = h + (size_t)n * I;
+            Real* dhr = dh + (size_t)n * I;
 #pragma omp simd
-                for (int j = 0; j < e + s; j++) dhr[j] += dar[j] * sig[j] * (Real(1) + hr[j] * (Real(1) - sig[j]));
+            for (int j = 0; j < I; j++) {
+                const Real sig = Real(1) / (Real(1) + exp_tuned(-hr[j]));
+                dhr[j] += dar[j] * sig * (Real(1) + hr[j] * (Real(1) - sig));
             }
         }
     }
@@ -300,31 +294,6 @@ void gau_rows_backward(Real* dh, Real* dgamma, Real* dbeta, Real* dact, Real* dq
             dgamma[k] += part[(size_t)blk * 8 * s + k];
             dbeta[k] += part[(size_t)blk * 8 * s + 4 * s + k];
         }
-}
-
-// The gate's backward with u's SiLU, row by row, and v made again for the attention backward (Acts::act):
-//   Backward of: gated = u ⊙ o, u = silu(h_u)   =>   do += dgated ⊙ u;   dh_u += dgated ⊙ o ⊙ σ(h_u) · (1 + h_u · (1 − σ(h_u)))
-//   and act's v columns = silu(h_v)
-// One pass reads each row of h once; du is never stored (gau_rows_backward does the v and z columns of dh). The naive
-// version the tests compare it with: silu_forward, gate_backward, then silu_backward on the u columns.
-// dh, act, h (N, 2e+s): dh's u columns and act's v columns are written; d_o, dgated, o (N, e)
-template <typename Real>
-void gate_rows_backward(Real* dh, Real* d_o, Real* act, const Real* dgated, const Real* h, const Real* o, int N, int e,
-                        int s) {
-    const int I = 2 * e + s;
-#pragma omp parallel for schedule(static)
-    for (int n = 0; n < N; n++) {
-        const Real *hu = h + (size_t)n * I, *hv = hu + e, *dg = dgated + (size_t)n * e, *orow = o + (size_t)n * e;
-        Real *dhu = dh + (size_t)n * I, *v = act + (size_t)n * I + e, *dor = d_o + (size_t)n * e;
-#pragma omp simd
-        for (int j = 0; j < e; j++) {
-            const Real sig = Real(1) / (Real(1) + exp_tuned(-hu[j]));
-            dor[j] += dg[j] * (hu[j] * sig);
-            dhu[j] += dg[j] * orow[j] * sig * (Real(1) + hu[j] * (Real(1) - sig));
-        }
-#pragma omp simd
-        for (int j = 0; j < e; j++) v[j] = hv[j] * (Real(1) / (Real(1) + exp_tuned(-hv[j])));
-    }
 }
 
 // Local squared-ReLU attention inside each chunk (writes o = quad; the global part adds to it):
@@ -344,12 +313,17 @@ void local_attention_forward(Real* o, Real* relu_s, const Real* qq, const Real* 
             Real* R = relu_s + (size_t)bg * C * C;
             // R = qq_chunk · kq_chunkᵀ / C, then bias, mask and relu in place.
             gemm(false, true, C, C, s, Real(1) / C, qq + row0 * s, s, kq + row0 * s, s, Real(0), R, C);
-            for (int a = 0; a < C; a++)
-                for (int b = 0; b < C; b++) {
-                    Real& r = R[(size_t)a * C + b];
-                    r = (causal && b > a) ? Real(0) : std::max(Real(0), r + rel_bias[rel_bias_index(a, b, C, causal)]);
-                    A[(size_t)a * C + b] = r * r;
+            for (int a = 0; a < C; a++) {
+                Real *Ra = R + (size_t)a * C, *Aa = A.data() + (size_t)a * C;
+                const int attended = causal ? a + 1 : C;  // columns b < attended; the rest are masked
+#pragma omp simd
+                for (int b = 0; b < attended; b++) {
+                    const Real r = std::max(Real(0), Ra[b] + rel_bias[rel_bias_index(a, b, C, causal)]);
+                    Ra[b] = r;
+                    Aa[b] = r * r;
                 }
+                for (int b = attended; b < C; b++) Ra[b] = Aa[b] = Real(0);
+            }
             gemm(false, false, C, e, C, Real(1), A.data(), C, v + row0 * ldv, ldv, Real(0), o + row0 * e, e);
         }
     }
@@ -378,12 +352,18 @@ void local_attention_backward(Real* dqq, Real* dkq, Real* dv, int lddv, Real* dr
             gemm(false, true, C, C, e, Real(1), d_o + row0 * e, e, v + row0 * ldv, ldv, Real(0), dS.data(), C);
             gemm(true, false, C, e, C, Real(1), A.data(), C, d_o + row0 * e, e, Real(1), dv + row0 * lddv, lddv);
             Real* dbias = dbias_part.data() + (size_t)bg * nbias;
-            for (int a = 0; a < C; a++)
-                for (int b = 0; b < C; b++) {
-                    Real& ds = dS[(size_t)a * C + b];
-                    ds = 2 * R[(size_t)a * C + b] * ds;  // R = 0 where masked or relu was off
-                    if (!(causal && b > a)) dbias[rel_bias_index(a, b, C, causal)] += ds;  // masked: no bias entry
+            for (int a = 0; a < C; a++) {
+                Real* dSa = dS.data() + (size_t)a * C;
+                const Real* Ra = R + (size_t)a * C;
+                const int attended = causal ? a + 1 : C;
+#pragma omp simd  // within a row every b has its own bias entry, so the lanes never add to the same one
+                for (int b = 0; b < attended; b++) {
+                    const Real ds = 2 * Ra[b] * dSa[b];  // R = 0 where relu was off
+                    dSa[b] = ds;
+                    dbias[rel_bias_index(a, b, C, causal)] += ds;
                 }
+                for (int b = attended; b < C; b++) dSa[b] = 2 * Ra[b] * dSa[b];  // masked (R = 0): no bias entry
+            }
             gemm(false, false, C, s, C, Real(1) / C, dS.data(), C, kq + row0 * s, s, Real(1), dqq + row0 * s, s);
             gemm(true, false, C, s, C, Real(1) / C, dS.data(), C, qq + row0 * s, s, Real(1), dkq + row0 * s, s);
         }
@@ -583,18 +563,19 @@ void FlashModel<Real>::backward() {
         const LayerParams<Real>& lp = p.layers[l];
         const LayerParams<Real>& dlp = dp.layers[l];
         const LayerActs<Real>& la = acts.layers[l];
-        const Real* v = acts.act + e;  // made again from this layer's h by gate_rows_backward (Acts::act)
-        Real* dv = g.dact + e;
+        silu_forward(acts.act, la.h, (size_t)N * I);  // this layer's act again (Acts::act)
+        const Real *u = acts.act, *v = acts.act + e;
+        Real *du = g.dact, *dv = g.dact + e;
         // This layer's scratch gradients (dxn .. dgated, contiguous in view_activations) accumulate from zero;
         // g.dres carries d(x_next) in and d(x) out.
         zero_fill(g.dxn, (size_t)(g.dlogits - g.dxn));
         matmul_backward(g.dgated, dlp.w_out, dlp.b_out, g.dres, la.gated, lp.w_out, N, e, d);
-        gate_rows_backward(g.dh, g.d_o, acts.act, g.dgated, la.h, la.o, N, e, s);  // dh's u columns, d_o, and v
+        gate_backward(du, I, g.d_o, g.dgated, u, I, la.o, N, e);
         global_attention_backward(g.dql, g.dkl, dv, I, g.d_o, la.m, la.ql, la.kl, v, I, B, T, C, s, e, cfg.causal);
         local_attention_backward(g.dqq, g.dkq, dv, I, dlp.rel_bias, g.d_o, la.relu_s, la.qq, la.kq, v, I, B, T, C, s, e,
                                  cfg.causal);
-        gau_rows_backward(g.dh, dlp.gamma, dlp.beta, g.dact, g.dqq, g.dkq, g.dql, g.dkl, la.h, lp.gamma,
-                          rope_cos.data(), rope_sin.data(), N, T, e, s);  // dh's v and z columns
+        gau_rows_backward(g.dh, dlp.gamma, dlp.beta, g.dact, g.dqq, g.dkq, g.dql, g.dkl, la.h, acts.act, lp.gamma,
+                          rope_cos.data(), rope_sin.data(), N, T, e, s);
         matmul_backward(g.dxn, dlp.w_in, dlp.b_in, g.dh, la.xn, lp.w_in, N, d, I);
         // residual: dres already holds the direct path; the scalenorm path adds to it.
         scalenorm_backward(g.dres, dlp.norm_g, g.dxn, la.x, la.rstd, lp.norm_g, N, d);
@@ -623,7 +604,6 @@ INSTANTIATE(offset_scale_forward)
 INSTANTIATE(offset_scale_backward)
 INSTANTIATE(gau_rows_forward)
 INSTANTIATE(gau_rows_backward)
-INSTANTIATE(gate_rows_backward)
 INSTANTIATE(local_attention_forward)
 INSTANTIATE(local_attention_backward)
 INSTANTIATE(global_attention_forward)

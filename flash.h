@@ -108,9 +108,8 @@ template <typename Real>
 struct Acts {
     std::vector<LayerActs<Real>> layers;
     // (N, 2e+s)  act = silu(h) = [u | v | z] of ONE layer: the forward overwrites it layer after layer, and the
-    // backward makes again from the layer's h what it needs: v, which the attention's backward multiplies with, is
-    // written back here by gate_rows_backward; u and z are made inside the passes that use them. One SiLU per
-    // value costs little; keeping act for every layer would cost L·N·(2e+s) values, about a fifth of the activations.
+    // backward recomputes it from the layer's h before differentiating the layer. One SiLU pass per layer costs
+    // little; keeping it for every layer would cost L·N·(2e+s) values, about a fifth of the activations.
     Real* act;
     Real* x_final;  // (N, d)   output of the last layer
     Real* rstd_f;   // (N)
@@ -125,7 +124,7 @@ struct GradActs {
     Real* dres;     // (N, d)     gradient of the residual stream at the current layer boundary
     Real* dxn;      // (N, d)
     Real* dh;       // (N, 2e+s)
-    Real* dact;     // (N, 2e+s)  [du | dv | dz]; the CPU backward never stores du (gate_rows_backward takes it to dh)
+    Real* dact;     // (N, 2e+s)  [du | dv | dz]
     Real* dqq;      // (N, s)
     Real* dkq;
     Real* dql;
@@ -161,13 +160,10 @@ template <typename Real> void offset_scale_backward(Real* dz, int lddz, Real* dg
 template <typename Real> void gau_rows_forward(Real* act, Real* qq, Real* kq, Real* ql, Real* kl, const Real* h,
                                                const Real* gamma, const Real* beta, const double* cos_t,
                                                const double* sin_t, int N, int T, int e, int s);
-// The backward covers the v and z columns of h (z made again from h); the u columns, with the gate, are
-// gate_rows_backward's, which also makes act's v columns again for the attention backward (Acts::act).
 template <typename Real> void gau_rows_backward(Real* dh, Real* dgamma, Real* dbeta, Real* dact, Real* dqq, Real* dkq,
-                                                Real* dql, Real* dkl, const Real* h, const Real* gamma,
-                                                const double* cos_t, const double* sin_t, int N, int T, int e, int s);
-template <typename Real> void gate_rows_backward(Real* dh, Real* d_o, Real* act, const Real* dgated, const Real* h,
-                                                 const Real* o, int N, int e, int s);
+                                                Real* dql, Real* dkl, const Real* h, const Real* act,
+                                                const Real* gamma, const double* cos_t, const double* sin_t, int N,
+                                                int T, int e, int s);
 
 template <typename Real> void local_attention_forward(Real* o, Real* relu_s, const Real* qq, const Real* kq, const Real* v,
                                                       int ldv, const Real* rel_bias, int B, int T, int C, int s, int e,

@@ -192,7 +192,7 @@ static int long_context(const std::vector<int64_t>& lengths) {
 }
 
 // Tuned against naive, back to back at the small config's shapes (B=8, T=512): SiLU with exp_approx against SiLU
-// with std::exp, and the fused rows (gau_rows_*, gate_rows_backward) against the unfused ops. Best of 5 runs each.
+// with std::exp, and the fused rows (gau_rows_*) against the unfused ops. Best of 5 runs each.
 static int elementwise_ab() {
     const FlashConfig c = config_preset("small");
     const int B = 8, T = c.seq_len, N = B * T, e = c.e, s = c.s, I = c.inner();
@@ -223,27 +223,18 @@ static int elementwise_ab() {
         gau_rows_forward(act.data(), hd, hd + Ns, hd + 2 * Ns, hd + 3 * Ns, h.data(), gamma.data(), beta.data(),
                          cos_t.data(), sin_t.data(), N, T, e, s);
     });
-    // The backward's elementwise work of a layer (the attention's backward runs between the two halves in a step):
-    // act made again, the gate, RoPE, offset-scale and SiLU backward, against gate_rows_ and gau_rows_backward.
-    std::vector<float> o((size_t)N * e), dgated((size_t)N * e), d_o((size_t)N * e);
-    for (float& v : o) v = (float)rng.normal();
-    for (float& v : dgated) v = (float)rng.normal();
     const double chain_b = ms([&] {
-        silu_forward(act.data(), h.data(), n);
-        gate_backward(dact.data(), I, d_o.data(), dgated.data(), act.data(), I, o.data(), N, e);
         for (int i = 0; i < 4; i++) rope_backward(dhd + i * Ns, cos_t.data(), sin_t.data(), N, T, s);
         offset_scale_backward(dact.data() + 2 * e, I, dgamma.data(), dbeta.data(), dhd, dhd + Ns, dhd + 2 * Ns,
                               dhd + 3 * Ns, act.data() + 2 * e, I, gamma.data(), N, s);
         silu_backward(dh.data(), dact.data(), h.data(), n);
     });
     const double fused_b = ms([&] {
-        gate_rows_backward(dh.data(), d_o.data(), act.data(), dgated.data(), h.data(), o.data(), N, e, s);
         gau_rows_backward(dh.data(), dgamma.data(), dbeta.data(), dact.data(), dhd, dhd + Ns, dhd + 2 * Ns,
-                          dhd + 3 * Ns, h.data(), gamma.data(), cos_t.data(), sin_t.data(), N, T, e, s);
+                          dhd + 3 * Ns, h.data(), act.data(), gamma.data(), cos_t.data(), sin_t.data(), N, T, e, s);
     });
     std::printf("  silu + offset-scale + rope fwd: three ops %8.2f ms   fused rows %8.2f ms\n", chain_f, fused_f);
-    std::printf("  silu again + gate + rope + offset-scale + silu bwd: five ops %8.2f ms   fused rows (gate, gau) "
-                "%8.2f ms\n", chain_b, fused_b);
+    std::printf("  silu + offset-scale + rope bwd: three ops %8.2f ms   fused rows %8.2f ms\n", chain_b, fused_b);
     return 0;
 }
 
@@ -315,10 +306,11 @@ int main(int argc, char** argv) {
             {"gate fwd", kElementwise, true, [&] { gate_forward(gated.data(), u, I, o.data(), N, e); }},
             {"w_out+res fwd", kProducts, true, [&] { matmul_residual_forward(y.data(), x.data(), gated.data(), w_out.data(), b_out.data(), N, e, d); }},
             {"w_out bwd", kProducts, true, [&] { matmul_backward(dgated.data(), dw_out.data(), db_out.data(), dx.data(), gated.data(), w_out.data(), N, e, d); }},
-            {"gate rows bwd", kElementwise, true, [&] { gate_rows_backward(dh.data(), d_o.data(), act.data(), dgated.data(), h.data(), o.data(), N, e, s); }},
+            {"gate bwd", kElementwise, true, [&] { gate_backward(dact.data(), I, d_o.data(), dgated.data(), u, I, o.data(), N, e); }},
             {"global attn bwd", kAttention, true, [&] { global_attention_backward(dql, dkl, dact.data() + e, I, d_o.data(), m.data(), ql, kl, v, I, B, T, C, s, e, c.causal); }},
             {"local attn bwd", kAttention, true, [&] { local_attention_backward(dqq, dkq, dact.data() + e, I, dbias.data(), d_o.data(), relu_s.data(), qq, kq, v, I, B, T, C, s, e, c.causal); }},
-            {"gau rows bwd", kElementwise, true, [&] { gau_rows_backward(dh.data(), dgamma.data(), dbeta.data(), dact.data(), dqq, dkq, dql, dkl, h.data(), gamma.data(), cos_t.data(), sin_t.data(), N, T, e, s); }},
+            {"silu recompute", kElementwise, true, [&] { silu_forward(act.data(), h.data(), (size_t)N * I); }},
+            {"gau rows bwd", kElementwise, true, [&] { gau_rows_backward(dh.data(), dgamma.data(), dbeta.data(), dact.data(), dqq, dkq, dql, dkl, h.data(), act.data(), gamma.data(), cos_t.data(), sin_t.data(), N, T, e, s); }},
             {"w_in bwd", kProducts, true, [&] { matmul_backward(dxn.data(), dw_in.data(), db_in.data(), dh.data(), xn.data(), w_in.data(), N, d, I); }},
             {"scalenorm bwd", kElementwise, true, [&] { scalenorm_backward(dx.data(), dg.data(), dxn.data(), x.data(), rstd.data(), g.data(), N, d); }},
             {"logits fwd", kProducts, false, [&] { logits_forward(logits.data(), xn.data(), wte.data(), N, d, V); }},
