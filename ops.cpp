@@ -90,7 +90,6 @@ static void gemm_split(bool ta, bool tb, int M, int N, int K, Real alpha, const 
     openblas_set_num_threads(saved);
 }
 
-
 int gemm_parts(int M, int N, int K) {
     if (omp_in_parallel()) return 1;  // already one thread's share of a parallel loop (e.g. ChunkParallelism)
     // As many parts as threads, where BLAS would have been allowed that many (a caller that holds BLAS at one thread
@@ -372,9 +371,6 @@ int scored_target_count(const int* targets, int N) {
     return scored;
 }
 
-// losses[n] = logsumexp(logits[n]) − logits[n, targets[n]] (0 where targets[n] is kIgnoreTarget);
-// probs = softmax(logits); returns the mean loss over the scored targets (0 when none is scored).
-// losses (N), probs (N,V), logits (N,V), targets (N)
 // max of x[0..n), n ≥ 1, in 16 lanes that the compiler vectorises (a plain max loop is a reduction GCC keeps scalar
 // without -ffast-math). A max is exact in any order: the value is the plain loop's.
 template <typename Real>
@@ -391,6 +387,9 @@ static Real row_max(const Real* x, int n) {
     return mx;
 }
 
+// losses[n] = logsumexp(logits[n]) − logits[n, targets[n]] (0 where targets[n] is kIgnoreTarget);
+// probs = softmax(logits); returns the mean loss over the scored targets (0 when none is scored).
+// losses (N), probs (N,V), logits (N,V), targets (N)
 template <typename Real>
 double crossentropy_forward(Real* losses, Real* probs, const Real* logits, const int* targets, int N, int V) {
 #pragma omp parallel for
