@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstring>
 #include <numeric>
+#include <optional>
 #include <string>
 
 #include "formats/config.h"
@@ -115,10 +116,15 @@ static void local_attention_one_query(Real* quad, const Real* qq, const Real* kq
 
 // One step of n sequences (n = 1: decode_step; n > 1: decode_batch_step). The products and the elementwise ops run
 // on the n rows together; the attention runs per sequence, against its own cache, at its own position.
+// Threads: one token's work is too small to share (decode.h: SingleThreaded), but n sequences' own work (each reads
+// its own cache, ~3 MB a step for the small config) is shared among the threads when there are at least as many
+// sequences as threads; the products of n rows are then split by gemm as in training.
 template <typename Real>
 static void decode_rows(const FlashModel<Real>& model, DecodeState<Real>* const* seqs, int n, const int* tokens,
                         Real* logits_out, DecodeRows<Real>& rows) {
-    SingleThreaded one_thread;
+    const bool share = n > 1 && omp_get_max_threads() > 1 && n >= omp_get_max_threads();
+    std::optional<SingleThreaded> one_thread;
+    if (!share) one_thread.emplace();
     const FlashConfig& c = model.cfg;
     const int d = c.d, e = c.e, s = c.s, I = c.inner(), C = c.chunk, V = c.vocab_size, half = c.s / 2;
     rows.size_for(c, n);
@@ -146,24 +152,28 @@ static void decode_rows(const FlashModel<Real>& model, DecodeState<Real>* const*
         scalenorm_forward(rows.xn.data(), rows.rstd.data(), x, lp.norm_g, n, d, c.eps);
         matmul_forward(rows.h.data(), rows.xn.data(), lp.w_in, lp.b_in, n, d, I);
         silu_forward(rows.act.data(), rows.h.data(), (size_t)n * I);
-        for (int i = 0; i < n; i++) {
-            DecodeState<Real>& st = *seqs[i];
-            DecodeLayerCache<Real>& cache = st.layers[l];
-            const int a = (int)(st.pos % C);  // row of this token inside its chunk
-            const Real *v = rows.act.data() + (size_t)i * I + e, *z = rows.act.data() + (size_t)i * I + 2 * e;
-            Real *o = rows.o.data() + (size_t)i * e, *lin = rows.lin.data() + (size_t)i * e;
-            offset_scale_forward(st.qq.data(), st.kq.data(), st.ql.data(), st.kl.data(), z, I, lp.gamma, lp.beta, 1,
-                                 s);
-            for (Real* head : {st.qq.data(), st.kq.data(), st.ql.data(), st.kl.data()})
-                rope_forward(head, st.rope_cos.data(), st.rope_sin.data(), 1, 1, s);
-            // This token joins the chunk cache before attending: the local part includes the diagonal.
-            std::memcpy(cache.kq.data() + (size_t)a * s, st.kq.data(), sizeof(Real) * s);
-            std::memcpy(cache.v.data() + (size_t)a * e, v, sizeof(Real) * e);
-            std::memcpy(cache.kl.data() + (size_t)a * s, st.kl.data(), sizeof(Real) * s);
-            // o = quad + lin, lin = ql · M (M covers the finished chunks only: the exclusive sum)
-            local_attention_one_query(o, st.qq.data(), cache.kq.data(), cache.v.data(), lp.rel_bias, a, C, s, e);
-            gemv(/*trans=*/true, s, e, Real(1), cache.m.data(), e, st.ql.data(), lin);  // lin = Mᵀ · ql
-            for (int j = 0; j < e; j++) o[j] += lin[j];
+        {
+            ChunkParallelism par(n);  // sequences in parallel, each with a one-thread BLAS (nothing here throws)
+#pragma omp parallel for schedule(static) if (share && par.over_chunks)
+            for (int i = 0; i < n; i++) {
+                DecodeState<Real>& st = *seqs[i];
+                DecodeLayerCache<Real>& cache = st.layers[l];
+                const int a = (int)(st.pos % C);  // row of this token inside its chunk
+                const Real *v = rows.act.data() + (size_t)i * I + e, *z = rows.act.data() + (size_t)i * I + 2 * e;
+                Real *o = rows.o.data() + (size_t)i * e, *lin = rows.lin.data() + (size_t)i * e;
+                offset_scale_forward(st.qq.data(), st.kq.data(), st.ql.data(), st.kl.data(), z, I, lp.gamma, lp.beta,
+                                     1, s);
+                for (Real* head : {st.qq.data(), st.kq.data(), st.ql.data(), st.kl.data()})
+                    rope_forward(head, st.rope_cos.data(), st.rope_sin.data(), 1, 1, s);
+                // This token joins the chunk cache before attending: the local part includes the diagonal.
+                std::memcpy(cache.kq.data() + (size_t)a * s, st.kq.data(), sizeof(Real) * s);
+                std::memcpy(cache.v.data() + (size_t)a * e, v, sizeof(Real) * e);
+                std::memcpy(cache.kl.data() + (size_t)a * s, st.kl.data(), sizeof(Real) * s);
+                // o = quad + lin, lin = ql · M (M covers the finished chunks only: the exclusive sum)
+                local_attention_one_query(o, st.qq.data(), cache.kq.data(), cache.v.data(), lp.rel_bias, a, C, s, e);
+                gemv(/*trans=*/true, s, e, Real(1), cache.m.data(), e, st.ql.data(), lin);  // lin = Mᵀ · ql
+                for (int j = 0; j < e; j++) o[j] += lin[j];
+            }
         }
         gate_forward(rows.gated.data(), rows.act.data(), I, rows.o.data(), n, e);
         matmul_forward(x_next, rows.gated.data(), lp.w_out, lp.b_out, n, e, d);

@@ -58,36 +58,40 @@ void gemv(bool trans, int rows, int cols, double alpha, const double* A, int lda
 // A one-row product (M = 1: every product of a decode step) is a matrix-vector product instead: OpenBLAS's gemm
 // first packs all of op(B), which for one row of A reads B twice and writes a copy of it. Measured, the products of
 // one decoded token of the small config, one thread: 0.65 ms as sgemm, 0.39 ms as sgemv.
+//
+// OpenBLAS's own threads never run here, not even for a product too small to split (under 4 MFLOP): waking them
+// costs more than such a product, and they fight OpenMP's spinning threads for the cores (measured, a decode step of
+// 8 sequences on 2 threads, whose products of 8 rows are that small: 4.7 ms with one BLAS thread, 14 ms without).
 template <typename Real>
 static void gemm_split(bool ta, bool tb, int M, int N, int K, Real alpha, const Real* A, int lda, const Real* B,
                        int ldb, Real beta, Real* C, int ldc) {
+    const int parts = gemm_parts(M, N, K);
+    const bool outside = !omp_in_parallel();  // inside a parallel loop the caller holds BLAS at one thread already
+    const int saved = openblas_get_num_threads();
+    if (outside) openblas_set_num_threads(1);
     if (M == 1) {
         // C (1,N) = alpha · a · op(B) + beta · C with a = op(A) (1,K), stride lda when A is stored transposed:
         //   op(B) = B (K,N)   →  Cᵀ = Bᵀ · aᵀ;   op(B) = Bᵀ, B (N,K)  →  Cᵀ = B · aᵀ.
         gemv_strided(!tb, tb ? N : K, tb ? K : N, alpha, B, ldb, A, ta ? lda : 1, beta, C);
-        return;
-    }
-    const bool by_rows = M >= N;
-    const int extent = by_rows ? M : N;
-    const int parts = gemm_parts(M, N, K);
-    if (parts <= 1) {
+    } else if (parts <= 1) {
         gemm_blas(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-        return;
-    }
-    const int saved = openblas_get_num_threads();
-    openblas_set_num_threads(1);
+    } else {
+        const bool by_rows = M >= N;
+        const int extent = by_rows ? M : N;
 #pragma omp parallel for num_threads(parts) schedule(static, 1)
-    for (int p = 0; p < parts; p++) {
-        const int lo = p == 0 ? 0 : (int)((int64_t)extent * p / parts) / 16 * 16;
-        const int hi = p == parts - 1 ? extent : (int)((int64_t)extent * (p + 1) / parts) / 16 * 16;
-        if (hi <= lo) continue;
-        if (by_rows)  // rows lo..hi of op(A) and of C
-            gemm_blas(ta, tb, hi - lo, N, K, alpha, ta ? A + lo : A + (size_t)lo * lda, lda, B, ldb, beta,
-                      C + (size_t)lo * ldc, ldc);
-        else  // columns lo..hi of op(B) and of C
-            gemm_blas(ta, tb, M, hi - lo, K, alpha, A, lda, tb ? B + (size_t)lo * ldb : B + lo, ldb, beta, C + lo, ldc);
+        for (int p = 0; p < parts; p++) {
+            const int lo = p == 0 ? 0 : (int)((int64_t)extent * p / parts) / 16 * 16;
+            const int hi = p == parts - 1 ? extent : (int)((int64_t)extent * (p + 1) / parts) / 16 * 16;
+            if (hi <= lo) continue;
+            if (by_rows)  // rows lo..hi of op(A) and of C
+                gemm_blas(ta, tb, hi - lo, N, K, alpha, ta ? A + lo : A + (size_t)lo * lda, lda, B, ldb, beta,
+                          C + (size_t)lo * ldc, ldc);
+            else  // columns lo..hi of op(B) and of C
+                gemm_blas(ta, tb, M, hi - lo, K, alpha, A, lda, tb ? B + (size_t)lo * ldb : B + lo, ldb, beta, C + lo,
+                          ldc);
+        }
     }
-    openblas_set_num_threads(saved);
+    if (outside) openblas_set_num_threads(saved);
 }
 
 int gemm_parts(int M, int N, int K) {

@@ -213,7 +213,8 @@ int run(const std::vector<int64_t>& batch_sizes, int steps, double floor_ms) {
     model.init_weights(1);
     Rng rng(5);
     std::printf("\nbatched decoding: n sequences per step, each at its own position (1024 + 37·i), small config, "
-                "float, 1 thread, mean of %d steps\n", steps);
+                "float, mean of %d steps; %d threads when n >= %d (the sequences in parallel), else 1\n", steps,
+                omp_get_max_threads(), omp_get_max_threads());
     std::printf("%9s | %12s %11s %13s | %12s\n", "sequences", "ms/step", "tokens/s", "step / floor", "cache MB");
     for (int64_t n : batch_sizes) {
         DecodeBatch<float> batch;

@@ -253,6 +253,15 @@ TEST_CASE("batched decoding equals decoding each sequence alone: double and floa
     }
 }
 
+// With as many sequences as threads, the sequences' own work runs in parallel (decode.cpp: decode_rows), and the
+// products of the rows are split among the threads: still what decoding each sequence alone gives.
+TEST_CASE("batched decoding with 2 threads (sequences in parallel) equals decoding each sequence alone") {
+    omp_set_num_threads(2);
+    check_batch_equals_alone<double>(variant(), true);
+    check_batch_equals_alone<float>(variant(), false);
+    omp_set_num_threads(kOneThread);
+}
+
 TEST_CASE("batched decoding refuses an empty batch and names the sequence of a bad token") {
     FlashModel<double> m(tiny());
     m.init_weights(1);
