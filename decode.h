@@ -30,7 +30,8 @@
 // One token's work (a few million multiply-adds for the small config) is too small to share among threads: the
 // fork and join of every op cost more than they save, and far more when the cores are busy (measured, small config,
 // 2 cores under load: 1.9 ms per token on one thread, 90-400 ms on two). So a step runs on the calling thread only,
-// OpenMP and OpenBLAS alike; the previous settings come back when it ends.
+// OpenMP and OpenBLAS alike; the previous settings come back when it ends. (A batched step of at least as many
+// sequences as threads has enough work to share, and shares it: decode.cpp, decode_rows.)
 // Shared by every cached decoder (decode_baselines.h too).
 struct SingleThreaded {
     int omp_saved, blas_saved;
@@ -82,8 +83,9 @@ struct DecodeState {
 
 // n independent sequences decoded together (batched decoding): each has its own cache and position, and one step
 // feeds one token to each. The products run on (n, ·) rows, so every weight matrix is read once per step for all
-// n sequences instead of once per sequence: a one-sequence step is bound by reading the weights (bench_decode), and
-// n of them cost little more than one. Attention stays per sequence, against its own cache.
+// n sequences instead of once per sequence (a one-sequence step is bound by reading the weights: bench_decode).
+// Attention stays per sequence, against its own cache, and that part grows with n: each sequence reads its own M and
+// chunk rows at every step. With at least as many sequences as threads, the sequences run in parallel.
 template <typename Real>
 struct DecodeBatch {
     std::vector<DecodeState<Real>> seqs;  // (n)
