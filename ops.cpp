@@ -69,7 +69,7 @@ static void gemm_split(bool ta, bool tb, int M, int N, int K, Real alpha, const 
     const bool outside = !omp_in_parallel();  // inside a parallel loop the caller holds BLAS at one thread already
     const int saved = openblas_get_num_threads();
     if (outside) openblas_set_num_threads(1);
-    if (M == 1) {
+    if (M == 1 && K > 0) {  // (K = 0: gemv would return without scaling C by beta, where gemm scales it)
         // C (1,N) = alpha · a · op(B) + beta · C with a = op(A) (1,K), stride lda when A is stored transposed:
         //   op(B) = B (K,N)   →  Cᵀ = Bᵀ · aᵀ;   op(B) = Bᵀ, B (N,K)  →  Cᵀ = B · aᵀ.
         gemv_strided(!tb, tb ? N : K, tb ? K : N, alpha, B, ldb, A, ta ? lda : 1, beta, C);
