@@ -161,7 +161,7 @@ static void compare_threads(const FlashConfig& c, int B, int T, double peak) {
     openblas_set_num_threads(blas_all);
     const double many = step_seconds(c, B, T, 2);
     const double fl = 3 * forward_flops_per_token(c) * B * T;
-    std::printf("threads: 1 thread %.1f ms (%.1f GFLOP/s), %d threads %.1f ms (%.1f GFLOP/s, %.0f%% of the peak): "
+    std::printf("threads: 1 thread %.1f ms (%.1f GFLOP/s), %d threads %.1f ms (%.1f GFLOP/s, %.1f%% of the peak): "
                 "%.2fx\n", one * 1e3, fl / one / 1e9, all, many * 1e3, fl / many / 1e9, 100 * fl / many / peak,
                 one / many);
 }
@@ -343,7 +343,7 @@ int main(int argc, char** argv) {
             model.adamw_update(1e-4, AdamWConfig(), 1);
         });
         const double fl = forward_flops_per_token(c);
-        std::printf("forward %.1f ms, training step %.1f ms: %.0f tokens/s, %.1f GFLOP/s = %.0f%% of the sgemm peak "
+        std::printf("forward %.1f ms, training step %.1f ms: %.0f tokens/s, %.1f GFLOP/s = %.1f%% of the sgemm peak "
                     "(%.0f%% of OpenBLAS's own threaded sgemm)\n", fwd * 1e3, step * 1e3, N / step,
                     3 * fl * N / step / 1e9, 100 * 3 * fl * N / step / peak, 100 * 3 * fl * N / step / openblas_peak);
         print_op_classes(kind_names, kind_total, kKinds, step);
