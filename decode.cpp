@@ -56,7 +56,7 @@ void DecodeRows<Real>::size_for(const FlashConfig& c, int n) {
     for (std::vector<Real>* v : {&x, &x_next, &xn}) v->assign(rows * c.d, Real(0));
     rstd.assign(rows, Real(0));
     for (std::vector<Real>* v : {&h, &act}) v->assign(rows * I, Real(0));
-    for (std::vector<Real>* v : {&o, &lin, &gated}) v->assign(rows * c.e, Real(0));
+    for (std::vector<Real>* v : {&o, &gated}) v->assign(rows * c.e, Real(0));
 }
 
 template <typename Real>
@@ -153,14 +153,14 @@ static void decode_rows(const FlashModel<Real>& model, DecodeState<Real>* const*
         matmul_forward(rows.h.data(), rows.xn.data(), lp.w_in, lp.b_in, n, d, I);
         silu_forward(rows.act.data(), rows.h.data(), (size_t)n * I);
         {
-            ChunkParallelism par(n);  // sequences in parallel, each with a one-thread BLAS (nothing here throws)
-#pragma omp parallel for schedule(static) if (share && par.over_chunks)
+            ChunkParallelism one_blas_thread(n);  // sequences in parallel, each with a one-thread BLAS (nothing throws)
+#pragma omp parallel for schedule(static) if (share)
             for (int i = 0; i < n; i++) {
                 DecodeState<Real>& st = *seqs[i];
                 DecodeLayerCache<Real>& cache = st.layers[l];
                 const int a = (int)(st.pos % C);  // row of this token inside its chunk
                 const Real *v = rows.act.data() + (size_t)i * I + e, *z = rows.act.data() + (size_t)i * I + 2 * e;
-                Real *o = rows.o.data() + (size_t)i * e, *lin = rows.lin.data() + (size_t)i * e;
+                Real* o = rows.o.data() + (size_t)i * e;
                 offset_scale_forward(st.qq.data(), st.kq.data(), st.ql.data(), st.kl.data(), z, I, lp.gamma, lp.beta,
                                      1, s);
                 for (Real* head : {st.qq.data(), st.kq.data(), st.ql.data(), st.kl.data()})
@@ -169,10 +169,10 @@ static void decode_rows(const FlashModel<Real>& model, DecodeState<Real>* const*
                 std::memcpy(cache.kq.data() + (size_t)a * s, st.kq.data(), sizeof(Real) * s);
                 std::memcpy(cache.v.data() + (size_t)a * e, v, sizeof(Real) * e);
                 std::memcpy(cache.kl.data() + (size_t)a * s, st.kl.data(), sizeof(Real) * s);
-                // o = quad + lin, lin = ql · M (M covers the finished chunks only: the exclusive sum)
+                // o = quad + lin, lin = ql · M (M covers the finished chunks only: the exclusive sum); a one-row
+                // gemm is a matrix-vector product (ops.cpp), which reads M once
                 local_attention_one_query(o, st.qq.data(), cache.kq.data(), cache.v.data(), lp.rel_bias, a, C, s, e);
-                gemv(/*trans=*/true, s, e, Real(1), cache.m.data(), e, st.ql.data(), lin);  // lin = Mᵀ · ql
-                for (int j = 0; j < e; j++) o[j] += lin[j];
+                gemm(false, false, 1, e, s, Real(1), st.ql.data(), s, cache.m.data(), e, Real(1), o, e);
             }
         }
         gate_forward(rows.gated.data(), rows.act.data(), I, rows.o.data(), n, e);

@@ -61,7 +61,7 @@ struct DecodeRows {
     std::vector<Real> x, x_next, xn;  // (n, d)     residual stream in and out, normed
     std::vector<Real> rstd;           // (n)        scalenorm's saved 1/rms, unused here
     std::vector<Real> h, act;         // (n, 2e+s)  input projection, silu(h) = [u | v | z]
-    std::vector<Real> o, lin, gated;  // (n, e)     attention output, its global part, u ⊙ o
+    std::vector<Real> o, gated;       // (n, e)     attention output, u ⊙ o
     void size_for(const FlashConfig& c, int n);
 };
 

@@ -118,14 +118,14 @@ static void softmax_attention_one_query(Real* o, Real* scores, const Real* q, co
     const Real scale = Real(1) / std::sqrt((Real)hd);
     for (int head = 0; head < H; head++) {
         const size_t col = (size_t)head * hd;
-        gemv(false, n, hd, scale, k + col, d, q + col, scores);  // scores = K_head · q / √h
+        gemm(false, true, 1, n, hd, scale, q + col, hd, k + col, d, Real(0), scores, n);  // scores = q · K_headᵀ / √h
         Real mx = scores[0];
         for (int b = 1; b < n; b++) mx = std::max(mx, scores[b]);
         double sum = 0;
         for (int b = 0; b < n; b++) sum += std::exp((double)(scores[b] - mx));
         const Real lse = (Real)(mx + std::log(sum));
         for (int b = 0; b < n; b++) scores[b] = std::exp(scores[b] - lse);
-        gemv(true, n, hd, Real(1), v + col, d, scores, o + col);  // o = V_headᵀ · P
+        gemm(false, false, 1, hd, n, Real(1), scores, n, v + col, d, Real(0), o + col, hd);  // o = P · V_head
     }
 }
 

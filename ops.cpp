@@ -31,7 +31,7 @@ void gemm_blas(bool ta, bool tb, int M, int N, int K, double alpha, const double
 // y = alpha · op(A) · x + beta · y for a row-major (rows, cols) A, x with stride incx (sgemv / dgemv). beta = 0
 // overwrites y, NaNs included, as gemm does (y is zeroed here first: BLAS versions differ on 0 · NaN).
 template <typename Real>
-static void gemv_strided(bool trans, int rows, int cols, Real alpha, const Real* A, int lda, const Real* x, int incx,
+static void gemv(bool trans, int rows, int cols, Real alpha, const Real* A, int lda, const Real* x, int incx,
                          Real beta, Real* y) {
     if (beta == Real(0)) std::fill(y, y + (trans ? cols : rows), Real(0));
     const CBLAS_TRANSPOSE t = trans ? CblasTrans : CblasNoTrans;
@@ -40,13 +40,6 @@ static void gemv_strided(bool trans, int rows, int cols, Real alpha, const Real*
     else
         cblas_dgemv(CblasRowMajor, t, rows, cols, alpha, A, lda, x, incx, beta, y, 1);
 }
-void gemv(bool trans, int rows, int cols, float alpha, const float* A, int lda, const float* x, float* y) {
-    gemv_strided(trans, rows, cols, alpha, A, lda, x, 1, 0.0f, y);
-}
-void gemv(bool trans, int rows, int cols, double alpha, const double* A, int lda, const double* x, double* y) {
-    gemv_strided(trans, rows, cols, alpha, A, lda, x, 1, 0.0, y);
-}
-
 // Why the project splits its products itself (issue 11): OpenBLAS's pthread build runs its own threads, and after
 // every OpenMP loop of the step the OpenMP threads keep spinning for a while, so on a machine with as many threads
 // as cores the two pools take turns on the cores. Measured on 2 cores: 2 threads were 1.35× one, 2 MPI ranks of one
@@ -72,7 +65,7 @@ static void gemm_split(bool ta, bool tb, int M, int N, int K, Real alpha, const 
     if (M == 1 && K > 0) {  // (K = 0: gemv would return without scaling C by beta, where gemm scales it)
         // C (1,N) = alpha · a · op(B) + beta · C with a = op(A) (1,K), stride lda when A is stored transposed:
         //   op(B) = B (K,N)   →  Cᵀ = Bᵀ · aᵀ;   op(B) = Bᵀ, B (N,K)  →  Cᵀ = B · aᵀ.
-        gemv_strided(!tb, tb ? N : K, tb ? K : N, alpha, B, ldb, A, ta ? lda : 1, beta, C);
+        gemv(!tb, tb ? N : K, tb ? K : N, alpha, B, ldb, A, ta ? lda : 1, beta, C);
     } else if (parts <= 1) {
         gemm_blas(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     } else {

@@ -56,11 +56,6 @@ void gemm_blas(bool ta, bool tb, int M, int N, int K, float alpha, const float* 
                float beta, float* C, int ldc);
 void gemm_blas(bool ta, bool tb, int M, int N, int K, double alpha, const double* A, int lda, const double* B,
                int ldb, double beta, double* C, int ldc);
-// y = alpha · op(A) · x for a row-major (rows, cols) matrix A with row stride lda; op(A) = Aᵀ when trans (BLAS
-// sgemv / dgemv). A decode step is one row against a cache: a matrix-vector product reads the cache once, where a
-// one-row gemm would first pack it.
-void gemv(bool trans, int rows, int cols, float alpha, const float* A, int lda, const float* x, float* y);
-void gemv(bool trans, int rows, int cols, double alpha, const double* A, int lda, const double* x, double* y);
 // The number of blocks gemm cuts an (M,N,K) product into here: min(OpenMP threads, OpenBLAS threads), 1 inside a
 // parallel region or for a product under 4 MFLOP, and no block narrower than 16.
 int gemm_parts(int M, int N, int K);
