@@ -12,8 +12,9 @@
 // reproducibility"; we never enable cublasSetAtomicsMode). So forward and backward are the same bits every run.
 //
 // Precision: every kernel keeps its values and its sums in fp32 (row statistics in double where the CPU uses double),
-// including the local scores S, A = relu(S)² and the chunk sums M that FLASH.md §8 warns about. cuBLAS runs in its
-// default (true fp32) math unless cuda_set_tf32(true).
+// including the local scores S, A = relu(S)² and the chunk sums M that FLASH.md §8 warns about. The cuBLAS products
+// are true fp32 unless cuda_set_precision asks for tf32 tensor cores: then cuBLAS rounds the products' inputs
+// (the weights, and the chunk operands Q, K, V, M) and still sums and writes fp32.
 #include "flash_cuda.h"
 #include "formats/config.h"
 
@@ -98,7 +99,6 @@ static bool sync_each_launch() {
 
 struct CudaContext {
     cublasHandle_t blas = nullptr;
-    bool tf32 = false;
     void* scratch = nullptr;
     size_t scratch_bytes = 0;
 };
@@ -109,7 +109,6 @@ static CudaContext& ctx() {
     static CudaContext c;
     if (!c.blas) {
         CUBLAS_CHECK(cublasCreate(&c.blas));
-        CUBLAS_CHECK(cublasSetMathMode(c.blas, c.tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
     }
     return c;
 }
@@ -140,10 +139,18 @@ struct ScratchPlan {
     }
 };
 
-void cuda_set_tf32(bool enable) {
-    CudaContext& c = ctx();
-    c.tf32 = enable;
-    CUBLAS_CHECK(cublasSetMathMode(c.blas, enable ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+// The products' precision is a compute type handed to each cuBLAS call (the handle keeps its default math mode), so
+// setting it needs no handle and no GPU.
+static MatmulPrecision g_matmul_precision = MatmulPrecision::fp32;
+
+void cuda_set_precision(MatmulPrecision precision) { g_matmul_precision = precision; }
+
+static cublasComputeType_t compute_type() {
+    switch (g_matmul_precision) {
+        case MatmulPrecision::tf32: return CUBLAS_COMPUTE_32F_FAST_TF32;
+        case MatmulPrecision::fp32: break;
+    }
+    return CUBLAS_COMPUTE_32F;
 }
 
 void cuda_synchronize() { CUDA_CHECK(cudaDeviceSynchronize()); }
@@ -172,16 +179,18 @@ bool cuda_available(std::string* why) {
 
 static void device_gemm(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda, const float* B, int ldb,
                  float beta, float* C, int ldc) {
-    CUBLAS_CHECK(cublasSgemm(ctx().blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha,
-                             B, ldb, A, lda, &beta, C, ldc));
+    CUBLAS_CHECK(cublasGemmEx(ctx().blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha,
+                              B, CUDA_R_32F, ldb, A, CUDA_R_32F, lda, &beta, C, CUDA_R_32F, ldc, compute_type(),
+                              CUBLAS_GEMM_DEFAULT));
 }
 // The same product for `batch` problems, operand i at A + i·strideA etc.: one call for every chunk of the batch.
 static void gemm_batched(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda, long long strideA,
                          const float* B, int ldb, long long strideB, float beta, float* C, int ldc, long long strideC,
                          int batch) {
-    CUBLAS_CHECK(cublasSgemmStridedBatched(ctx().blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
-                                           N, M, K, &alpha, B, ldb, strideB, A, lda, strideA, &beta, C, ldc, strideC,
-                                           batch));
+    CUBLAS_CHECK(cublasGemmStridedBatchedEx(ctx().blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                            N, M, K, &alpha, B, CUDA_R_32F, ldb, strideB, A, CUDA_R_32F, lda, strideA,
+                                            &beta, C, CUDA_R_32F, ldc, strideC, batch, compute_type(),
+                                            CUBLAS_GEMM_DEFAULT));
 }
 
 // ====================================================================================================

@@ -62,9 +62,9 @@ private:
     FlashCuda* dev_ = nullptr;
 };
 
-// cuBLAS math for the matrix products, process-wide: false (the default) keeps them in true fp32; true lets cuBLAS
-// use TF32 tensor cores (10-bit mantissa inputs, fp32 sums): faster, and the tests would need looser tolerances.
-void cuda_set_tf32(bool enable);
+// The precision of every cuBLAS product from now on, process-wide (model.h: MatmulPrecision): fp32 (the default) is
+// true fp32; tf32 uses the tensor cores with fp32 sums. Only the products change; needs no GPU to call.
+void cuda_set_precision(MatmulPrecision precision);
 void cuda_synchronize();   // waits for the GPU; surfaces any asynchronous kernel error as a flash_error
 
 // ----------------------------------------------------------------------------------------------------

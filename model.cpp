@@ -112,6 +112,24 @@ Device choose_device(const std::string& name) {
 #endif
 }
 
+MatmulPrecision matmul_precision(const std::string& name, Device device) {
+    FLASH_CHECK(name == "fp32" || name == "tf32", "--precision must be fp32 or tf32, got '" << clip_text(name) << "'",
+                "");
+    FLASH_CHECK(name == "fp32" || device == Device::cuda,
+                "--precision " << name << " is for the GPU's matrix products; the CPU computes in fp32",
+                "use --device cuda, or --precision fp32 on the CPU");
+    return name == "tf32" ? MatmulPrecision::tf32 : MatmulPrecision::fp32;
+}
+
+void set_matmul_precision(MatmulPrecision precision) {
+#ifdef FLASH_HAVE_CUDA
+    cuda_set_precision(precision);
+#else
+    FLASH_CHECK(precision == MatmulPrecision::fp32, "tf32 products need the GPU, and this build has no CUDA",
+                "build where nvcc exists, or use --precision fp32");
+#endif
+}
+
 std::string model_arch(const nlohmann::json& config) {
     if (!config.is_object() || !config.contains("arch")) return "flash";
     FLASH_CHECK(config["arch"].is_string(), "model config field 'arch' must be a string, got " << config["arch"].dump(),

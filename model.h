@@ -102,6 +102,16 @@ enum class Device { cpu, cuda };
 // "cpu", "cuda" or "auto" (the GPU when one is usable, with a note when it is not) -> the device to use. Throws when
 // cuda is asked for and this build or machine has none, saying why.
 Device choose_device(const std::string& name);
+// The GPU's matrix products (every cuBLAS call of flash.cu): fp32, true fp32 (the default), or tf32, tensor cores that
+// round the inputs to TF32 (10-bit mantissa) and keep fp32 sums and outputs. Every other kernel, the parameters and
+// the AdamW moments stay fp32 either way (docs/FLASH.md §8). The CPU computes in fp32 (or double) only.
+// (No bf16: cuBLAS 13.0 on the H200 answered a bf16 compute type for fp32 operands with the same TF32 kernels, to the
+// bit; true bf16 products need bf16 copies of the operands, which this code does not make yet.)
+enum class MatmulPrecision { fp32, tf32 };
+// "fp32" or "tf32" -> the precision; throws for another name, or for tf32 on the CPU.
+MatmulPrecision matmul_precision(const std::string& name, Device device);
+// Process-wide, for the products that follow; a no-op for fp32 in a build without CUDA.
+void set_matmul_precision(MatmulPrecision precision);
 // The architecture a model config names: its "arch" key, "flash" when absent.
 std::string model_arch(const nlohmann::json& config);
 // A model of the config's architecture on the device, parameters zero (call init_weights or load a checkpoint).

@@ -74,6 +74,8 @@ static OptionTable option_table(TrainOptions& o) {
     t.add("seed", o.seed, "seed of the weights and the data order");
     t.add("threads", o.threads, "CPU threads (0: all cores)", 0, 1024);
     t.add("device", o.device, "cpu, cuda, or auto (the GPU when one is present)");
+    t.add("precision", o.precision, "the GPU's matrix products: fp32, or tf32 tensor cores with fp32 sums "
+                                    "(parameters, moments and the other kernels stay fp32)");
     t.add("objective", o.objective, "ar (auto-regressive) or mlm (masked LM: needs a model config with \"causal\": "
                                     "false; docs/BASELINES.md section 4)");
     t.add("dist-timeout", o.dist_timeout, "under mpirun: seconds a collective may wait before the job ends (0: never)",
@@ -141,6 +143,8 @@ void check_train_options(const TrainOptions& o) {
                 "--resume continues the run in --out-dir, --overwrite replaces it: give one");
     FLASH_CHECK(o.device == "cpu" || o.device == "cuda" || o.device == "auto",
                 "--device must be cpu, cuda or auto, got '" << o.device << "'", "");
+    // The precision's name now, and tf32 against --device cpu; --device auto is checked once it has chosen.
+    matmul_precision(o.precision, o.device == "cpu" ? Device::cpu : Device::cuda);
     flash_data::parse_objective(o.objective);  // throws for an unknown one
     FLASH_CHECK(o.load.empty() || o.eval_only, "--load is for --eval-only (training does not start from a checkpoint)",
                 "to continue a run use --resume; to score a checkpoint use --eval-only --load CKPT");
@@ -510,6 +514,7 @@ TrainResult run_training(const TrainOptions& options) {
         openblas_set_num_threads(o.threads);
     }
     const Device device = choose_device(o.device);
+    set_matmul_precision(matmul_precision(o.precision, device));
     if (device == Device::cuda) dist_init_gpu(dist);
     Run run(o);
     load_data(run);
@@ -638,6 +643,7 @@ EvalResult run_eval_only(const TrainOptions& o) {
         openblas_set_num_threads(o.threads);
     }
     const Device device = choose_device(o.device);
+    set_matmul_precision(matmul_precision(o.precision, device));
     const std::string path = o.load.empty() ? latest_checkpoint(o.out_dir) : o.load;
     FLASH_CHECK(!path.empty(), "--eval-only: no --load CKPT given and no checkpoint in '" << o.out_dir << "'",
                 "give --load PATH.safetensors, or the --out-dir of a run that wrote checkpoints");

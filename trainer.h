@@ -28,6 +28,7 @@ struct TrainOptions {
     uint64_t seed = 1337;
     int threads = 0;                     // 0: all cores, else 1..1024
     std::string device = "cpu";          // cpu | cuda | auto
+    std::string precision = "fp32";      // the GPU's matrix products: fp32 | tf32 (model.h: MatmulPrecision)
     std::string objective = "ar";        // ar | mlm (data/mlm.h; mlm needs a model config with "causal": false)
     double dist_timeout = 300;           // under mpirun: seconds one collective may wait (dist.h); 0: never
     bool resume = false;

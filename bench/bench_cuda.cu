@@ -3,7 +3,7 @@
 // Prints tokens/s, model FLOP/s (FLASH.md §4: a training step counted as 3× the forward) and the share of the GPU's
 // peak. A step is forward + backward + gradient norm + AdamW, as in training.
 //
-//   build/bench_cuda [--tf32] [--steps N] [--tokens N] [--lengths 1024,2048,...] [--peak TFLOPS]
+//   build/bench_cuda [--precision fp32|tf32] [--steps N] [--tokens N] [--lengths 1024,2048,...] [--peak TFLOPS]
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -20,16 +20,16 @@
 static void usage() {
     std::printf(
         "usage: build/bench_cuda [options]\n"
-        "  --tf32            let cuBLAS use TF32 tensor cores (default: true fp32)\n"
+        "  --precision P     the matrix products: fp32 (default) or tf32 tensor cores (model.h)\n"
         "  --steps N         timed steps per configuration (default 5, after 2 warm-up steps)\n"
         "  --tokens N        tokens per step, B = N / T (default 8192)\n"
         "  --lengths LIST    sequence lengths, comma-separated (default 1024,2048,4096,8192)\n"
-        "  --peak TFLOPS     the GPU's peak for the share column (default: H200, 67 fp32 or 495 TF32)\n");
+        "  --peak TFLOPS     the GPU's peak for the share column (default: H200 dense, 67 fp32 or 495 TF32)\n");
 }
 
 int main(int argc, char** argv) {
     try {
-        bool tf32 = false;
+        std::string precision_name = "fp32";
         int steps = 5, tokens_per_step = 8192;
         double peak_override = 0;
         std::vector<int> lengths = {1024, 2048, 4096, 8192};
@@ -40,7 +40,7 @@ int main(int argc, char** argv) {
             }
         std::string lengths_text = "1024,2048,4096,8192";
         OptionTable options;
-        options.add_flag("tf32", tf32, "let cuBLAS use TF32 tensor cores");
+        options.add("precision", precision_name, "the matrix products: fp32 or tf32");
         options.add("steps", steps, "timed steps per configuration", 1, 1 << 20);
         options.add("tokens", tokens_per_step, "tokens per step", 1, 1 << 30);
         options.add("lengths", lengths_text, "sequence lengths, comma-separated");
@@ -56,17 +56,21 @@ int main(int argc, char** argv) {
             std::fprintf(stderr, "bench_cuda: no GPU (%s); nothing to measure\n", why.c_str());
             return 1;
         }
-        cuda_set_tf32(tf32);
-        const double peak = peak_override > 0 ? peak_override * 1e12 : (tf32 ? 495e12 : 67e12);
+        const MatmulPrecision precision = matmul_precision(precision_name, Device::cuda);
+        set_matmul_precision(precision);
+        const bool fp32 = precision == MatmulPrecision::fp32;
+        // The H200's dense peaks from NVIDIA's datasheet, for the products' precision.
+        const double datasheet_peak = fp32 ? 67e12 : 495e12;
+        const double peak = peak_override > 0 ? peak_override * 1e12 : datasheet_peak;
         std::printf("FLASH vs FLASH-Quad, base config (d=768, e=1536, s=128, L=24, V=32768), %d tokens per step\n",
                     tokens_per_step);
         std::printf("matrix products: %s; peak used for the share: %.0f TFLOP/s (%s)\n",
-                    tf32 ? "TF32 tensor cores" : "fp32 (no TF32)", peak / 1e12,
-                    peak_override > 0 ? "--peak" : (tf32 ? "H200 dense TF32 tensor" : "H200 dense fp32"));
+                    fp32 ? "true fp32" : "tf32 tensor cores, fp32 sums", peak / 1e12,
+                    peak_override > 0 ? "--peak" : (fp32 ? "H200 dense fp32, datasheet" : "H200 dense tf32, datasheet"));
         std::printf("model FLOPs: FLASH.md section 4, training step = 3x forward\n");
-        if (tf32)
-            std::printf("note: --tf32 speeds up the cuBLAS products only; the local-attention kernel stays fp32, so the\n"
-                        "share of the TF32 peak understates how well that kernel does (FLASH-Quad most of all)\n");
+        if (!fp32)
+            std::printf("note: tf32 speeds up the cuBLAS products only; the local-attention and elementwise kernels\n"
+                        "stay fp32, so the share of the tensor-core peak understates them (FLASH-Quad most of all)\n");
         std::printf("\n");
         std::printf("%-11s %6s %5s %5s %10s %12s %10s %8s %8s\n", "model", "T", "C", "B", "ms/step", "tokens/s",
                     "TFLOP/s", "of peak", "loss");

@@ -421,6 +421,63 @@ TEST_CASE("whole step with multi-tile chunks (C=72, T=144, e=136) and FLASH-Quad
     check_step(odd_config(true, 72, 72, 136), 2, true);  // G = 1: the global part is exactly zero
 }
 
+// tf32 products (model.h: MatmulPrecision) against the CPU in double. Only the cuBLAS products change: their inputs
+// are rounded to 11 significant bits, unit roundoff u = 2^-11, and they still sum in fp32. One rounded input moves a
+// product by about u relative; the errors of the step's products in a row add up, and max-norm errors pick the worst
+// entry, so we allow 32u per tensor. Measured on the H200: 3.1u here, and 1e-3 to 4e-3 (2-8u) at the base widths
+// with two layers. A bug (a transpose, a missing term) is an O(1) error under the strong init.
+TEST_CASE("tf32 products: loss, logits and gradients within 32 unit roundoffs of double; still deterministic") {
+    const double u = std::ldexp(1.0, -11);
+    FlashConfig c = odd_config(true, 64, 192, 256);
+    c.d = 128; c.s = 64; c.vocab_size = 512;
+    FlashModel<float> cpu(c);
+    cpu.init_weights(13, true);
+    FlashModel<double> ref(c);
+    for (size_t i = 0; i < cpu.params.size(); i++) ref.params[i] = cpu.params[i];
+    const Batch batch = random_batch(c, 2, 17);
+    const double loss_d = ref.forward(batch.tokens.data(), batch.targets.data(), 2, batch.T);
+    ref.zero_grad();
+    ref.backward();
+
+    set_matmul_precision(MatmulPrecision::tf32);
+    FlashCudaModel g(c);
+    g.copy_from_host(ModelBuffer::params, cpu.params.data());
+    std::vector<float> grads[2], logits((size_t)2 * batch.T * c.vocab_size);
+    double losses[2];
+    for (int run = 0; run < 2; run++) {
+        losses[run] = g.forward(batch.tokens.data(), batch.targets.data(), 2, batch.T);
+        if (run == 0) g.get_logits(logits.data(), logits.size());
+        g.zero_grad();
+        g.backward();
+        grads[run].resize(cpu.params.size());
+        g.copy_to_host(ModelBuffer::grads, grads[run].data());
+    }
+    set_matmul_precision(MatmulPrecision::fp32);
+    CHECK(losses[0] == losses[1]);
+    CHECK(grads[0] == grads[1]);
+
+    const double tol = 32 * u;
+    const double el = std::fabs(losses[0] - loss_d) / std::fabs(loss_d);
+    INFO("loss: GPU " << losses[0] << ", CPU double " << loss_d << ", relative error " << el);
+    CHECK(el <= tol);
+    const double elog = rel_err(logits, std::vector<double>(ref.acts.logits, ref.acts.logits + logits.size()));
+    CHECK(elog <= tol);
+    double worst = std::max(el, elog);
+    for (const TensorSpec& spec : cpu.specs) {
+        const std::vector<float> got(grads[0].begin() + spec.offset, grads[0].begin() + spec.offset + spec.count);
+        const std::vector<double> want(ref.grads.begin() + spec.offset, ref.grads.begin() + spec.offset + spec.count);
+        const double eg = rel_err(got, want);
+        INFO("grad." << spec.name << ": error " << eg << ", tolerance " << tol);
+        CHECK(eg <= tol);
+        worst = std::max(worst, eg);
+    }
+    MESSAGE("tf32: loss error " << el << ", logits error " << elog << ", worst of all " << worst << " = " << worst / u
+                                << " u (tolerance 32 u)");
+    // That the tensor cores were used at all: fp32 lands near 1e-6 here. cuBLAS may choose an fp32 kernel for a
+    // small product, so this only warns.
+    WARN(worst > u / 20);
+}
+
 TEST_CASE("forward and backward on the GPU are deterministic, bit for bit") {
     FlashConfig c = odd_config(true, 20, 60, 72);
     FlashModel<float> cpu(c);

@@ -85,6 +85,17 @@ TEST_CASE("options: command line over JSON file, and bad options named") {
     const char* bad3[] = {"train", "--device", "tpu"};
     CHECK_THROWS_WITH_AS(parse_train_options(3, (char**)bad3), doctest::Contains("--device must be cpu, cuda or auto"),
                          flash_error);
+    // --precision: a name the GPU knows, and tf32 only where the GPU may run (the CPU computes in fp32)
+    const char* bad4[] = {"train", "--precision", "bf16", "--device", "cuda"};
+    CHECK_THROWS_WITH_AS(parse_train_options(5, (char**)bad4), doctest::Contains("--precision must be fp32 or tf32"),
+                         flash_error);
+    const char* bad5[] = {"train", "--precision", "tf32"};  // --device cpu, the default
+    CHECK_THROWS_WITH_AS(parse_train_options(3, (char**)bad5), doctest::Contains("the CPU computes in fp32"), flash_error);
+    const char* gpu[] = {"train", "--precision", "tf32", "--device", "cuda"};
+    CHECK(parse_train_options(5, (char**)gpu).precision == "tf32");
+    CHECK(matmul_precision("tf32", Device::cuda) == MatmulPrecision::tf32);
+    CHECK(matmul_precision("fp32", Device::cpu) == MatmulPrecision::fp32);
+    set_matmul_precision(MatmulPrecision::fp32);  // needs no GPU, also in a build with CUDA
     std::remove(path.c_str());
 }
 
