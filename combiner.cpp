@@ -7,7 +7,7 @@
 // every sum over spans (dK̂, dV̂) runs in span order inside it, so results do not depend on the thread count.
 #include "combiner.h"
 
-#include "ops.h"  // gemm, ChunkParallelism
+#include "ops.h"  // gemm, for_each_chunk
 
 #include <cblas.h>
 #include <omp.h>
@@ -130,9 +130,7 @@ void combiner_attention_forward(Real* o, const CombinerSaved<Real>& saved, const
                                 int ld, int B, int T, int H, int h, int c, bool causal) {
     combiner_check_sizes(B, T, H, h, c);
     const int n = T / c, d = H * h;
-    ChunkParallelism par(B * H);
-#pragma omp parallel for if (par.over_chunks)
-    for (int bh = 0; bh < B * H; bh++) {
+    for_each_chunk(B * H, [&](int bh) {
         const size_t in0 = (size_t)(bh / H) * T * ld + (size_t)(bh % H) * h;  // row 0 of this head in q, k, v
         const size_t out0 = (size_t)(bh / H) * T * d + (size_t)(bh % H) * h;  // ... in o
         Real* q_hat = saved.q_hat + (size_t)bh * n * h;
@@ -150,7 +148,7 @@ void combiner_attention_forward(Real* o, const CombinerSaved<Real>& saved, const
             span_attention_forward(o + out0 + (size_t)s * c * d, d, P, c + n, q + span, k + span, v + span, ld, k_hat,
                                    v_hat, h, c, 0, c, causal ? s : n, causal ? -1 : s, causal, h);
         }
-    }
+    });
 }
 
 // Backward of: P = softmax of each row of [S | G];  O_s = P_S V_s + P_G V̂;  S = Q_s K_sᵀ/√h;  G = Q_s K̂ᵀ/√h;
@@ -171,68 +169,67 @@ void combiner_attention_backward(Real* dq, Real* dk, Real* dv, int ldd, const Re
     combiner_check_sizes(B, T, H, h, c);
     const int n = T / c, d = H * h, ldp = c + n;
     const Real scale = Real(1 / std::sqrt((double)h));
-    ChunkParallelism par(B * H);
-#pragma omp parallel if (par.over_chunks)
-    {
-        std::vector<Real> dP((size_t)c * ldp), dk_hat((size_t)n * h), dv_hat((size_t)n * h), e(c), dq_hat(h);
-#pragma omp for
-        for (int bh = 0; bh < B * H; bh++) {
-            const size_t in0 = (size_t)(bh / H) * T * ld + (size_t)(bh % H) * h;
-            const size_t din0 = (size_t)(bh / H) * T * ldd + (size_t)(bh % H) * h;
-            const size_t out0 = (size_t)(bh / H) * T * d + (size_t)(bh % H) * h;
-            const Real* q_hat = saved.q_hat + (size_t)bh * n * h;
-            const Real* k_hat = saved.k_hat + (size_t)bh * n * h;
-            const Real* rho = saved.rho + (size_t)bh * n * c;
-            const Real* v_hat = saved.v_hat + (size_t)bh * n * h;
-            std::fill(dk_hat.begin(), dk_hat.end(), Real(0));
-            std::fill(dv_hat.begin(), dv_hat.end(), Real(0));
-            // 1. The joint softmax step, span by span.
-            for (int s = 0; s < n; s++) {
-                const int m = causal ? s : n;
-                const size_t span = in0 + (size_t)s * c * ld, dspan = din0 + (size_t)s * c * ldd;
-                const Real* P = saved.p + ((size_t)bh * T + (size_t)s * c) * ldp;
-                const Real* dO = d_o + out0 + (size_t)s * c * d;
-                // dP = [do V_sᵀ | do V̂ᵀ], then dS, dG in place
-                gemm(false, true, c, c, h, Real(1), dO, d, v + span, ld, Real(0), dP.data(), ldp);
-                if (m > 0) gemm(false, true, c, m, h, Real(1), dO, d, v_hat, h, Real(0), dP.data() + c, ldp);
-                for (int i = 0; i < c; i++) {
-                    const Real* p_row = P + (size_t)i * ldp;
-                    Real* dp_row = dP.data() + (size_t)i * ldp;
-                    double D = 0;
-                    for (int col = 0; col < c + m; col++) D += (double)p_row[col] * dp_row[col];
-                    for (int col = 0; col < c + m; col++) dp_row[col] = p_row[col] * (dp_row[col] - Real(D));
-                }
-                const Real* dS = dP.data();
-                const Real* dG = dP.data() + c;
-                gemm(true, false, c, h, c, Real(1), P, ldp, dO, d, Real(1), dv + dspan, ldd);
-                gemm(false, false, c, h, c, scale, dS, ldp, k + span, ld, Real(1), dq + dspan, ldd);
-                gemm(true, false, c, h, c, scale, dS, ldp, q + span, ld, Real(1), dk + dspan, ldd);
-                if (m > 0) {
-                    gemm(true, false, m, h, c, Real(1), P + c, ldp, dO, d, Real(1), dv_hat.data(), h);
-                    gemm(false, false, c, h, m, scale, dG, ldp, k_hat, h, Real(1), dq + dspan, ldd);
-                    gemm(true, false, m, h, c, scale, dG, ldp, q + span, ld, Real(1), dk_hat.data(), h);
-                }
+    struct Scratch {  // one thread's
+        std::vector<Real> dP, dk_hat, dv_hat, e, dq_hat;
+    };
+    auto scratch = [&] { return Scratch{std::vector<Real>((size_t)c * ldp), std::vector<Real>((size_t)n * h), std::vector<Real>((size_t)n * h), std::vector<Real>(c), std::vector<Real>(h)}; };
+    for_each_chunk(B * H, scratch, [&](int bh, Scratch& sc) {
+        auto& [dP, dk_hat, dv_hat, e, dq_hat] = sc;
+        const size_t in0 = (size_t)(bh / H) * T * ld + (size_t)(bh % H) * h;
+        const size_t din0 = (size_t)(bh / H) * T * ldd + (size_t)(bh % H) * h;
+        const size_t out0 = (size_t)(bh / H) * T * d + (size_t)(bh % H) * h;
+        const Real* q_hat = saved.q_hat + (size_t)bh * n * h;
+        const Real* k_hat = saved.k_hat + (size_t)bh * n * h;
+        const Real* rho = saved.rho + (size_t)bh * n * c;
+        const Real* v_hat = saved.v_hat + (size_t)bh * n * h;
+        std::fill(dk_hat.begin(), dk_hat.end(), Real(0));
+        std::fill(dv_hat.begin(), dv_hat.end(), Real(0));
+        // 1. The joint softmax step, span by span.
+        for (int s = 0; s < n; s++) {
+            const int m = causal ? s : n;
+            const size_t span = in0 + (size_t)s * c * ld, dspan = din0 + (size_t)s * c * ldd;
+            const Real* P = saved.p + ((size_t)bh * T + (size_t)s * c) * ldp;
+            const Real* dO = d_o + out0 + (size_t)s * c * d;
+            // dP = [do V_sᵀ | do V̂ᵀ], then dS, dG in place
+            gemm(false, true, c, c, h, Real(1), dO, d, v + span, ld, Real(0), dP.data(), ldp);
+            if (m > 0) gemm(false, true, c, m, h, Real(1), dO, d, v_hat, h, Real(0), dP.data() + c, ldp);
+            for (int i = 0; i < c; i++) {
+                const Real* p_row = P + (size_t)i * ldp;
+                Real* dp_row = dP.data() + (size_t)i * ldp;
+                double D = 0;
+                for (int col = 0; col < c + m; col++) D += (double)p_row[col] * dp_row[col];
+                for (int col = 0; col < c + m; col++) dp_row[col] = p_row[col] * (dp_row[col] - Real(D));
             }
-            // 2. Each span's summaries, then its max pooling.
-            for (int s = 0; s < n; s++) {
-                const size_t span = in0 + (size_t)s * c * ld, dspan = din0 + (size_t)s * c * ldd;
-                const Real* rho_s = rho + (size_t)s * c;
-                const Real* dvh = dv_hat.data() + (size_t)s * h;
-                const Real* vh = v_hat + (size_t)s * h;
-                gemm(false, true, 1, c, h, Real(1), dvh, h, v + span, ld, Real(0), e.data(), c);  // e = V_s dv̂
-                double dvh_vh = 0;
-                for (int m = 0; m < h; m++) dvh_vh += (double)dvh[m] * vh[m];
-                for (int j = 0; j < c; j++) e[j] = rho_s[j] * (e[j] - Real(dvh_vh));
-                gemm(true, false, c, h, 1, Real(1), rho_s, c, dvh, h, Real(1), dv + dspan, ldd);  // ρ ⊗ dv̂
-                gemm(false, false, 1, h, c, scale, e.data(), c, k + span, ld, Real(0), dq_hat.data(), h);
-                gemm(true, false, c, h, 1, scale, e.data(), c, q_hat + (size_t)s * h, h, Real(1), dk + dspan, ldd);
-                for (int m = 0; m < h; m++) {
-                    dq[dspan + (size_t)span_argmax(q + span, ld, c, m) * ldd + m] += dq_hat[m];
-                    dk[dspan + (size_t)span_argmax(k + span, ld, c, m) * ldd + m] += dk_hat[(size_t)s * h + m];
-                }
+            const Real* dS = dP.data();
+            const Real* dG = dP.data() + c;
+            gemm(true, false, c, h, c, Real(1), P, ldp, dO, d, Real(1), dv + dspan, ldd);
+            gemm(false, false, c, h, c, scale, dS, ldp, k + span, ld, Real(1), dq + dspan, ldd);
+            gemm(true, false, c, h, c, scale, dS, ldp, q + span, ld, Real(1), dk + dspan, ldd);
+            if (m > 0) {
+                gemm(true, false, m, h, c, Real(1), P + c, ldp, dO, d, Real(1), dv_hat.data(), h);
+                gemm(false, false, c, h, m, scale, dG, ldp, k_hat, h, Real(1), dq + dspan, ldd);
+                gemm(true, false, m, h, c, scale, dG, ldp, q + span, ld, Real(1), dk_hat.data(), h);
             }
         }
-    }
+        // 2. Each span's summaries, then its max pooling.
+        for (int s = 0; s < n; s++) {
+            const size_t span = in0 + (size_t)s * c * ld, dspan = din0 + (size_t)s * c * ldd;
+            const Real* rho_s = rho + (size_t)s * c;
+            const Real* dvh = dv_hat.data() + (size_t)s * h;
+            const Real* vh = v_hat + (size_t)s * h;
+            gemm(false, true, 1, c, h, Real(1), dvh, h, v + span, ld, Real(0), e.data(), c);  // e = V_s dv̂
+            double dvh_vh = 0;
+            for (int m = 0; m < h; m++) dvh_vh += (double)dvh[m] * vh[m];
+            for (int j = 0; j < c; j++) e[j] = rho_s[j] * (e[j] - Real(dvh_vh));
+            gemm(true, false, c, h, 1, Real(1), rho_s, c, dvh, h, Real(1), dv + dspan, ldd);  // ρ ⊗ dv̂
+            gemm(false, false, 1, h, c, scale, e.data(), c, k + span, ld, Real(0), dq_hat.data(), h);
+            gemm(true, false, c, h, 1, scale, e.data(), c, q_hat + (size_t)s * h, h, Real(1), dk + dspan, ldd);
+            for (int m = 0; m < h; m++) {
+                dq[dspan + (size_t)span_argmax(q + span, ld, c, m) * ldd + m] += dq_hat[m];
+                dk[dspan + (size_t)span_argmax(k + span, ld, c, m) * ldd + m] += dk_hat[(size_t)s * h + m];
+            }
+        }
+    });
 }
 
 // ====================================================================================================

@@ -153,7 +153,7 @@ static void decode_rows(const FlashModel<Real>& model, DecodeState<Real>* const*
         matmul_forward(rows.h.data(), rows.xn.data(), lp.w_in, lp.b_in, n, d, I);
         silu_forward(rows.act.data(), rows.h.data(), (size_t)n * I);
         {
-            ChunkParallelism one_blas_thread(n);  // sequences in parallel, each with a one-thread BLAS (nothing throws)
+            BlasThreads one_blas_thread(1);  // sequences in parallel, each with a one-thread BLAS (nothing throws)
 #pragma omp parallel for schedule(static) if (share)
             for (int i = 0; i < n; i++) {
                 DecodeState<Real>& st = *seqs[i];

@@ -303,30 +303,25 @@ template <typename Real>
 void local_attention_forward(Real* o, Real* relu_s, const Real* qq, const Real* kq, const Real* v, int ldv,
                              const Real* rel_bias, int B, int T, int C, int s, int e, bool causal) {
     const int G = T / C;
-    ChunkParallelism par(B * G);
-#pragma omp parallel if (par.over_chunks)
-    {
-        std::vector<Real> A((size_t)C * C);
-#pragma omp for
-        for (int bg = 0; bg < B * G; bg++) {
-            const size_t row0 = chunk_first_row(bg, C);
-            Real* R = relu_s + (size_t)bg * C * C;
-            // R = qq_chunk · kq_chunkᵀ / C, then bias, mask and relu in place.
-            gemm(false, true, C, C, s, Real(1) / C, qq + row0 * s, s, kq + row0 * s, s, Real(0), R, C);
-            for (int a = 0; a < C; a++) {
-                Real *Ra = R + (size_t)a * C, *Aa = A.data() + (size_t)a * C;
-                const int attended = causal ? a + 1 : C;  // columns b < attended; the rest are masked
+    auto scratch = [&] { return std::vector<Real>((size_t)C * C); };  // A of one chunk
+    for_each_chunk(B * G, scratch, [&](int bg, std::vector<Real>& A) {
+        const size_t row0 = chunk_first_row(bg, C);
+        Real* R = relu_s + (size_t)bg * C * C;
+        // R = qq_chunk · kq_chunkᵀ / C, then bias, mask and relu in place.
+        gemm(false, true, C, C, s, Real(1) / C, qq + row0 * s, s, kq + row0 * s, s, Real(0), R, C);
+        for (int a = 0; a < C; a++) {
+            Real *Ra = R + (size_t)a * C, *Aa = A.data() + (size_t)a * C;
+            const int attended = causal ? a + 1 : C;  // columns b < attended; the rest are masked
 #pragma omp simd
-                for (int b = 0; b < attended; b++) {
-                    const Real r = std::max(Real(0), Ra[b] + rel_bias[rel_bias_index(a, b, C, causal)]);
-                    Ra[b] = r;
-                    Aa[b] = r * r;
-                }
-                for (int b = attended; b < C; b++) Ra[b] = Aa[b] = Real(0);
+            for (int b = 0; b < attended; b++) {
+                const Real r = std::max(Real(0), Ra[b] + rel_bias[rel_bias_index(a, b, C, causal)]);
+                Ra[b] = r;
+                Aa[b] = r * r;
             }
-            gemm(false, false, C, e, C, Real(1), A.data(), C, v + row0 * ldv, ldv, Real(0), o + row0 * e, e);
+            for (int b = attended; b < C; b++) Ra[b] = Aa[b] = Real(0);
         }
-    }
+        gemm(false, false, C, e, C, Real(1), A.data(), C, v + row0 * ldv, ldv, Real(0), o + row0 * e, e);
+    });
 }
 // Backward of: quad = A · v with A = relu(S)² (masked), S = qq·kqᵀ/C + w:
 //   dA = do · vᵀ (masked);  dv += Aᵀ · do;  dS = 2·relu(S) ⊙ dA;
@@ -339,35 +334,35 @@ void local_attention_backward(Real* dqq, Real* dkq, Real* dv, int lddv, Real* dr
     const int G = T / C;
     const int nbias = rel_bias_count(C, causal);
     std::vector<Real> dbias_part((size_t)B * G * nbias, Real(0));
-    ChunkParallelism par(B * G);
-#pragma omp parallel if (par.over_chunks)
-    {
-        std::vector<Real> A((size_t)C * C), dS((size_t)C * C);
-#pragma omp for
-        for (int bg = 0; bg < B * G; bg++) {
-            const size_t row0 = chunk_first_row(bg, C);
-            const Real* R = relu_s + (size_t)bg * C * C;
-            for (size_t i = 0; i < (size_t)C * C; i++) A[i] = R[i] * R[i];
-            // dS starts as dA = do · vᵀ
-            gemm(false, true, C, C, e, Real(1), d_o + row0 * e, e, v + row0 * ldv, ldv, Real(0), dS.data(), C);
-            gemm(true, false, C, e, C, Real(1), A.data(), C, d_o + row0 * e, e, Real(1), dv + row0 * lddv, lddv);
-            Real* dbias = dbias_part.data() + (size_t)bg * nbias;
-            for (int a = 0; a < C; a++) {
-                Real* dSa = dS.data() + (size_t)a * C;
-                const Real* Ra = R + (size_t)a * C;
-                const int attended = causal ? a + 1 : C;
+    struct Scratch {
+        std::vector<Real> A, dS;  // of one chunk
+    };
+    auto scratch = [&] { return Scratch{std::vector<Real>((size_t)C * C), std::vector<Real>((size_t)C * C)}; };
+    for_each_chunk(B * G, scratch, [&](int bg, Scratch& sc) {
+        std::vector<Real>& A = sc.A;
+        std::vector<Real>& dS = sc.dS;
+        const size_t row0 = chunk_first_row(bg, C);
+        const Real* R = relu_s + (size_t)bg * C * C;
+        for (size_t i = 0; i < (size_t)C * C; i++) A[i] = R[i] * R[i];
+        // dS starts as dA = do · vᵀ
+        gemm(false, true, C, C, e, Real(1), d_o + row0 * e, e, v + row0 * ldv, ldv, Real(0), dS.data(), C);
+        gemm(true, false, C, e, C, Real(1), A.data(), C, d_o + row0 * e, e, Real(1), dv + row0 * lddv, lddv);
+        Real* dbias = dbias_part.data() + (size_t)bg * nbias;
+        for (int a = 0; a < C; a++) {
+            Real* dSa = dS.data() + (size_t)a * C;
+            const Real* Ra = R + (size_t)a * C;
+            const int attended = causal ? a + 1 : C;
 #pragma omp simd  // within a row every b has its own bias entry, so the lanes never add to the same one
-                for (int b = 0; b < attended; b++) {
-                    const Real ds = 2 * Ra[b] * dSa[b];  // R = 0 where relu was off
-                    dSa[b] = ds;
-                    dbias[rel_bias_index(a, b, C, causal)] += ds;
-                }
-                for (int b = attended; b < C; b++) dSa[b] = 2 * Ra[b] * dSa[b];  // masked (R = 0): no bias entry
+            for (int b = 0; b < attended; b++) {
+                const Real ds = 2 * Ra[b] * dSa[b];  // R = 0 where relu was off
+                dSa[b] = ds;
+                dbias[rel_bias_index(a, b, C, causal)] += ds;
             }
-            gemm(false, false, C, s, C, Real(1) / C, dS.data(), C, kq + row0 * s, s, Real(1), dqq + row0 * s, s);
-            gemm(true, false, C, s, C, Real(1) / C, dS.data(), C, qq + row0 * s, s, Real(1), dkq + row0 * s, s);
+            for (int b = attended; b < C; b++) dSa[b] = 2 * Ra[b] * dSa[b];  // masked (R = 0): no bias entry
         }
-    }
+        gemm(false, false, C, s, C, Real(1) / C, dS.data(), C, kq + row0 * s, s, Real(1), dqq + row0 * s, s);
+        gemm(true, false, C, s, C, Real(1) / C, dS.data(), C, qq + row0 * s, s, Real(1), dkq + row0 * s, s);
+    });
     for (int bg = 0; bg < B * G; bg++)
         for (int k = 0; k < nbias; k++) drel_bias[k] += dbias_part[(size_t)bg * nbias + k];
 }
@@ -380,21 +375,18 @@ void global_attention_forward(Real* o, Real* m, const Real* ql, const Real* kl, 
                               int C, int s, int e, bool causal) {
     const int G = T / C;
     const size_t se = (size_t)s * e;
-    ChunkParallelism par(B * G);
     // 1. P[g] for every chunk, written into m's slot for that chunk.
-#pragma omp parallel for if (par.over_chunks)
-    for (int bg = 0; bg < B * G; bg++) {
+    for_each_chunk(B * G, [&](int bg) {
         const size_t row0 = chunk_first_row(bg, C);
         gemm(true, false, s, e, C, Real(1) / C, kl + row0 * s, s, v + row0 * ldv, ldv, Real(0), m + bg * se, e);
-    }
+    });
     // 2. Turn P into M in place, per batch row: an exclusive prefix sum (causal) or the total (non-causal).
     chunk_prefix_sum(m, B, G, se, /*exclusive=*/causal, /*reverse=*/false);
     // 3. lin = ql · M[g], added to o.
-#pragma omp parallel for if (par.over_chunks)
-    for (int bg = 0; bg < B * G; bg++) {
+    for_each_chunk(B * G, [&](int bg) {
         const size_t row0 = chunk_first_row(bg, C);
         gemm(false, false, C, e, s, Real(1), ql + row0 * s, s, m + bg * se, e, Real(1), o + row0 * e, e);
-    }
+    });
 }
 // Backward of: o[g] += ql[g] · M[g] with M[g] = Σ_{h<g} kl[h]ᵀ v[h] / C:
 //   dql[g] += do[g] · M[g]ᵀ;   dM[g] = ql[g]ᵀ · do[g];   R[g] = Σ_{h>g} dM[h] (non-causal: Σ_h dM[h]);
@@ -407,22 +399,19 @@ void global_attention_backward(Real* dql, Real* dkl, Real* dv, int lddv, const R
     const size_t se = (size_t)s * e;
     // dM, then R in place; every entry is written by the first product below (beta 0), so it is not zeroed first
     std::unique_ptr<Real[]> r(new Real[(size_t)B * G * se]);
-    ChunkParallelism par(B * G);
-#pragma omp parallel for if (par.over_chunks)
-    for (int bg = 0; bg < B * G; bg++) {
+    for_each_chunk(B * G, [&](int bg) {
         const size_t row0 = chunk_first_row(bg, C);
         gemm(false, true, C, s, e, Real(1), d_o + row0 * e, e, m + bg * se, e, Real(1), dql + row0 * s, s);
         gemm(true, false, s, e, C, Real(1), ql + row0 * s, s, d_o + row0 * e, e, Real(0), r.get() + bg * se, e);
-    }
+    });
     // R[g] = Σ_{h>g} dM[h]: the reverse of the forward's exclusive sum (non-causal: the total again).
     chunk_prefix_sum(r.get(), B, G, se, /*exclusive=*/causal, /*reverse=*/true);
-#pragma omp parallel for if (par.over_chunks)
-    for (int bg = 0; bg < B * G; bg++) {
+    for_each_chunk(B * G, [&](int bg) {
         const size_t row0 = chunk_first_row(bg, C);
         const Real* rg = r.get() + bg * se;
         gemm(false, true, C, s, e, Real(1) / C, v + row0 * ldv, ldv, rg, e, Real(1), dkl + row0 * s, s);
         gemm(false, false, C, e, s, Real(1) / C, kl + row0 * s, s, rg, e, Real(1), dv + row0 * lddv, lddv);
-    }
+    });
 }
 
 // ====================================================================================================

@@ -40,6 +40,10 @@ static void gemv(bool trans, int rows, int cols, Real alpha, const Real* A, int 
     else
         cblas_dgemv(CblasRowMajor, t, rows, cols, alpha, A, lda, x, incx, beta, y, 1);
 }
+// Inside any parallel region, also an inactive one (a team of one thread): no nested team may start here (ops.h,
+// for_each_chunk, says what that costs).
+static bool inside_parallel_region() { return omp_get_level() > 0; }
+
 // Why the project splits its products itself (issue 11): OpenBLAS's pthread build runs its own threads, and after
 // every OpenMP loop of the step the OpenMP threads keep spinning for a while, so on a machine with as many threads
 // as cores the two pools take turns on the cores. Measured on 2 cores: 2 threads were 1.35× one, 2 MPI ranks of one
@@ -59,7 +63,7 @@ template <typename Real>
 static void gemm_split(bool ta, bool tb, int M, int N, int K, Real alpha, const Real* A, int lda, const Real* B,
                        int ldb, Real beta, Real* C, int ldc) {
     const int parts = gemm_parts(M, N, K);
-    const bool outside = !omp_in_parallel();  // inside a parallel loop the caller holds BLAS at one thread already
+    const bool outside = !inside_parallel_region();  // inside one the caller holds BLAS at one thread already
     const int saved = openblas_get_num_threads();
     if (outside) openblas_set_num_threads(1);
     if (M == 1 && K > 0) {  // (K = 0: gemv would return without scaling C by beta, where gemm scales it)
@@ -88,7 +92,7 @@ static void gemm_split(bool ta, bool tb, int M, int N, int K, Real alpha, const 
 }
 
 int gemm_parts(int M, int N, int K) {
-    if (omp_in_parallel()) return 1;  // already one thread's share of a parallel loop (e.g. ChunkParallelism)
+    if (inside_parallel_region()) return 1;  // already one thread's share of a parallel loop (e.g. for_each_chunk)
     // As many parts as threads, where BLAS would have been allowed that many (a caller that holds BLAS at one thread
     // keeps one-block products), each block at least 16 wide and worth a fork (a few MFLOP).
     const int threads = std::min(omp_get_max_threads(), openblas_get_num_threads());
@@ -106,11 +110,14 @@ void gemm(bool ta, bool tb, int M, int N, int K, double alpha, const double* A, 
     gemm_split(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
-ChunkParallelism::ChunkParallelism(int n_chunks)
-    : over_chunks(n_chunks >= omp_get_max_threads()), saved(openblas_get_num_threads()) {
-    if (over_chunks) openblas_set_num_threads(1);
+BlasThreads::BlasThreads(int n) : saved(openblas_get_num_threads()) { openblas_set_num_threads(n); }
+BlasThreads::~BlasThreads() { openblas_set_num_threads(saved); }
+
+int chunk_threads(int n_chunks) {
+    const int threads = omp_get_max_threads();
+    if (inside_parallel_region() || n_chunks < 2 || 2 * n_chunks < threads) return 1;
+    return std::min(n_chunks, threads);
 }
-ChunkParallelism::~ChunkParallelism() { openblas_set_num_threads(saved); }
 
 double measure_sgemm_peak(double* openblas_threads_peak) {
     const int n = 1024;
@@ -322,7 +329,7 @@ void gate_backward(Real* du, int lddu, Real* d_o, const Real* dgated, const Real
 // large-block stores do not read the memory they overwrite.
 template <typename Real>
 void zero_fill(Real* x, size_t n) {
-    const int parts = omp_in_parallel() ? 1 : omp_get_max_threads();
+    const int parts = inside_parallel_region() ? 1 : omp_get_max_threads();
 #pragma omp parallel for num_threads(parts) schedule(static, 1)
     for (int p = 0; p < parts; p++) {
         const size_t lo = n / parts * p + std::min<size_t>(p, n % parts);

@@ -57,18 +57,52 @@ void gemm_blas(bool ta, bool tb, int M, int N, int K, float alpha, const float* 
 void gemm_blas(bool ta, bool tb, int M, int N, int K, double alpha, const double* A, int lda, const double* B,
                int ldb, double beta, double* C, int ldc);
 // The number of blocks gemm cuts an (M,N,K) product into here: min(OpenMP threads, OpenBLAS threads), 1 inside a
-// parallel region or for a product under 4 MFLOP, and no block narrower than 16.
+// parallel region (active or not: see for_each_chunk) or for a product under 4 MFLOP, and no block narrower than 16.
 int gemm_parts(int M, int N, int K);
 
-// Per-chunk products run either chunks in parallel, each with a one-thread BLAS (when there are at least as many
-// chunks as threads: the usual case), or one chunk at a time with BLAS's own threads (few, large chunks, as in
-// FLASH-Quad with B = 1). In the first case OpenBLAS must not start threads of its own inside the OpenMP loop.
-struct ChunkParallelism {
-    bool over_chunks;  // use as: #pragma omp parallel for if (par.over_chunks)
+// Holds OpenBLAS at n threads until the end of the scope, then restores its count.
+struct BlasThreads {
+    explicit BlasThreads(int n);
+    ~BlasThreads();
+    BlasThreads(const BlasThreads&) = delete;
+    BlasThreads& operator=(const BlasThreads&) = delete;
     int saved;
-    explicit ChunkParallelism(int n_chunks);
-    ~ChunkParallelism();
 };
+
+// Loops over independent chunks (FLASH's chunks; a head of a batch row in the baselines). for_each_chunk(n,
+// make_scratch, body) calls body(i, scratch) once for each i in [0, n), where scratch is what make_scratch() returned
+// for the thread running it (for_each_chunk(n, body) calls body(i) and has none). Two ways, chosen by chunk_threads:
+//   - over chunks, when there are at least half as many chunks as threads: a parallel loop on min(n, threads)
+//     threads, each chunk on one thread with OpenBLAS held at one thread;
+//   - one after the other, with fewer chunks (FLASH-Quad at B = 1 has one): on the calling thread and outside any
+//     parallel region, so that gemm splits each product among all the threads.
+// The second way must not run inside a parallel region, not even one of one thread (`omp parallel if (0)`): a product
+// split there starts a nested team of new threads while the outer team's idle threads spin, and on a machine with as
+// many threads as cores the two fight over them. Measured before this rule, small config, 2 threads on 2 cores, one
+// chunk per step: 270 ms a step (67 ms on one thread); 16 threads on 16 cores, 8 chunks: 1,800 ms (81 ms on 8).
+int chunk_threads(int n_chunks);  // threads of the parallel loop, or 1: one after the other
+template <typename MakeScratch, typename Body>
+void for_each_chunk(int n, MakeScratch&& make_scratch, Body&& body) {
+    const int threads = chunk_threads(n);
+#ifdef _OPENMP  // (nvcc reads this header too, without OpenMP; the GPU code never calls this)
+    if (threads > 1) {
+        BlasThreads one_blas_thread(1);
+#pragma omp parallel num_threads(threads)
+        {
+            auto scratch = make_scratch();
+#pragma omp for schedule(static)
+            for (int i = 0; i < n; i++) body(i, scratch);
+        }
+        return;
+    }
+#endif
+    auto scratch = make_scratch();
+    for (int i = 0; i < n; i++) body(i, scratch);
+}
+template <typename Body>
+void for_each_chunk(int n, Body&& body) {
+    for_each_chunk(n, [] { return 0; }, [&](int i, int&) { body(i); });
+}
 
 // Sums over rows (bias gradients, gain gradients, the embedding scatter) split the COLUMNS among threads, in blocks
 // of kColBlock, and walk the rows in order inside a block: reads stay contiguous, and every sum has the same order

@@ -5,8 +5,8 @@
 //
 // Heads: q, k, v, φ and the per-head outputs are (B, H, T, ·), head-major; head bh = b*H + i is the (T, ·) matrix
 // at row bh*T. Every attention product is one BLAS call per head (and per chunk for Performer). Heads run in
-// parallel, or one after the other with BLAS's threads (ChunkParallelism, ops.h); every sum over rows is ordered, so results
-// are the same from run to run.
+// parallel, or one after the other with products split among the threads (for_each_chunk, ops.h); every sum over
+// rows is ordered, so results are the same from run to run.
 #include "transformer.h"
 
 #include "combiner.h"
@@ -217,7 +217,7 @@ void view_transformer_activations(TransformerActs<Real>& acts, TransformerGradAc
     *n_grad = used;
 }
 
-// gemm, ChunkParallelism (heads take the place of chunks) and kColBlock come from ops.h.
+// gemm, for_each_chunk (heads take the place of chunks) and kColBlock come from ops.h.
 
 // ====================================================================================================
 // The ops
@@ -321,30 +321,29 @@ template <typename Real>
 void softmax_attention_forward(Real* o, Real* lse, const Real* q, const Real* k, const Real* v, int BH, int T, int hd,
                                bool causal) {
     const Real scale = Real(1) / std::sqrt((Real)hd);
-    ChunkParallelism par(BH);
-#pragma omp parallel if (par.over_chunks)
-    {
-        std::vector<Real> P((size_t)T * T);
-#pragma omp for
-        for (int bh = 0; bh < BH; bh++) {
-            const size_t r0 = (size_t)bh * T;
-            gemm(false, true, T, T, hd, scale, q + r0 * hd, hd, k + r0 * hd, hd, Real(0), P.data(), T);
+    struct Scratch {  // one thread's
+        std::vector<Real> P;
+    };
+    auto scratch = [&] { return Scratch{std::vector<Real>((size_t)T * T)}; };
+    for_each_chunk(BH, scratch, [&](int bh, Scratch& sc) {
+        auto& [P] = sc;
+        const size_t r0 = (size_t)bh * T;
+        gemm(false, true, T, T, hd, scale, q + r0 * hd, hd, k + r0 * hd, hd, Real(0), P.data(), T);
 #pragma omp parallel for
-            for (int a = 0; a < T; a++) {
-                Real* row = P.data() + (size_t)a * T;
-                const int n_keys = causal ? a + 1 : T;
-                Real mx = row[0];
-                for (int b = 1; b < n_keys; b++) mx = std::max(mx, row[b]);
-                double sum = 0;
-                for (int b = 0; b < n_keys; b++) sum += std::exp((double)(row[b] - mx));
-                const Real l = (Real)(mx + std::log(sum));
-                lse[r0 + a] = l;
-                for (int b = 0; b < n_keys; b++) row[b] = std::exp(row[b] - l);
-                for (int b = n_keys; b < T; b++) row[b] = Real(0);
-            }
-            gemm(false, false, T, hd, T, Real(1), P.data(), T, v + r0 * hd, hd, Real(0), o + r0 * hd, hd);
+        for (int a = 0; a < T; a++) {
+            Real* row = P.data() + (size_t)a * T;
+            const int n_keys = causal ? a + 1 : T;
+            Real mx = row[0];
+            for (int b = 1; b < n_keys; b++) mx = std::max(mx, row[b]);
+            double sum = 0;
+            for (int b = 0; b < n_keys; b++) sum += std::exp((double)(row[b] - mx));
+            const Real l = (Real)(mx + std::log(sum));
+            lse[r0 + a] = l;
+            for (int b = 0; b < n_keys; b++) row[b] = std::exp(row[b] - l);
+            for (int b = n_keys; b < T; b++) row[b] = Real(0);
         }
-    }
+        gemm(false, false, T, hd, T, Real(1), P.data(), T, v + r0 * hd, hd, Real(0), o + r0 * hd, hd);
+    });
 }
 // Backward of: P = softmax_b(q·kᵀ/√h, masked); o = P·v   (BASELINES.md §1):
 //   dP = do·vᵀ;  dv += Pᵀ·do;  dS = P ⊙ (dP − Σ_b dP ⊙ P);  dq += dS·k/√h;  dk += dSᵀ·q/√h
@@ -352,33 +351,32 @@ template <typename Real>
 void softmax_attention_backward(Real* dq, Real* dk, Real* dv, const Real* d_o, const Real* lse, const Real* q,
                                 const Real* k, const Real* v, int BH, int T, int hd, bool causal) {
     const Real scale = Real(1) / std::sqrt((Real)hd);
-    ChunkParallelism par(BH);
-#pragma omp parallel if (par.over_chunks)
-    {
-        std::vector<Real> P((size_t)T * T), dS((size_t)T * T);
-#pragma omp for
-        for (int bh = 0; bh < BH; bh++) {
-            const size_t r0 = (size_t)bh * T;
-            gemm(false, true, T, T, hd, scale, q + r0 * hd, hd, k + r0 * hd, hd, Real(0), P.data(), T);
-            gemm(false, true, T, T, hd, Real(1), d_o + r0 * hd, hd, v + r0 * hd, hd, Real(0), dS.data(), T);  // dP
+    struct Scratch {  // one thread's
+        std::vector<Real> P, dS;
+    };
+    auto scratch = [&] { return Scratch{std::vector<Real>((size_t)T * T), std::vector<Real>((size_t)T * T)}; };
+    for_each_chunk(BH, scratch, [&](int bh, Scratch& sc) {
+        auto& [P, dS] = sc;
+        const size_t r0 = (size_t)bh * T;
+        gemm(false, true, T, T, hd, scale, q + r0 * hd, hd, k + r0 * hd, hd, Real(0), P.data(), T);
+        gemm(false, true, T, T, hd, Real(1), d_o + r0 * hd, hd, v + r0 * hd, hd, Real(0), dS.data(), T);  // dP
 #pragma omp parallel for
-            for (int a = 0; a < T; a++) {
-                Real* p = P.data() + (size_t)a * T;
-                Real* ds = dS.data() + (size_t)a * T;
-                const int n_keys = causal ? a + 1 : T;
-                double D = 0;
-                for (int b = 0; b < n_keys; b++) {
-                    p[b] = std::exp(p[b] - lse[r0 + a]);
-                    D += (double)ds[b] * p[b];
-                }
-                for (int b = 0; b < n_keys; b++) ds[b] = p[b] * (ds[b] - (Real)D);
-                for (int b = n_keys; b < T; b++) p[b] = ds[b] = Real(0);
+        for (int a = 0; a < T; a++) {
+            Real* p = P.data() + (size_t)a * T;
+            Real* ds = dS.data() + (size_t)a * T;
+            const int n_keys = causal ? a + 1 : T;
+            double D = 0;
+            for (int b = 0; b < n_keys; b++) {
+                p[b] = std::exp(p[b] - lse[r0 + a]);
+                D += (double)ds[b] * p[b];
             }
-            gemm(true, false, T, hd, T, Real(1), P.data(), T, d_o + r0 * hd, hd, Real(1), dv + r0 * hd, hd);
-            gemm(false, false, T, hd, T, scale, dS.data(), T, k + r0 * hd, hd, Real(1), dq + r0 * hd, hd);
-            gemm(true, false, T, hd, T, scale, dS.data(), T, q + r0 * hd, hd, Real(1), dk + r0 * hd, hd);
+            for (int b = 0; b < n_keys; b++) ds[b] = p[b] * (ds[b] - (Real)D);
+            for (int b = n_keys; b < T; b++) p[b] = ds[b] = Real(0);
         }
-    }
+        gemm(true, false, T, hd, T, Real(1), P.data(), T, d_o + r0 * hd, hd, Real(1), dv + r0 * hd, hd);
+        gemm(false, false, T, hd, T, scale, dS.data(), T, k + r0 * hd, hd, Real(1), dq + r0 * hd, hd);
+        gemm(true, false, T, hd, T, scale, dS.data(), T, q + r0 * hd, hd, Real(1), dk + r0 * hd, hd);
+    });
 }
 
 // SwiGLU (BASELINES.md §1): z = silu(gate) ⊙ up, with gu = [gate | up]; sg = silu(gate) is saved.
@@ -550,38 +548,37 @@ void linear_attention_forward(Real* o, Real* den, const Real* phq, const Real* p
     FLASH_CHECK(chunk >= 1, "linear attention chunk size is " << chunk << ", must be >= 1", "use e.g. 64");
     chunk = std::min(chunk, T);  // a chunk longer than the sequence is the whole sequence
     const int w = hd + 1;
-    ChunkParallelism par(BH);
-#pragma omp parallel if (par.over_chunks)
-    {
-        std::vector<Real> v1((size_t)T * w), S((size_t)m * w), out((size_t)T * w), A((size_t)chunk * chunk);
-#pragma omp for
-        for (int bh = 0; bh < BH; bh++) {
-            const size_t r0 = (size_t)bh * T;
-            const Real *fq = phq + r0 * m, *fk = phk + r0 * m;
-            append_ones(v1.data(), v + r0 * hd, T, hd);
-            if (!causal) {
-                gemm(true, false, m, w, T, Real(1), fk, m, v1.data(), w, Real(0), S.data(), w);
-                gemm(false, false, T, w, m, Real(1), fq, m, S.data(), w, Real(0), out.data(), w);
-            } else {
-                std::fill(S.begin(), S.end(), Real(0));
-                for (int c0 = 0; c0 < T; c0 += chunk) {
-                    const int n = std::min(chunk, T - c0);
-                    const Real *cq = fq + (size_t)c0 * m, *ck = fk + (size_t)c0 * m, *cv = v1.data() + (size_t)c0 * w;
-                    Real* co = out.data() + (size_t)c0 * w;
-                    gemm(false, true, n, n, m, Real(1), cq, m, ck, m, Real(0), A.data(), n);
-                    mask_upper(A.data(), n);
-                    gemm(false, false, n, w, n, Real(1), A.data(), n, cv, w, Real(0), co, w);
-                    gemm(false, false, n, w, m, Real(1), cq, m, S.data(), w, Real(1), co, w);  // earlier chunks
-                    gemm(true, false, m, w, n, Real(1), ck, m, cv, w, Real(1), S.data(), w);   // then add this one
-                }
-            }
-            for (int t = 0; t < T; t++) {
-                const Real dn = out[(size_t)t * w + hd];
-                den[r0 + t] = dn;
-                for (int j = 0; j < hd; j++) o[(r0 + t) * hd + j] = out[(size_t)t * w + j] / dn;
+    struct Scratch {  // one thread's
+        std::vector<Real> v1, S, out, A;
+    };
+    auto scratch = [&] { return Scratch{std::vector<Real>((size_t)T * w), std::vector<Real>((size_t)m * w), std::vector<Real>((size_t)T * w), std::vector<Real>((size_t)chunk * chunk)}; };
+    for_each_chunk(BH, scratch, [&](int bh, Scratch& sc) {
+        auto& [v1, S, out, A] = sc;
+        const size_t r0 = (size_t)bh * T;
+        const Real *fq = phq + r0 * m, *fk = phk + r0 * m;
+        append_ones(v1.data(), v + r0 * hd, T, hd);
+        if (!causal) {
+            gemm(true, false, m, w, T, Real(1), fk, m, v1.data(), w, Real(0), S.data(), w);
+            gemm(false, false, T, w, m, Real(1), fq, m, S.data(), w, Real(0), out.data(), w);
+        } else {
+            std::fill(S.begin(), S.end(), Real(0));
+            for (int c0 = 0; c0 < T; c0 += chunk) {
+                const int n = std::min(chunk, T - c0);
+                const Real *cq = fq + (size_t)c0 * m, *ck = fk + (size_t)c0 * m, *cv = v1.data() + (size_t)c0 * w;
+                Real* co = out.data() + (size_t)c0 * w;
+                gemm(false, true, n, n, m, Real(1), cq, m, ck, m, Real(0), A.data(), n);
+                mask_upper(A.data(), n);
+                gemm(false, false, n, w, n, Real(1), A.data(), n, cv, w, Real(0), co, w);
+                gemm(false, false, n, w, m, Real(1), cq, m, S.data(), w, Real(1), co, w);  // earlier chunks
+                gemm(true, false, m, w, n, Real(1), ck, m, cv, w, Real(1), S.data(), w);   // then add this one
             }
         }
-    }
+        for (int t = 0; t < T; t++) {
+            const Real dn = out[(size_t)t * w + hd];
+            den[r0 + t] = dn;
+            for (int j = 0; j < hd; j++) o[(r0 + t) * hd + j] = out[(size_t)t * w + j] / dn;
+        }
+    });
 }
 // Backward of: [num | den] = Σ_b A[a,b] [v[b] | 1] with A[a,b] = φq[a]·φk[b] (masked);  o = num/den:
 //   G = [do/den | −(do·o)/den]  (the gradient of [num | den]; no den²);
@@ -596,67 +593,65 @@ void linear_attention_backward(Real* dphq, Real* dphk, Real* dv, const Real* d_o
     FLASH_CHECK(chunk >= 1, "linear attention chunk size is " << chunk << ", must be >= 1", "use e.g. 64");
     chunk = std::min(chunk, T);  // a chunk longer than the sequence is the whole sequence
     const int w = hd + 1;
-    ChunkParallelism par(BH);
-#pragma omp parallel if (par.over_chunks)
-    {
-        std::vector<Real> v1((size_t)T * w), G((size_t)T * w), dv1((size_t)T * w), S((size_t)m * w), R((size_t)m * w),
-            A((size_t)chunk * chunk), dA((size_t)chunk * chunk);
-#pragma omp for
-        for (int bh = 0; bh < BH; bh++) {
-            const size_t r0 = (size_t)bh * T;
-            const Real *fq = phq + r0 * m, *fk = phk + r0 * m;
-            Real *dfq = dphq + r0 * m, *dfk = dphk + r0 * m;
-            append_ones(v1.data(), v + r0 * hd, T, hd);
-            for (int t = 0; t < T; t++) {
-                const Real* dout = d_o + (r0 + t) * hd;
-                const Real* ot = o + (r0 + t) * hd;
-                double dd = 0;
-                for (int j = 0; j < hd; j++) {
-                    G[(size_t)t * w + j] = dout[j] / den[r0 + t];
-                    dd += (double)dout[j] * ot[j];
-                }
-                G[(size_t)t * w + hd] = (Real)(-dd) / den[r0 + t];
+    struct Scratch {  // one thread's
+        std::vector<Real> v1, G, dv1, S, R, A, dA;
+    };
+    auto scratch = [&] { return Scratch{std::vector<Real>((size_t)T * w), std::vector<Real>((size_t)T * w), std::vector<Real>((size_t)T * w), std::vector<Real>((size_t)m * w), std::vector<Real>((size_t)m * w), std::vector<Real>((size_t)chunk * chunk), std::vector<Real>((size_t)chunk * chunk)}; };
+    for_each_chunk(BH, scratch, [&](int bh, Scratch& sc) {
+        auto& [v1, G, dv1, S, R, A, dA] = sc;
+        const size_t r0 = (size_t)bh * T;
+        const Real *fq = phq + r0 * m, *fk = phk + r0 * m;
+        Real *dfq = dphq + r0 * m, *dfk = dphk + r0 * m;
+        append_ones(v1.data(), v + r0 * hd, T, hd);
+        for (int t = 0; t < T; t++) {
+            const Real* dout = d_o + (r0 + t) * hd;
+            const Real* ot = o + (r0 + t) * hd;
+            double dd = 0;
+            for (int j = 0; j < hd; j++) {
+                G[(size_t)t * w + j] = dout[j] / den[r0 + t];
+                dd += (double)dout[j] * ot[j];
             }
-            std::fill(dv1.begin(), dv1.end(), Real(0));
-            if (!causal) {
-                gemm(true, false, m, w, T, Real(1), fk, m, v1.data(), w, Real(0), S.data(), w);
-                gemm(false, true, T, m, w, Real(1), G.data(), w, S.data(), w, Real(1), dfq, m);
-                gemm(true, false, m, w, T, Real(1), fq, m, G.data(), w, Real(0), R.data(), w);
-                gemm(false, true, T, m, w, Real(1), v1.data(), w, R.data(), w, Real(1), dfk, m);
-                gemm(false, false, T, w, m, Real(1), fk, m, R.data(), w, Real(1), dv1.data(), w);
-            } else {
-                std::fill(S.begin(), S.end(), Real(0));
-                for (int c0 = 0; c0 < T; c0 += chunk) {  // forward sweep: S and the terms inside chunks
-                    const int n = std::min(chunk, T - c0);
-                    const Real *cq = fq + (size_t)c0 * m, *ck = fk + (size_t)c0 * m, *cv = v1.data() + (size_t)c0 * w;
-                    const Real* cg = G.data() + (size_t)c0 * w;
-                    Real *cdq = dfq + (size_t)c0 * m, *cdk = dfk + (size_t)c0 * m, *cdv = dv1.data() + (size_t)c0 * w;
-                    gemm(false, true, n, m, w, Real(1), cg, w, S.data(), w, Real(1), cdq, m);
-                    gemm(false, true, n, n, m, Real(1), cq, m, ck, m, Real(0), A.data(), n);
-                    mask_upper(A.data(), n);
-                    gemm(false, true, n, n, w, Real(1), cg, w, cv, w, Real(0), dA.data(), n);
-                    mask_upper(dA.data(), n);
-                    gemm(false, false, n, m, n, Real(1), dA.data(), n, ck, m, Real(1), cdq, m);
-                    gemm(true, false, n, m, n, Real(1), dA.data(), n, cq, m, Real(1), cdk, m);
-                    gemm(true, false, n, w, n, Real(1), A.data(), n, cg, w, Real(1), cdv, w);
-                    gemm(true, false, m, w, n, Real(1), ck, m, cv, w, Real(1), S.data(), w);
-                }
-                std::fill(R.begin(), R.end(), Real(0));
-                const int last = ((T - 1) / chunk) * chunk;
-                for (int c0 = last; c0 >= 0; c0 -= chunk) {  // reverse sweep: R = Σ over later chunks
-                    const int n = std::min(chunk, T - c0);
-                    const Real *cq = fq + (size_t)c0 * m, *ck = fk + (size_t)c0 * m, *cv = v1.data() + (size_t)c0 * w;
-                    const Real* cg = G.data() + (size_t)c0 * w;
-                    Real *cdk = dfk + (size_t)c0 * m, *cdv = dv1.data() + (size_t)c0 * w;
-                    gemm(false, true, n, m, w, Real(1), cv, w, R.data(), w, Real(1), cdk, m);
-                    gemm(false, false, n, w, m, Real(1), ck, m, R.data(), w, Real(1), cdv, w);
-                    gemm(true, false, m, w, n, Real(1), cq, m, cg, w, Real(1), R.data(), w);
-                }
-            }
-            for (int t = 0; t < T; t++)
-                for (int j = 0; j < hd; j++) dv[(r0 + t) * hd + j] += dv1[(size_t)t * w + j];
+            G[(size_t)t * w + hd] = (Real)(-dd) / den[r0 + t];
         }
-    }
+        std::fill(dv1.begin(), dv1.end(), Real(0));
+        if (!causal) {
+            gemm(true, false, m, w, T, Real(1), fk, m, v1.data(), w, Real(0), S.data(), w);
+            gemm(false, true, T, m, w, Real(1), G.data(), w, S.data(), w, Real(1), dfq, m);
+            gemm(true, false, m, w, T, Real(1), fq, m, G.data(), w, Real(0), R.data(), w);
+            gemm(false, true, T, m, w, Real(1), v1.data(), w, R.data(), w, Real(1), dfk, m);
+            gemm(false, false, T, w, m, Real(1), fk, m, R.data(), w, Real(1), dv1.data(), w);
+        } else {
+            std::fill(S.begin(), S.end(), Real(0));
+            for (int c0 = 0; c0 < T; c0 += chunk) {  // forward sweep: S and the terms inside chunks
+                const int n = std::min(chunk, T - c0);
+                const Real *cq = fq + (size_t)c0 * m, *ck = fk + (size_t)c0 * m, *cv = v1.data() + (size_t)c0 * w;
+                const Real* cg = G.data() + (size_t)c0 * w;
+                Real *cdq = dfq + (size_t)c0 * m, *cdk = dfk + (size_t)c0 * m, *cdv = dv1.data() + (size_t)c0 * w;
+                gemm(false, true, n, m, w, Real(1), cg, w, S.data(), w, Real(1), cdq, m);
+                gemm(false, true, n, n, m, Real(1), cq, m, ck, m, Real(0), A.data(), n);
+                mask_upper(A.data(), n);
+                gemm(false, true, n, n, w, Real(1), cg, w, cv, w, Real(0), dA.data(), n);
+                mask_upper(dA.data(), n);
+                gemm(false, false, n, m, n, Real(1), dA.data(), n, ck, m, Real(1), cdq, m);
+                gemm(true, false, n, m, n, Real(1), dA.data(), n, cq, m, Real(1), cdk, m);
+                gemm(true, false, n, w, n, Real(1), A.data(), n, cg, w, Real(1), cdv, w);
+                gemm(true, false, m, w, n, Real(1), ck, m, cv, w, Real(1), S.data(), w);
+            }
+            std::fill(R.begin(), R.end(), Real(0));
+            const int last = ((T - 1) / chunk) * chunk;
+            for (int c0 = last; c0 >= 0; c0 -= chunk) {  // reverse sweep: R = Σ over later chunks
+                const int n = std::min(chunk, T - c0);
+                const Real *cq = fq + (size_t)c0 * m, *ck = fk + (size_t)c0 * m, *cv = v1.data() + (size_t)c0 * w;
+                const Real* cg = G.data() + (size_t)c0 * w;
+                Real *cdk = dfk + (size_t)c0 * m, *cdv = dv1.data() + (size_t)c0 * w;
+                gemm(false, true, n, m, w, Real(1), cv, w, R.data(), w, Real(1), cdk, m);
+                gemm(false, false, n, w, m, Real(1), ck, m, R.data(), w, Real(1), cdv, w);
+                gemm(true, false, m, w, n, Real(1), cq, m, cg, w, Real(1), R.data(), w);
+            }
+        }
+        for (int t = 0; t < T; t++)
+            for (int j = 0; j < hd; j++) dv[(r0 + t) * hd + j] += dv1[(size_t)t * w + j];
+    });
 }
 
 // ====================================================================================================

@@ -431,6 +431,10 @@ void check_gemm_split(double tol) {
         inside = gemm_parts(1000, 1000, 1000);  // already inside a parallel region: no second split
     }
     CHECK(inside == 1);
+    int inside_inactive = 0;
+#pragma omp parallel if (0)
+    inside_inactive = gemm_parts(1000, 1000, 1000);  // a region of one thread: no nested team either (for_each_chunk)
+    CHECK(inside_inactive == 1);
     CHECK(gemm_parts(1000, 1000, 1) == 1);  // 2 MFLOP: not worth a fork
     openblas_set_num_threads(1);
     CHECK(gemm_parts(1000, 1000, 1000) == 1);  // BLAS held at one thread: one block
@@ -440,6 +444,56 @@ void check_gemm_split(double tol) {
 TEST_CASE("gemm: the product split among threads equals the plain BLAS call (double within 1e-13, float 1e-5)") {
     check_gemm_split<double>(1e-13);
     check_gemm_split<float>(1e-5);
+}
+
+// for_each_chunk (ops.h): over chunks on min(n, threads) threads with OpenBLAS at one thread when there are at least
+// half as many chunks as threads; otherwise one after the other, outside any parallel region, where gemm splits the
+// products. Every chunk is visited once, each thread makes its scratch once, and OpenBLAS's count comes back.
+TEST_CASE("for_each_chunk: chunks in parallel, or one after the other outside any parallel region") {
+    const int saved_omp = omp_get_max_threads(), saved_blas = openblas_get_num_threads();
+    omp_set_num_threads(4);  // threads, not cores: the rule only counts them
+    CHECK(chunk_threads(1) == 1);
+    CHECK(chunk_threads(2) == 2);
+    CHECK(chunk_threads(3) == 3);
+    CHECK(chunk_threads(9) == 4);
+    int nested = 0;
+#pragma omp parallel if (0)
+    nested = chunk_threads(9);
+    CHECK(nested == 1);
+
+    omp_set_num_threads(2);
+    openblas_set_num_threads(2);
+    for (int n : {1, 2, 7}) {
+        CAPTURE(n);
+        // recorded inside, checked outside (the body runs on several threads)
+        std::vector<int> visits(n, 0), level(n, -1), team(n, 0), blas(n, 0), parts(n, 0), scratch_seen(n, 0);
+        std::vector<int> made(2, 0);  // scratch made, per thread
+        for_each_chunk(
+            n, [&] { return ++made[omp_get_thread_num()]; },
+            [&](int i, int& scratch) {
+                scratch_seen[i] = scratch;
+                visits[i]++;
+                level[i] = omp_get_level();
+                team[i] = omp_get_num_threads();
+                blas[i] = openblas_get_num_threads();
+                parts[i] = gemm_parts(1000, 1000, 1000);
+            });
+        const bool parallel = n >= 2;
+        for (int i = 0; i < n; i++) {
+            CAPTURE(i);
+            CHECK(visits[i] == 1);
+            CHECK(scratch_seen[i] == 1);
+            CHECK(level[i] == (parallel ? 1 : 0));           // one after the other: no region at all
+            CHECK(team[i] == (parallel ? 2 : 1));
+            CHECK(blas[i] == (parallel ? 1 : 2));            // over chunks: OpenBLAS at one thread
+            CHECK(parts[i] == (parallel ? 1 : 2));           // one after the other: products split
+        }
+        CHECK(made[0] == 1);
+        CHECK(made[1] == (parallel ? 1 : 0));
+        CHECK(openblas_get_num_threads() == 2);  // restored
+    }
+    omp_set_num_threads(saved_omp);
+    openblas_set_num_threads(saved_blas);
 }
 
 // A one-row product goes to gemv (ops.cpp): every transpose, a strided row of A (A stored transposed), beta 1 and
