@@ -152,29 +152,27 @@ static void decode_rows(const FlashModel<Real>& model, DecodeState<Real>* const*
         scalenorm_forward(rows.xn.data(), rows.rstd.data(), x, lp.norm_g, n, d, c.eps);
         matmul_forward(rows.h.data(), rows.xn.data(), lp.w_in, lp.b_in, n, d, I);
         silu_forward(rows.act.data(), rows.h.data(), (size_t)n * I);
-        {
-            BlasThreads one_blas_thread(1);  // sequences in parallel, each with a one-thread BLAS (nothing throws)
-#pragma omp parallel for schedule(static) if (share)
-            for (int i = 0; i < n; i++) {
-                DecodeState<Real>& st = *seqs[i];
-                DecodeLayerCache<Real>& cache = st.layers[l];
-                const int a = (int)(st.pos % C);  // row of this token inside its chunk
-                const Real *v = rows.act.data() + (size_t)i * I + e, *z = rows.act.data() + (size_t)i * I + 2 * e;
-                Real* o = rows.o.data() + (size_t)i * e;
-                offset_scale_forward(st.qq.data(), st.kq.data(), st.ql.data(), st.kl.data(), z, I, lp.gamma, lp.beta,
-                                     1, s);
-                for (Real* head : {st.qq.data(), st.kq.data(), st.ql.data(), st.kl.data()})
-                    rope_forward(head, st.rope_cos.data(), st.rope_sin.data(), 1, 1, s);
-                // This token joins the chunk cache before attending: the local part includes the diagonal.
-                std::memcpy(cache.kq.data() + (size_t)a * s, st.kq.data(), sizeof(Real) * s);
-                std::memcpy(cache.v.data() + (size_t)a * e, v, sizeof(Real) * e);
-                std::memcpy(cache.kl.data() + (size_t)a * s, st.kl.data(), sizeof(Real) * s);
-                // o = quad + lin, lin = ql · M (M covers the finished chunks only: the exclusive sum); a one-row
-                // gemm is a matrix-vector product (ops.cpp), which reads M once
-                local_attention_one_query(o, st.qq.data(), cache.kq.data(), cache.v.data(), lp.rel_bias, a, C, s, e);
-                gemm(false, false, 1, e, s, Real(1), st.ql.data(), s, cache.m.data(), e, Real(1), o, e);
-            }
-        }
+        // Each sequence against its own cache: in parallel when the step shares its threads (then on one BLAS thread
+        // each: for_each_chunk), else one after the other on this one.
+        for_each_chunk(n, [&](int i) {
+            DecodeState<Real>& st = *seqs[i];
+            DecodeLayerCache<Real>& cache = st.layers[l];
+            const int a = (int)(st.pos % C);  // row of this token inside its chunk
+            const Real *v = rows.act.data() + (size_t)i * I + e, *z = rows.act.data() + (size_t)i * I + 2 * e;
+            Real* o = rows.o.data() + (size_t)i * e;
+            offset_scale_forward(st.qq.data(), st.kq.data(), st.ql.data(), st.kl.data(), z, I, lp.gamma, lp.beta,
+                                 1, s);
+            for (Real* head : {st.qq.data(), st.kq.data(), st.ql.data(), st.kl.data()})
+                rope_forward(head, st.rope_cos.data(), st.rope_sin.data(), 1, 1, s);
+            // This token joins the chunk cache before attending: the local part includes the diagonal.
+            std::memcpy(cache.kq.data() + (size_t)a * s, st.kq.data(), sizeof(Real) * s);
+            std::memcpy(cache.v.data() + (size_t)a * e, v, sizeof(Real) * e);
+            std::memcpy(cache.kl.data() + (size_t)a * s, st.kl.data(), sizeof(Real) * s);
+            // o = quad + lin, lin = ql · M (M covers the finished chunks only: the exclusive sum); a one-row
+            // gemm is a matrix-vector product (ops.cpp), which reads M once
+            local_attention_one_query(o, st.qq.data(), cache.kq.data(), cache.v.data(), lp.rel_bias, a, C, s, e);
+            gemm(false, false, 1, e, s, Real(1), st.ql.data(), s, cache.m.data(), e, Real(1), o, e);
+        });
         gate_forward(rows.gated.data(), rows.act.data(), I, rows.o.data(), n, e);
         matmul_forward(x_next, rows.gated.data(), lp.w_out, lp.b_out, n, e, d);
         residual_forward(x_next, x, (size_t)n * d);
