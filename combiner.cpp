@@ -169,10 +169,13 @@ void combiner_attention_backward(Real* dq, Real* dk, Real* dv, int ldd, const Re
     combiner_check_sizes(B, T, H, h, c);
     const int n = T / c, d = H * h, ldp = c + n;
     const Real scale = Real(1 / std::sqrt((double)h));
-    struct Scratch {  // one thread's
+    struct Scratch {  // one thread's buffers, reused chunk after chunk
         std::vector<Real> dP, dk_hat, dv_hat, e, dq_hat;
     };
-    auto scratch = [&] { return Scratch{std::vector<Real>((size_t)c * ldp), std::vector<Real>((size_t)n * h), std::vector<Real>((size_t)n * h), std::vector<Real>(c), std::vector<Real>(h)}; };
+    auto scratch = [&] {
+        using V = std::vector<Real>;
+        return Scratch{V((size_t)c * ldp), V((size_t)n * h), V((size_t)n * h), V(c), V(h)};
+    };
     for_each_chunk(B * H, scratch, [&](int bh, Scratch& sc) {
         auto& [dP, dk_hat, dv_hat, e, dq_hat] = sc;
         const size_t in0 = (size_t)(bh / H) * T * ld + (size_t)(bh % H) * h;

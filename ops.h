@@ -79,7 +79,8 @@ struct BlasThreads {
 // The second way must not run inside a parallel region, not even one of one thread (`omp parallel if (0)`): a product
 // split there starts a nested team of new threads while the outer team's idle threads spin, and on a machine with as
 // many threads as cores the two fight over them. Measured before this rule, small config, 2 threads on 2 cores, one
-// chunk per step: 270 ms a step (67 ms on one thread); 16 threads on 16 cores, 8 chunks: 1,800 ms (81 ms on 8).
+// chunk per step: 270 ms a step (67 ms on one thread; 40 ms now). On 16 cores with 8 chunks, 16 threads took 1,800 ms
+// and 8 threads 81 ms, which this explains (not measured there again).
 int chunk_threads(int n_chunks);  // threads of the parallel loop, or 1: one after the other
 template <typename MakeScratch, typename Body>
 void for_each_chunk(int n, MakeScratch&& make_scratch, Body&& body) {

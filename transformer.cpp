@@ -321,7 +321,7 @@ template <typename Real>
 void softmax_attention_forward(Real* o, Real* lse, const Real* q, const Real* k, const Real* v, int BH, int T, int hd,
                                bool causal) {
     const Real scale = Real(1) / std::sqrt((Real)hd);
-    struct Scratch {  // one thread's
+    struct Scratch {  // one thread's buffers, reused chunk after chunk
         std::vector<Real> P;
     };
     auto scratch = [&] { return Scratch{std::vector<Real>((size_t)T * T)}; };
@@ -351,7 +351,7 @@ template <typename Real>
 void softmax_attention_backward(Real* dq, Real* dk, Real* dv, const Real* d_o, const Real* lse, const Real* q,
                                 const Real* k, const Real* v, int BH, int T, int hd, bool causal) {
     const Real scale = Real(1) / std::sqrt((Real)hd);
-    struct Scratch {  // one thread's
+    struct Scratch {  // one thread's buffers, reused chunk after chunk
         std::vector<Real> P, dS;
     };
     auto scratch = [&] { return Scratch{std::vector<Real>((size_t)T * T), std::vector<Real>((size_t)T * T)}; };
@@ -548,10 +548,13 @@ void linear_attention_forward(Real* o, Real* den, const Real* phq, const Real* p
     FLASH_CHECK(chunk >= 1, "linear attention chunk size is " << chunk << ", must be >= 1", "use e.g. 64");
     chunk = std::min(chunk, T);  // a chunk longer than the sequence is the whole sequence
     const int w = hd + 1;
-    struct Scratch {  // one thread's
+    struct Scratch {  // one thread's buffers, reused chunk after chunk
         std::vector<Real> v1, S, out, A;
     };
-    auto scratch = [&] { return Scratch{std::vector<Real>((size_t)T * w), std::vector<Real>((size_t)m * w), std::vector<Real>((size_t)T * w), std::vector<Real>((size_t)chunk * chunk)}; };
+    auto scratch = [&] {
+        using V = std::vector<Real>;
+        return Scratch{V((size_t)T * w), V((size_t)m * w), V((size_t)T * w), V((size_t)chunk * chunk)};
+    };
     for_each_chunk(BH, scratch, [&](int bh, Scratch& sc) {
         auto& [v1, S, out, A] = sc;
         const size_t r0 = (size_t)bh * T;
@@ -593,10 +596,14 @@ void linear_attention_backward(Real* dphq, Real* dphk, Real* dv, const Real* d_o
     FLASH_CHECK(chunk >= 1, "linear attention chunk size is " << chunk << ", must be >= 1", "use e.g. 64");
     chunk = std::min(chunk, T);  // a chunk longer than the sequence is the whole sequence
     const int w = hd + 1;
-    struct Scratch {  // one thread's
+    struct Scratch {  // one thread's buffers, reused chunk after chunk
         std::vector<Real> v1, G, dv1, S, R, A, dA;
     };
-    auto scratch = [&] { return Scratch{std::vector<Real>((size_t)T * w), std::vector<Real>((size_t)T * w), std::vector<Real>((size_t)T * w), std::vector<Real>((size_t)m * w), std::vector<Real>((size_t)m * w), std::vector<Real>((size_t)chunk * chunk), std::vector<Real>((size_t)chunk * chunk)}; };
+    auto scratch = [&] {
+        using V = std::vector<Real>;
+        return Scratch{V((size_t)T * w), V((size_t)T * w), V((size_t)T * w), V((size_t)m * w), V((size_t)m * w),
+                       V((size_t)chunk * chunk), V((size_t)chunk * chunk)};
+    };
     for_each_chunk(BH, scratch, [&](int bh, Scratch& sc) {
         auto& [v1, G, dv1, S, R, A, dA] = sc;
         const size_t r0 = (size_t)bh * T;

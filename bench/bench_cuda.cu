@@ -66,7 +66,7 @@ int main(int argc, char** argv) {
                     tokens_per_step);
         std::printf("matrix products: %s; peak used for the share: %.0f TFLOP/s (%s)\n",
                     fp32 ? "true fp32" : "tf32 tensor cores, fp32 sums", peak / 1e12,
-                    peak_override > 0 ? "--peak" : (fp32 ? "H200 dense fp32, datasheet" : "H200 dense tf32, datasheet"));
+                    peak_override > 0 ? "--peak" : fp32 ? "H200 dense fp32, datasheet" : "H200 dense tf32, datasheet");
         std::printf("model FLOPs: FLASH.md section 4, training step = 3x forward\n");
         if (!fp32)
             std::printf("note: tf32 speeds up the cuBLAS products only; the local-attention and elementwise kernels\n"

@@ -90,7 +90,8 @@ TEST_CASE("options: command line over JSON file, and bad options named") {
     CHECK_THROWS_WITH_AS(parse_train_options(5, (char**)bad4), doctest::Contains("--precision must be fp32 or tf32"),
                          flash_error);
     const char* bad5[] = {"train", "--precision", "tf32"};  // --device cpu, the default
-    CHECK_THROWS_WITH_AS(parse_train_options(3, (char**)bad5), doctest::Contains("the CPU computes in fp32"), flash_error);
+    CHECK_THROWS_WITH_AS(parse_train_options(3, (char**)bad5), doctest::Contains("the CPU computes in fp32"),
+                         flash_error);
     const char* gpu[] = {"train", "--precision", "tf32", "--device", "cuda"};
     CHECK(parse_train_options(5, (char**)gpu).precision == "tf32");
     CHECK(matmul_precision("tf32", Device::cuda) == MatmulPrecision::tf32);
