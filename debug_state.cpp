@@ -91,7 +91,8 @@ void debug_state(const DebugStateOptions& o, const nlohmann::json& cfg) {
     }
     const double loss = write_debug_state(o.out, *model, tokens.data(), targets.data(), B, T);
     std::printf("wrote %s: %s, B=%d T=%d loss=%.9g, %zu parameters and their gradients (%s)\n", o.out.c_str(),
-                model->arch().c_str(), B, T, loss, model->param_count(), sizeof(Real) == 4 ? "F32" : "F64");
+                model->arch().c_str(), B, T, loss, tensor_element_count(model->tensor_specs()),
+                sizeof(Real) == 4 ? "F32" : "F64");
 }
 
 }  // namespace

@@ -1156,7 +1156,8 @@ __global__ void adamw_kernel(float* w, const float* grad, float* m1, float* m2, 
 static void cuda_model_adamw_update(FlashCuda* m, double lr, const AdamWConfig& opt, int64_t t) {
     FLASH_CHECK(t >= 1, "AdamW step counter must start at 1, got " << t, "");
     const double bc1 = 1.0 - std::pow(opt.beta1, (double)t), bc2 = 1.0 - std::pow(opt.beta2, (double)t);
-    // One launch per run of adjacent tensors with the same decay (b_in, gamma, beta, rel_bias go together, ...).
+    // One launch per run of adjacent tensors with the same decay (b_in, gamma, beta, rel_bias go together, ...). A run
+    // also covers the alignment gaps between its tensors (flash.cpp, walk_params): zeros, which stay zeros.
     size_t i = 0;
     while (i < m->specs.size()) {
         size_t j = i;

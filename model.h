@@ -34,7 +34,8 @@ struct Model {
     // "d: 16 vs 32" (the config's value first). Throws flash_error for a config that is not valid for this arch.
     virtual std::string shape_mismatch(const nlohmann::json& config) const = 0;
     // Parameter layout, in checkpoint order; a tensor that is not trained (TensorSpec::trained, Performer's Ω) is in
-    // params and every weights file, and has zeros in grads and the moments, which checkpoints leave out.
+    // params and every weights file, and has zeros in grads and the moments, which checkpoints leave out. The flat
+    // buffers are param_count() long: FLASH aligns each tensor's start, and the gaps between tensors hold zeros.
     virtual const std::vector<TensorSpec>& tensor_specs() const = 0;
     size_t param_count() const {
         const std::vector<TensorSpec>& specs = tensor_specs();

@@ -457,6 +457,11 @@ size_t trained_param_count(const std::vector<TensorSpec>& specs) {
     for (const TensorSpec& t : specs) n += t.trained ? t.count : 0;
     return n;
 }
+size_t tensor_element_count(const std::vector<TensorSpec>& specs) {
+    size_t n = 0;
+    for (const TensorSpec& t : specs) n += t.count;
+    return n;
+}
 
 // AdamW, per element, in double:
 //   m = β1 m + (1−β1) g;  v = β2 v + (1−β2) g²;  w −= lr · ((m/bc1) / (sqrt(v/bc2) + eps) + wd · w)

@@ -40,8 +40,10 @@ struct TensorSpec {
     bool decay = false;  // AdamW weight decay applies (matrices only: not gains, biases, offsets, rel_bias)
     bool trained = true;  // false: drawn at initialisation, saved, never updated
 };
-// Elements of the tensors that are trained (what "parameters" counts in logs).
+// Elements of the tensors that are trained (what "parameters" counts in logs), and of all the tensors (trained or
+// fixed; a flat buffer may be longer, when its tensors are aligned: flash.cpp, walk_params).
 size_t trained_param_count(const std::vector<TensorSpec>& specs);
+size_t tensor_element_count(const std::vector<TensorSpec>& specs);
 
 // ----------------------------------------------------------------------------------------------------
 // Matrix products. gemm: C = alpha · op(A) · op(B) + beta · C, row-major, op(A) (M,K), op(B) (K,N); one overload per

@@ -277,8 +277,9 @@ void print_header(const Run& run, const Model<float>& model, Device device) {
         if (kv.key() != "model") std::printf("| %-15s | %-40s |\n", kv.key().c_str(), kv.value().dump().c_str());
     std::printf("+-----------------+------------------------------------------+\n");
     const size_t trained = trained_param_count(model.tensor_specs());
+    const size_t fixed = tensor_element_count(model.tensor_specs()) - trained;
     std::printf("parameters: %zu", trained);
-    if (trained != model.param_count()) std::printf(" (and %zu fixed, not trained)", model.param_count() - trained);
+    if (fixed > 0) std::printf(" (and %zu fixed, not trained)", fixed);
     std::printf("   FLOPs per token: %.1f M forward, %.1f M training step\n", model.forward_flops_per_token() / 1e6,
                 run.flops_per_step_token / 1e6);
     std::printf("data: %zu train tokens, %zu val tokens (%.2f bytes/token), vocab %u\n", run.train_tokens.tokens.size(),

@@ -642,3 +642,46 @@ TEST_CASE("one layout list: activation_counts equals the span view_activations l
         CHECK(a.layers[0].x == a.act + N * c.inner());
     }
 }
+
+// Every tensor starts on a multiple of 16 elements (flash.cpp, walk_params: aligned operands for cuBLAS), in order and
+// without overlap; the gaps stay zero through initialisation and training steps, and files hold the tensors alone.
+TEST_CASE("parameter layout: aligned tensors in order, zero gaps that training never touches") {
+    for (bool causal : {true, false}) {
+        FlashConfig c = config_preset("tiny");
+        c.causal = causal;
+        const std::vector<TensorSpec> specs = param_specs(c);
+        size_t end = 0;
+        std::vector<bool> in_tensor(param_count(c), false);
+        for (const TensorSpec& t : specs) {
+            CAPTURE(t.name);
+            CHECK(t.offset % 16 == 0);
+            CHECK(t.offset >= end);
+            CHECK(t.offset - end < 16);  // no more padding than the alignment needs
+            end = t.offset + t.count;
+            for (size_t i = t.offset; i < end; i++) in_tensor[i] = true;
+        }
+        CHECK(end == param_count(c));
+        CHECK(tensor_element_count(specs) < param_count(c));  // the tiny config has gaps (after norm.g, say)
+
+        FlashModel<float> m(c);
+        m.init_weights(3, true);
+        const Batch batch = random_batch(c, 2, c.seq_len, 5);
+        AdamWConfig opt;
+        for (int step = 1; step <= 3; step++) {
+            m.forward(batch.tokens.data(), batch.targets.data(), 2, batch.T);
+            m.zero_grad();
+            m.backward();
+            m.adamw_update(1e-2, opt, step);
+        }
+        size_t gaps = 0;
+        for (size_t i = 0; i < in_tensor.size(); i++)
+            if (!in_tensor[i]) {
+                gaps++;
+                CHECK(m.params[i] == 0.0f);
+                CHECK(m.grads[i] == 0.0f);
+                CHECK(m.adam_m[i] == 0.0f);
+                CHECK(m.adam_v[i] == 0.0f);
+            }
+        CHECK(gaps == param_count(c) - tensor_element_count(specs));
+    }
+}
