@@ -69,8 +69,8 @@ double forward_flops_per_token(const FlashConfig& c) {
 
 // Lists the tensors in checkpoint order; when view is given, points its fields at base + offset (base may be null:
 // then only the specs are wanted). Every tensor starts on a multiple of kParamAlign elements (the gaps hold zeros and
-// are never read): cuBLAS picks its kernels by the operands' alignment, and on the H200 the products of w_in, which
-// followed the one-element norm gain at an odd offset, ran as alignment-1 kernels (README, GPU performance).
+// are never read): cuBLAS picks its kernels by the operands' alignment, and on the H200 the layers' weights, at odd
+// offsets (w_in right after the one-element norm gain), ran in alignment-1 kernels (README, GPU performance).
 constexpr size_t kParamAlign = 16;  // 64 bytes in float: a cache line, and more than the 16 bytes cuBLAS needs
 template <typename Real>
 static std::vector<TensorSpec> walk_params(const FlashConfig& c, ParamView<Real>* view, Real* base) {
