@@ -421,6 +421,17 @@ TEST_CASE("whole step with multi-tile chunks (C=72, T=144, e=136) and FLASH-Quad
     check_step(odd_config(true, 72, 72, 136), 2, true);  // G = 1: the global part is exactly zero
 }
 
+// The paper's widths (FLASH.md §5, base: d=768, e=1536, s=128, C=256) with 2 layers, T=1024: the shapes bench_cuda
+// and training run, where the kernels take their full tiles and cuBLAS its large-product paths. On the H200 the
+// worst GPU/CPU-fp32 error ratio here was 3.6 (causal), 8.6 (non-causal) and 9.2 (FLASH-Quad), against 20 allowed.
+TEST_CASE("whole step at the base widths (2 layers, T=1024): causal, non-causal and FLASH-Quad") {
+    for (auto [causal, C] : {std::pair<bool, int>{true, 256}, {false, 256}, {true, 1024}}) {
+        FlashConfig c = config_preset("base");
+        c.n_layers = 2; c.vocab_size = 2048; c.seq_len = 1024; c.chunk = C; c.causal = causal;
+        check_step(c, 2, true);
+    }
+}
+
 // tf32 products (model.h: MatmulPrecision) against the CPU in double. Only the cuBLAS products change: their inputs
 // are rounded to 11 significant bits, unit roundoff u = 2^-11, and they still sum in fp32. One rounded input moves a
 // product by about u relative; the errors of the step's products in a row add up, and max-norm errors pick the worst
