@@ -34,15 +34,10 @@
 // sequences as threads has enough work to share, and shares it: decode.cpp, decode_rows.)
 // Shared by every cached decoder (decode_baselines.h too).
 struct SingleThreaded {
-    int omp_saved, blas_saved;
-    SingleThreaded() : omp_saved(omp_get_max_threads()), blas_saved(openblas_get_num_threads()) {
-        omp_set_num_threads(1);
-        openblas_set_num_threads(1);
-    }
-    ~SingleThreaded() {
-        omp_set_num_threads(omp_saved);
-        openblas_set_num_threads(blas_saved);
-    }
+    int omp_saved = omp_get_max_threads();
+    BlasThreads one_blas_thread{1};  // ops.h
+    SingleThreaded() { omp_set_num_threads(1); }
+    ~SingleThreaded() { omp_set_num_threads(omp_saved); }
 };
 
 // One layer's cache.

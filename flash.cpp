@@ -338,13 +338,12 @@ void local_attention_backward(Real* dqq, Real* dkq, Real* dv, int lddv, Real* dr
     const int G = T / C;
     const int nbias = rel_bias_count(C, causal);
     std::vector<Real> dbias_part((size_t)B * G * nbias, Real(0));
-    struct Scratch {
-        std::vector<Real> A, dS;  // of one chunk
+    struct Scratch {  // one thread's buffers, reused chunk after chunk
+        std::vector<Real> A, dS;
     };
     auto scratch = [&] { return Scratch{std::vector<Real>((size_t)C * C), std::vector<Real>((size_t)C * C)}; };
     for_each_chunk(B * G, scratch, [&](int bg, Scratch& sc) {
-        std::vector<Real>& A = sc.A;
-        std::vector<Real>& dS = sc.dS;
+        auto& [A, dS] = sc;
         const size_t row0 = chunk_first_row(bg, C);
         const Real* R = relu_s + (size_t)bg * C * C;
         for (size_t i = 0; i < (size_t)C * C; i++) A[i] = R[i] * R[i];

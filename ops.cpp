@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <type_traits>
 
 // ====================================================================================================
@@ -32,7 +33,7 @@ void gemm_blas(bool ta, bool tb, int M, int N, int K, double alpha, const double
 // overwrites y, NaNs included, as gemm does (y is zeroed here first: BLAS versions differ on 0 · NaN).
 template <typename Real>
 static void gemv(bool trans, int rows, int cols, Real alpha, const Real* A, int lda, const Real* x, int incx,
-                         Real beta, Real* y) {
+                 Real beta, Real* y) {
     if (beta == Real(0)) std::fill(y, y + (trans ? cols : rows), Real(0));
     const CBLAS_TRANSPOSE t = trans ? CblasTrans : CblasNoTrans;
     if constexpr (std::is_same_v<Real, float>)
@@ -63,9 +64,8 @@ template <typename Real>
 static void gemm_split(bool ta, bool tb, int M, int N, int K, Real alpha, const Real* A, int lda, const Real* B,
                        int ldb, Real beta, Real* C, int ldc) {
     const int parts = gemm_parts(M, N, K);
-    const bool outside = !inside_parallel_region();  // inside one the caller holds BLAS at one thread already
-    const int saved = openblas_get_num_threads();
-    if (outside) openblas_set_num_threads(1);
+    std::optional<BlasThreads> one_blas_thread;  // inside a parallel region the caller holds BLAS at one already
+    if (!inside_parallel_region()) one_blas_thread.emplace(1);
     if (M == 1 && K > 0) {  // (K = 0: gemv would return without scaling C by beta, where gemm scales it)
         // C (1,N) = alpha · a · op(B) + beta · C with a = op(A) (1,K), stride lda when A is stored transposed:
         //   op(B) = B (K,N)   →  Cᵀ = Bᵀ · aᵀ;   op(B) = Bᵀ, B (N,K)  →  Cᵀ = B · aᵀ.
@@ -88,7 +88,6 @@ static void gemm_split(bool ta, bool tb, int M, int N, int K, Real alpha, const 
                           ldc);
         }
     }
-    if (outside) openblas_set_num_threads(saved);
 }
 
 int gemm_parts(int M, int N, int K) {
