@@ -22,10 +22,10 @@ template <typename Real>
 void HostModel<Real>::allocate(std::vector<TensorSpec> layout) {
     specs = std::move(layout);
     const size_t n = this->param_count();
-    params.assign(n, Real(0));
-    grads.assign(n, Real(0));
-    adam_m.assign(n, Real(0));
-    adam_v.assign(n, Real(0));
+    assign_zeros_on_huge_pages(params, n);
+    assign_zeros_on_huge_pages(grads, n);
+    assign_zeros_on_huge_pages(adam_m, n);
+    assign_zeros_on_huge_pages(adam_v, n);
 }
 
 template <typename Real>

@@ -719,8 +719,8 @@ static void layout_activations(TransformerModel<Real>& m, int B, int T) {
     size_t n_act, n_grad;
     view_transformer_activations<Real>(m.acts, m.dacts, nullptr, nullptr, m.cfg, B, T, &n_act, &n_grad);
     check_activations_fit((double)n_act, (double)n_grad, B, T, sizeof(Real));  // refused before allocating
-    m.act_buf.assign(n_act, Real(0));
-    m.grad_act_buf.assign(n_grad, Real(0));
+    assign_zeros_on_huge_pages(m.act_buf, n_act);
+    assign_zeros_on_huge_pages(m.grad_act_buf, n_grad);
     view_transformer_activations(m.acts, m.dacts, m.act_buf.data(), m.grad_act_buf.data(), m.cfg, B, T, &n_act,
                                  &n_grad);
     rope_tables(m.rope_cos, m.rope_sin, 0, T, m.cfg.head_dim(), m.cfg.rope_base);

@@ -21,6 +21,7 @@
 #include <memory>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "bench/bench_util.h"
@@ -191,6 +192,21 @@ static int long_context(const std::vector<int64_t>& lengths) {
     return 0;
 }
 
+// How much of this process's resident memory is on transparent huge pages (ops.h, assign_zeros_on_huge_pages), from
+// /proc/self/smaps_rollup: {huge, resident} in MB, {0, 0} where the file is missing.
+static std::pair<double, double> huge_page_share() {
+    FILE* f = std::fopen("/proc/self/smaps_rollup", "r");
+    if (!f) return {0, 0};
+    char line[256];
+    double huge = 0, rss = 0, kb;
+    while (std::fgets(line, sizeof line, f)) {
+        if (std::sscanf(line, "AnonHugePages: %lf kB", &kb) == 1) huge = kb / 1024;
+        if (std::sscanf(line, "Rss: %lf kB", &kb) == 1) rss = kb / 1024;
+    }
+    std::fclose(f);
+    return {huge, rss};
+}
+
 // Tuned against naive, back to back at the small config's shapes (B=8, T=512): SiLU with exp_approx against SiLU
 // with std::exp, and the fused rows (gau_rows_*) against the unfused ops. Best of 5 runs each.
 static int elementwise_ab() {
@@ -269,8 +285,9 @@ int main(int argc, char** argv) {
 
         // One layer's ops at these shapes.
         Rng rng(1);
-        auto buf = [&](size_t k) {
-            std::vector<float> v(k);
+        auto buf = [&](size_t k) {  // on huge pages where the kernel allows, as the model's buffers are
+            std::vector<float> v;
+            assign_zeros_on_huge_pages(v, k);
             for (float& x : v) x = (float)(0.1 * rng.normal());
             return v;
         };
@@ -362,6 +379,9 @@ int main(int argc, char** argv) {
         std::printf("activations: %.1f KB per token saved for the backward, %.1f KB per token of gradient scratch "
                     "(%.0f MB in all at B=%d T=%d)\n", 4.0 * n_act / N / 1024, 4.0 * n_grad / N / 1024,
                     4.0 * (n_act + n_grad) / 1e6, B, T);
+        const auto [huge_mb, rss_mb] = huge_page_share();
+        std::printf("huge pages: %.0f MB of the %.0f MB resident (the flat buffers ask for them; 0 where the kernel "
+                    "declines)\n", huge_mb, rss_mb);
         compare_threads(c, B, T, peak);
         return 0;
     } catch (const std::exception& ex) {

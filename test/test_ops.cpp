@@ -6,6 +6,8 @@
 #include <doctest/doctest.h>
 
 #include <array>
+#include <fstream>
+#include <sstream>
 
 #include <cblas.h>
 #include <omp.h>
@@ -575,6 +577,46 @@ TEST_CASE("zero_fill clears exactly [0, n), split among threads or not") {
             CHECK(std::count(x.begin() + 1, x.begin() + 1 + n, 0.0f) == (long)n);
         }
     omp_set_num_threads(saved);
+}
+
+// The flags the kernel keeps for the mapping that holds address p (the VmFlags line of /proc/self/smaps), or "" when
+// none is found. "hg" marks memory advised MADV_HUGEPAGE.
+static std::string mapping_flags(const void* p) {
+    std::ifstream smaps("/proc/self/smaps");
+    std::string line;
+    bool inside = false;
+    while (std::getline(smaps, line)) {
+        unsigned long lo, hi;
+        char dash;
+        std::istringstream head(line);
+        if (line.compare(0, 8, "VmFlags:") == 0) {
+            if (inside) return line.substr(8) + " ";
+        } else if (head >> std::hex >> lo >> dash >> hi && dash == '-') {
+            inside = lo <= (uintptr_t)p && (uintptr_t)p < hi;
+        }
+    }
+    return "";
+}
+
+TEST_CASE("assign_zeros_on_huge_pages: n zeros, whatever was there; large buffers advised huge pages") {
+    for (size_t n : {size_t(0), size_t(10), size_t(3) << 20}) {  // 3 M floats: 12 MB, several 2 MB pages
+        std::vector<float> v(17, 7.0f);
+        assign_zeros_on_huge_pages(v, n);
+        INFO("n " << n);
+        REQUIRE(v.size() == n);
+        CHECK(std::count(v.begin(), v.end(), 0.0f) == (long)n);
+    }
+    std::vector<double> v;
+    assign_zeros_on_huge_pages(v, size_t(3) << 20);  // 24 MB
+    std::ifstream thp("/sys/kernel/mm/transparent_hugepage/enabled");
+    std::string modes;
+    std::getline(thp, modes);
+    MESSAGE("transparent huge pages: '" << modes << "'; the buffer's mapping: '" << mapping_flags(v.data() + v.size() / 2)
+            << "'");
+    // Where the kernel has transparent huge pages and does not refuse them ("[never]"), the middle of the buffer
+    // is advised: the flag is set whatever memory the kernel then finds free.
+    if (!modes.empty() && modes.find("[never]") == std::string::npos)
+        CHECK(mapping_flags(v.data() + v.size() / 2).find(" hg ") != std::string::npos);
 }
 
 TEST_CASE("residual adds in place") {
