@@ -152,8 +152,8 @@ template <typename Real> void offset_scale_backward(Real* dz, int lddz, Real* dg
                                                     const Real* dkq, const Real* dql, const Real* dkl, const Real* z,
                                                     int ldz, const Real* gamma, int N, int s);
 
-// The elementwise work between the input projection and the attention, fused row by row (each row of h is read
-// once and its heads are made while it is in cache), forward and backward:
+// The elementwise work between the input projection and the attention, forward fused row by row (each row of h is
+// read once and its heads are made while it is in cache), backward in two passes (flash.cpp says why):
 //   act = silu(h) = [u | v | z];   head_i = rope(z ⊙ γ[i] + β[i]) for the heads i = qq, kq, ql, kl
 // The unfused sequence (silu_forward, offset_scale_forward, rope_forward ×4, and their backward ops) is the naive
 // version the tests compare these with.
