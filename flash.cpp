@@ -299,39 +299,52 @@ void gau_rows_backward(Real* dh, Real* dgamma, Real* dbeta, Real* dact, Real* dq
 // Local squared-ReLU attention inside each chunk (writes o = quad; the global part adds to it):
 //   S[a,b] = (qq[a]·kq[b]) / C + w[a−b];   A[a,b] = relu(S[a,b])² if b ≤ a (causal) else 0;   quad[a] = Σ_b A[a,b] v[b]
 // o (N,e); relu_s (B,G,C,C) saved; qq, kq (N,s); v (N,e) with row stride ldv; rel_bias (C) or (2C−1)
+// Causal chunks go in blocks of row_block rows: rows a0 .. a1−1 attend to the columns b < a1 only, so the products
+// skip the blocks above the diagonal, which the mask makes zero (at C = 128 and 64 rows a block, a quarter of the
+// products; the model's FLOP count keeps the whole square). The results are those of one block of C rows, but for
+// the order in which BLAS adds the products' terms; test_ops compares the two.
 template <typename Real>
 void local_attention_forward(Real* o, Real* relu_s, const Real* qq, const Real* kq, const Real* v, int ldv,
-                             const Real* rel_bias, int B, int T, int C, int s, int e, bool causal) {
+                             const Real* rel_bias, int B, int T, int C, int s, int e, bool causal, int row_block) {
     const int G = T / C;
+    const int rows = causal ? std::max(1, std::min(row_block, C)) : C;  // non-causal: every row sees every column
     auto scratch = [&] { return std::vector<Real>((size_t)C * C); };  // A of one chunk
     for_each_chunk(B * G, scratch, [&](int bg, std::vector<Real>& A) {
         const size_t row0 = chunk_first_row(bg, C);
         Real* R = relu_s + (size_t)bg * C * C;
-        // R = qq_chunk · kq_chunkᵀ / C, then bias, mask and relu in place.
-        gemm(false, true, C, C, s, Real(1) / C, qq + row0 * s, s, kq + row0 * s, s, Real(0), R, C);
-        for (int a = 0; a < C; a++) {
-            Real *Ra = R + (size_t)a * C, *Aa = A.data() + (size_t)a * C;
-            const int attended = causal ? a + 1 : C;  // columns b < attended; the rest are masked
+        for (int a0 = 0; a0 < C; a0 += rows) {
+            const int a1 = std::min(C, a0 + rows), cols = causal ? a1 : C;  // rows a0..a1−1 see columns 0..cols−1
+            // R = qq_chunk · kq_chunkᵀ / C on these rows and columns, then bias, mask and relu in place.
+            gemm(false, true, a1 - a0, cols, s, Real(1) / C, qq + (row0 + a0) * s, s, kq + row0 * s, s, Real(0),
+                 R + (size_t)a0 * C, C);
+            for (int a = a0; a < a1; a++) {
+                Real *Ra = R + (size_t)a * C, *Aa = A.data() + (size_t)a * C;
+                const int attended = causal ? a + 1 : C;  // columns b < attended; the rest are masked
 #pragma omp simd
-            for (int b = 0; b < attended; b++) {
-                const Real r = std::max(Real(0), Ra[b] + rel_bias[rel_bias_index(a, b, C, causal)]);
-                Ra[b] = r;
-                Aa[b] = r * r;
+                for (int b = 0; b < attended; b++) {
+                    const Real r = std::max(Real(0), Ra[b] + rel_bias[rel_bias_index(a, b, C, causal)]);
+                    Ra[b] = r;
+                    Aa[b] = r * r;
+                }
+                for (int b = attended; b < C; b++) Ra[b] = Aa[b] = Real(0);
             }
-            for (int b = attended; b < C; b++) Ra[b] = Aa[b] = Real(0);
+            gemm(false, false, a1 - a0, e, cols, Real(1), A.data() + (size_t)a0 * C, C, v + row0 * ldv, ldv, Real(0),
+                 o + (row0 + a0) * e, e);
         }
-        gemm(false, false, C, e, C, Real(1), A.data(), C, v + row0 * ldv, ldv, Real(0), o + row0 * e, e);
     });
 }
 // Backward of: quad = A · v with A = relu(S)² (masked), S = qq·kqᵀ/C + w:
 //   dA = do · vᵀ (masked);  dv += Aᵀ · do;  dS = 2·relu(S) ⊙ dA;
 //   dqq += dS · kq / C;  dkq += dSᵀ · qq / C;  dw[a−b] += dS[a,b]
-// dw is summed per chunk into a partial, then over chunks in order.
+// In the forward's blocks: dA and dqq by blocks of rows (a0 .. a1−1, over the columns b < a1), dv and dkq by blocks of
+// columns (b0 .. b1−1, over the rows a ≥ b0 that attend them). dw is summed per chunk into a partial, then over
+// chunks in order.
 template <typename Real>
 void local_attention_backward(Real* dqq, Real* dkq, Real* dv, int lddv, Real* drel_bias, const Real* d_o,
                               const Real* relu_s, const Real* qq, const Real* kq, const Real* v, int ldv, int B, int T,
-                              int C, int s, int e, bool causal) {
+                              int C, int s, int e, bool causal, int row_block) {
     const int G = T / C;
+    const int rows = causal ? std::max(1, std::min(row_block, C)) : C;
     const int nbias = rel_bias_count(C, causal);
     std::vector<Real> dbias_part((size_t)B * G * nbias, Real(0));
     struct Scratch {  // one thread's buffers, reused chunk after chunk
@@ -343,9 +356,16 @@ void local_attention_backward(Real* dqq, Real* dkq, Real* dv, int lddv, Real* dr
         const size_t row0 = chunk_first_row(bg, C);
         const Real* R = relu_s + (size_t)bg * C * C;
         for (size_t i = 0; i < (size_t)C * C; i++) A[i] = R[i] * R[i];
-        // dS starts as dA = do · vᵀ
-        gemm(false, true, C, C, e, Real(1), d_o + row0 * e, e, v + row0 * ldv, ldv, Real(0), dS.data(), C);
-        gemm(true, false, C, e, C, Real(1), A.data(), C, d_o + row0 * e, e, Real(1), dv + row0 * lddv, lddv);
+        for (int a0 = 0; a0 < C; a0 += rows) {  // dS starts as dA = do · vᵀ
+            const int a1 = std::min(C, a0 + rows), cols = causal ? a1 : C;
+            gemm(false, true, a1 - a0, cols, e, Real(1), d_o + (row0 + a0) * e, e, v + row0 * ldv, ldv, Real(0),
+                 dS.data() + (size_t)a0 * C, C);
+        }
+        for (int b0 = 0; b0 < C; b0 += rows) {  // dv += Aᵀ · do
+            const int b1 = std::min(C, b0 + rows), first = causal ? b0 : 0;  // rows first..C−1 attend these columns
+            gemm(true, false, b1 - b0, e, C - first, Real(1), A.data() + (size_t)first * C + b0, C,
+                 d_o + (row0 + first) * e, e, Real(1), dv + (row0 + b0) * lddv, lddv);
+        }
         Real* dbias = dbias_part.data() + (size_t)bg * nbias;
         for (int a = 0; a < C; a++) {
             Real* dSa = dS.data() + (size_t)a * C;
@@ -357,10 +377,18 @@ void local_attention_backward(Real* dqq, Real* dkq, Real* dv, int lddv, Real* dr
                 dSa[b] = ds;
                 dbias[rel_bias_index(a, b, C, causal)] += ds;
             }
-            for (int b = attended; b < C; b++) dSa[b] = 2 * Ra[b] * dSa[b];  // masked (R = 0): no bias entry
+            for (int b = attended; b < C; b++) dSa[b] = Real(0);  // masked (and, past the row's block, not computed)
         }
-        gemm(false, false, C, s, C, Real(1) / C, dS.data(), C, kq + row0 * s, s, Real(1), dqq + row0 * s, s);
-        gemm(true, false, C, s, C, Real(1) / C, dS.data(), C, qq + row0 * s, s, Real(1), dkq + row0 * s, s);
+        for (int a0 = 0; a0 < C; a0 += rows) {  // dqq += dS · kq / C
+            const int a1 = std::min(C, a0 + rows), cols = causal ? a1 : C;
+            gemm(false, false, a1 - a0, s, cols, Real(1) / C, dS.data() + (size_t)a0 * C, C, kq + row0 * s, s, Real(1),
+                 dqq + (row0 + a0) * s, s);
+        }
+        for (int b0 = 0; b0 < C; b0 += rows) {  // dkq += dSᵀ · qq / C
+            const int b1 = std::min(C, b0 + rows), first = causal ? b0 : 0;
+            gemm(true, false, b1 - b0, s, C - first, Real(1) / C, dS.data() + (size_t)first * C + b0, C,
+                 qq + (row0 + first) * s, s, Real(1), dkq + (row0 + b0) * s, s);
+        }
     });
     for (int bg = 0; bg < B * G; bg++)
         for (int k = 0; k < nbias; k++) drel_bias[k] += dbias_part[(size_t)bg * nbias + k];

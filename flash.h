@@ -165,13 +165,16 @@ template <typename Real> void gau_rows_backward(Real* dh, Real* dgamma, Real* db
                                                 const Real* gamma, const double* cos_t, const double* sin_t, int N,
                                                 int T, int e, int s);
 
+// Causal chunks are computed in blocks of row_block rows that skip the masked products above the diagonal
+// (flash.cpp); row_block = C is the plain version, one product over the whole chunk, that the tests compare with.
+constexpr int kLocalRowBlock = 64;
 template <typename Real> void local_attention_forward(Real* o, Real* relu_s, const Real* qq, const Real* kq, const Real* v,
                                                       int ldv, const Real* rel_bias, int B, int T, int C, int s, int e,
-                                                      bool causal);
+                                                      bool causal, int row_block = kLocalRowBlock);
 template <typename Real> void local_attention_backward(Real* dqq, Real* dkq, Real* dv, int lddv, Real* drel_bias,
                                                        const Real* d_o, const Real* relu_s, const Real* qq,
                                                        const Real* kq, const Real* v, int ldv, int B, int T, int C,
-                                                       int s, int e, bool causal);
+                                                       int s, int e, bool causal, int row_block = kLocalRowBlock);
 
 template <typename Real> void global_attention_forward(Real* o, Real* m, const Real* ql, const Real* kl, const Real* v,
                                                        int ldv, int B, int T, int C, int s, int e, bool causal);

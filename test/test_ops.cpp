@@ -120,7 +120,7 @@ TEST_CASE("rope backward matches finite differences, and the rotation is the one
     for (int j = 0; j < s; j++) CHECK(y[j] == x[j]);
 }
 
-void check_local_attention(bool causal) {
+void check_local_attention(bool causal, int row_block = kLocalRowBlock) {
     Rng rng(causal ? 7 : 8);
     const int ldv = 2 * e + s, G = T / C, nb = rel_bias_count(C, causal);
     auto qq = randn((size_t)N * s, rng), kq = randn((size_t)N * s, rng), v = randn((size_t)N * ldv, rng);
@@ -128,13 +128,13 @@ void check_local_attention(bool causal) {
     std::vector<double> o((size_t)N * e), relu_s((size_t)B * G * C * C);
     auto loss = [&]() {
         local_attention_forward(o.data(), relu_s.data(), qq.data(), kq.data(), v.data(), ldv, w.data(), B, T, C, s, e,
-                                causal);
+                                causal, row_block);
         return dot(o, W);
     };
     loss();
     std::vector<double> dqq(qq.size(), 0.0), dkq(kq.size(), 0.0), dv(v.size(), 0.0), dw(w.size(), 0.0);
     local_attention_backward(dqq.data(), dkq.data(), dv.data(), ldv, dw.data(), W.data(), relu_s.data(), qq.data(),
-                             kq.data(), v.data(), ldv, B, T, C, s, e, causal);
+                             kq.data(), v.data(), ldv, B, T, C, s, e, causal, row_block);
     CHECK(gradcheck(qq, dqq, loss) < kTol);
     CHECK(gradcheck(kq, dkq, loss) < kTol);
     CHECK(gradcheck(v, dv, loss) < kTol);
@@ -154,6 +154,46 @@ void check_local_attention(bool causal) {
 }
 TEST_CASE("local attention backward matches finite differences, causal") { check_local_attention(true); }
 TEST_CASE("local attention backward matches finite differences, non-causal") { check_local_attention(false); }
+TEST_CASE("local attention backward matches finite differences, causal, in blocks of 1, 2 and 3 rows (C = 4)") {
+    for (int row_block : {1, 2, 3}) {
+        INFO("row_block " << row_block);
+        check_local_attention(true, row_block);
+    }
+}
+
+// The causal local attention in blocks of rows (the products skip the masked blocks above the diagonal) against one
+// product over the whole chunk, at C = 128: same outputs, saved relu(S) and gradients, to roundoff (double).
+TEST_CASE("local attention in blocks of rows equals the whole-chunk products (C = 128, blocks of 64 and 48)") {
+    const int Bb = 2, Tb = 256, Cb = 128, sb = 16, eb = 24, Nb = Bb * Tb, ldv = 2 * eb + sb, Gb = Tb / Cb;
+    Rng rng(21);
+    auto qq = randn((size_t)Nb * sb, rng), kq = randn((size_t)Nb * sb, rng), v = randn((size_t)Nb * ldv, rng);
+    auto w = randn(rel_bias_count(Cb, true), rng, 0.5), d_o = randn((size_t)Nb * eb, rng);
+    struct Out {
+        std::vector<double> o, relu_s, dqq, dkq, dv, dw;
+    };
+    auto run = [&](int row_block) {
+        Out r{std::vector<double>((size_t)Nb * eb), std::vector<double>((size_t)Bb * Gb * Cb * Cb),
+              std::vector<double>(qq.size()), std::vector<double>(kq.size()), std::vector<double>(v.size()),
+              std::vector<double>(w.size())};
+        local_attention_forward(r.o.data(), r.relu_s.data(), qq.data(), kq.data(), v.data(), ldv, w.data(), Bb, Tb, Cb,
+                                sb, eb, true, row_block);
+        local_attention_backward(r.dqq.data(), r.dkq.data(), r.dv.data(), ldv, r.dw.data(), d_o.data(),
+                                 r.relu_s.data(), qq.data(), kq.data(), v.data(), ldv, Bb, Tb, Cb, sb, eb, true,
+                                 row_block);
+        return r;
+    };
+    const Out whole = run(Cb);
+    for (int row_block : {64, 48}) {
+        const Out blocks = run(row_block);
+        INFO("row_block " << row_block);
+        CHECK(rel_err(blocks.o.data(), whole.o.data(), whole.o.size()) < 1e-13);
+        CHECK(rel_err(blocks.relu_s.data(), whole.relu_s.data(), whole.relu_s.size()) < 1e-13);
+        CHECK(rel_err(blocks.dqq.data(), whole.dqq.data(), whole.dqq.size()) < 1e-13);
+        CHECK(rel_err(blocks.dkq.data(), whole.dkq.data(), whole.dkq.size()) < 1e-13);
+        CHECK(rel_err(blocks.dv.data(), whole.dv.data(), whole.dv.size()) < 1e-13);
+        CHECK(rel_err(blocks.dw.data(), whole.dw.data(), whole.dw.size()) < 1e-13);
+    }
+}
 
 void check_global_attention(bool causal) {
     Rng rng(causal ? 9 : 10);
