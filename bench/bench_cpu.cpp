@@ -1,9 +1,10 @@
 // bench_cpu.cpp: where the time of a CPU training step goes. Times each op of one layer (forward and backward) at
 // the shapes of a config, then whole training steps, and prints tokens/s and the share of the sgemm peak.
-//   build/bench_cpu [small|tiny|base] [B] [T]   per-op times, whole steps, time per op class (products, attention,
-//                                         elementwise, loss) as a share of the step, model FLOP/s as a share of the
-//                                         sgemm peak measured in the same run, activation bytes per token, and the
-//                                         step with 1 thread against all threads
+//   build/bench_cpu [small|tiny|base] [B] [T]   per-op times (warm caches, and the caches emptied before each run),
+//                                         whole steps, time per op class (products, attention, elementwise, loss) as a
+//                                         share of the step, model FLOP/s as a share of the sgemm peak measured in
+//                                         the same run, activation bytes per token, and the step with 1 thread
+//                                         against all threads
 //   build/bench_cpu --elementwise         SiLU with exp_approx vs std::exp, fused rows vs the unfused ops
 //   build/bench_cpu --long [T,...]        one sequence (B = 1) at long T (default 512,16384,65536): ms per token,
 //                                         activation memory; against T = 512
@@ -14,7 +15,10 @@
 #include <cblas.h>
 #include <omp.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
@@ -126,14 +130,43 @@ static int scaling(const std::string& png) {
 
 // The step's time per op class, from the per-op times (layer ops × L, head ops once), as a share of the measured
 // step; "other" is what the op rows do not cover (zeroing the gradients, the embedding, AdamW, ...).
-static void print_op_classes(const char* const* names, const double* seconds_per_kind, int kinds, double step) {
-    double covered = 0;
-    std::printf("time per op class, share of the step:\n");
+// warm: the ops timed again and again, their inputs in the caches; cold: the caches emptied before each run.
+static void print_op_classes(const char* const* names, const double* warm, const double* cold, int kinds,
+                             double step) {
+    double covered_warm = 0, covered_cold = 0;
+    std::printf("time per op class, share of the step:       warm caches        cold caches\n");
     for (int k = 0; k < kinds; k++) {
-        covered += seconds_per_kind[k];
-        std::printf("  %-12s %8.1f ms  %5.1f%%\n", names[k], seconds_per_kind[k] * 1e3, 100 * seconds_per_kind[k] / step);
+        covered_warm += warm[k];
+        covered_cold += cold[k];
+        std::printf("  %-12s %27.1f ms %5.1f%%  %8.1f ms %5.1f%%\n", names[k], warm[k] * 1e3, 100 * warm[k] / step,
+                    cold[k] * 1e3, 100 * cold[k] / step);
     }
-    std::printf("  %-12s %8.1f ms  %5.1f%%\n", "other", (step - covered) * 1e3, 100 * (step - covered) / step);
+    std::printf("  %-12s %27.1f ms %5.1f%%  %8.1f ms %5.1f%%\n", "other", (step - covered_warm) * 1e3,
+                100 * (step - covered_warm) / step, (step - covered_cold) * 1e3, 100 * (step - covered_cold) / step);
+}
+
+// Seconds f takes with empty caches: the best of reps runs, each after reading a buffer several times the size of
+// the last-level cache on every thread (reading, not writing, so that no dirty lines are left to write back). In a
+// step most ops find their inputs in memory, not in the caches: one step of the small config walks 800 MB.
+static double cold_seconds(const std::function<void()>& f, int reps) {
+    static std::vector<float> evict;
+    if (evict.empty()) {
+        long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);  // 0 or −1 where glibc does not know it
+        const size_t bytes = std::max<size_t>(size_t(256) << 20, 4 * (size_t)std::max(0L, l3));
+        assign_zeros_on_huge_pages(evict, bytes / sizeof(float));
+    }
+    volatile float sink = 0;
+    double best = 1e30;
+    for (int r = 0; r < reps; r++) {
+        float sum = 0;
+#pragma omp parallel for reduction(+ : sum)
+        for (size_t i = 0; i < evict.size(); i += 16) sum += evict[i];  // one value per 64-byte line
+        sink = sink + sum;
+        const auto t0 = std::chrono::steady_clock::now();
+        f();
+        best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    return best;
 }
 
 static double step_seconds(const FlashConfig& c, int B, int T, int reps) {
@@ -335,19 +368,21 @@ int main(int argc, char** argv) {
             {"xent bwd", kLoss, false, [&] { crossentropy_backward(dlogits.data(), probs.data(), tgt.data(), N, V); }},
             {"logits bwd", kProducts, false, [&] { logits_backward(dxn.data(), dwte.data(), dlogits.data(), xn.data(), wte.data(), N, d, V); }},
         };
-        double layer_total = 0, kind_total[kKinds] = {};
-        std::printf("%-18s %10s\n", "op (one layer)", "ms");
+        double layer_total[2] = {}, kind_warm[kKinds] = {}, kind_cold[kKinds] = {};
+        std::printf("%-18s %10s %10s\n", "op (one layer)", "warm ms", "cold ms");
         for (Row& r : rows) {
             // best of enough runs to fill about 0.2 s (at least 3): a short op's best of 3 still moved by 2x from run
             // to run on a shared machine
             const int reps = std::max(3, std::min(100, (int)(0.2 / seconds(r.f, 1))));
-            double sec = seconds(r.f, reps);
-            if (r.per_layer) layer_total += sec;
-            kind_total[r.kind] += sec * (r.per_layer ? c.n_layers : 1);
-            std::printf("%-18s %10.2f%s\n", r.name, sec * 1e3, r.per_layer ? "" : "  (once per step)");
+            const double warm = seconds(r.f, reps), cold = cold_seconds(r.f, std::min(reps, 10));
+            if (r.per_layer) layer_total[0] += warm, layer_total[1] += cold;
+            kind_warm[r.kind] += warm * (r.per_layer ? c.n_layers : 1);
+            kind_cold[r.kind] += cold * (r.per_layer ? c.n_layers : 1);
+            std::printf("%-18s %10.2f %10.2f%s\n", r.name, warm * 1e3, cold * 1e3, r.per_layer ? "" : "  (once per step)");
         }
-        std::printf("%-18s %10.2f  (x %d layers = %.1f ms)\n\n", "layer total", layer_total * 1e3, c.n_layers,
-                    layer_total * 1e3 * c.n_layers);
+        std::printf("%-18s %10.2f %10.2f  (x %d layers = %.1f, %.1f ms)\n\n", "layer total", layer_total[0] * 1e3,
+                    layer_total[1] * 1e3, c.n_layers, layer_total[0] * 1e3 * c.n_layers,
+                    layer_total[1] * 1e3 * c.n_layers);
 
         // Whole training steps.
         FlashModel<float> model(c);
@@ -376,7 +411,7 @@ int main(int argc, char** argv) {
                     "(%.1f GFLOP/s, the best of the start and of three rounds taken in turns with the steps; %.0f%% of "
                     "OpenBLAS's own threaded sgemm)\n", fwd * 1e3, step * 1e3, N / step, 3 * fl * N / step / 1e9,
                     100 * 3 * fl * N / step / peak, peak / 1e9, 100 * 3 * fl * N / step / openblas_peak);
-        print_op_classes(kind_names, kind_total, kKinds, step);
+        print_op_classes(kind_names, kind_warm, kind_cold, kKinds, step);
         size_t n_act, n_grad;
         activation_counts(c, B, T, &n_act, &n_grad);
         std::printf("activations: %.1f KB per token saved for the backward, %.1f KB per token of gradient scratch "
