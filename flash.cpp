@@ -257,8 +257,8 @@ void gau_rows_forward(Real* act, Real* qq, Real* kq, Real* ql, Real* kl, const R
 //   dh += dact ⊙ σ(h) · (1 + h · (1 − σ(h)))
 // dact's z part receives dz (as offset_scale_backward leaves it); u and v parts hold du, dv on entry; the head
 // gradients are rotated back in place. Unlike the forward, one pass per row was slower here: interleaving the four
-// head rows (read and written) with the SiLU of the row's 2e+s values took 25% longer than the two passes (small
-// config, 2 threads: 2.9 against 2.3 ms a layer, bench_cpu).
+// head rows (read and written) with the SiLU of the row's 2e+s values took 2.5-2.9 ms a layer against 1.9-2.1 for
+// the two passes (small config, 2 threads, bench_cpu).
 template <typename Real>
 void gau_rows_backward(Real* dh, Real* dgamma, Real* dbeta, Real* dact, Real* dqq, Real* dkq, Real* dql, Real* dkl,
                        const Real* h, const Real* act, const Real* gamma, const double* cos_t, const double* sin_t,
