@@ -145,16 +145,20 @@ static void print_op_classes(const char* const* names, const double* warm, const
                 100 * (step - covered_warm) / step, (step - covered_cold) * 1e3, 100 * (step - covered_cold) / step);
 }
 
-// Seconds f takes with empty caches: the best of reps runs, each after reading a buffer several times the size of
-// the last-level cache on every thread (reading, not writing, so that no dirty lines are left to write back). In a
-// step most ops find their inputs in memory, not in the caches: one step of the small config walks 800 MB.
-static double cold_seconds(const std::function<void()>& f, int reps) {
-    static std::vector<float> evict;
-    if (evict.empty()) {
-        long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);  // 0 or −1 where glibc does not know it
-        const size_t bytes = std::max<size_t>(size_t(256) << 20, 4 * (size_t)std::max(0L, l3));
-        assign_zeros_on_huge_pages(evict, bytes / sizeof(float));
-    }
+// A buffer to read through before a cold run: twice the last-level cache (at least 128 MB of it) that glibc reports,
+// which on a virtual machine can be the whole socket's (320 MB here, where one core's slice is 32 MB).
+static std::vector<float> eviction_buffer() {
+    const long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);  // 0 or −1 where glibc does not know it
+    const size_t bytes = 2 * std::max<size_t>(size_t(128) << 20, (size_t)std::max(0L, l3));
+    std::vector<float> evict;
+    assign_zeros_on_huge_pages(evict, bytes / sizeof(float));
+    return evict;
+}
+
+// Seconds f takes with empty caches: the best of reps runs, each after reading the eviction buffer on every thread
+// (reading, not writing, so that no dirty lines are left to write back). In a step most ops find their inputs in
+// memory, not in the caches: one step of the small config walks 800 MB.
+static double cold_seconds(const std::function<void()>& f, int reps, const std::vector<float>& evict) {
     volatile float sink = 0;
     double best = 1e30;
     for (int r = 0; r < reps; r++) {
@@ -370,16 +374,18 @@ int main(int argc, char** argv) {
         };
         double layer_total[2] = {}, kind_warm[kKinds] = {}, kind_cold[kKinds] = {};
         std::printf("%-18s %10s %10s\n", "op (one layer)", "warm ms", "cold ms");
+        std::vector<float> evict = eviction_buffer();
         for (Row& r : rows) {
             // best of enough runs to fill about 0.2 s (at least 3): a short op's best of 3 still moved by 2x from run
             // to run on a shared machine
             const int reps = std::max(3, std::min(100, (int)(0.2 / seconds(r.f, 1))));
-            const double warm = seconds(r.f, reps), cold = cold_seconds(r.f, std::min(reps, 10));
+            const double warm = seconds(r.f, reps), cold = cold_seconds(r.f, std::min(reps, 10), evict);
             if (r.per_layer) layer_total[0] += warm, layer_total[1] += cold;
             kind_warm[r.kind] += warm * (r.per_layer ? c.n_layers : 1);
             kind_cold[r.kind] += cold * (r.per_layer ? c.n_layers : 1);
             std::printf("%-18s %10.2f %10.2f%s\n", r.name, warm * 1e3, cold * 1e3, r.per_layer ? "" : "  (once per step)");
         }
+        std::vector<float>().swap(evict);
         std::printf("%-18s %10.2f %10.2f  (x %d layers = %.1f, %.1f ms)\n\n", "layer total", layer_total[0] * 1e3,
                     layer_total[1] * 1e3, c.n_layers, layer_total[0] * 1e3 * c.n_layers,
                     layer_total[1] * 1e3 * c.n_layers);
