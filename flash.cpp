@@ -296,6 +296,12 @@ void gau_rows_backward(Real* dh, Real* dgamma, Real* dbeta, Real* dact, Real* dq
     silu_backward(dh, dact, h, (size_t)N * I);
 }
 
+// Rows per block of the local attention: row_block (1 .. C) when causal; non-causal, every row sees every column, so
+// the whole chunk is one block.
+static int local_block_rows(int row_block, int C, bool causal) {
+    return causal ? std::max(1, std::min(row_block, C)) : C;
+}
+
 // Local squared-ReLU attention inside each chunk (writes o = quad; the global part adds to it):
 //   S[a,b] = (qq[a]·kq[b]) / C + w[a−b];   A[a,b] = relu(S[a,b])² if b ≤ a (causal) else 0;   quad[a] = Σ_b A[a,b] v[b]
 // o (N,e); relu_s (B,G,C,C) saved; qq, kq (N,s); v (N,e) with row stride ldv; rel_bias (C) or (2C−1)
@@ -307,7 +313,7 @@ template <typename Real>
 void local_attention_forward(Real* o, Real* relu_s, const Real* qq, const Real* kq, const Real* v, int ldv,
                              const Real* rel_bias, int B, int T, int C, int s, int e, bool causal, int row_block) {
     const int G = T / C;
-    const int rows = causal ? std::max(1, std::min(row_block, C)) : C;  // non-causal: every row sees every column
+    const int rows = local_block_rows(row_block, C, causal);
     auto scratch = [&] { return std::vector<Real>((size_t)C * C); };  // A of one chunk
     for_each_chunk(B * G, scratch, [&](int bg, std::vector<Real>& A) {
         const size_t row0 = chunk_first_row(bg, C);
@@ -344,7 +350,7 @@ void local_attention_backward(Real* dqq, Real* dkq, Real* dv, int lddv, Real* dr
                               const Real* relu_s, const Real* qq, const Real* kq, const Real* v, int ldv, int B, int T,
                               int C, int s, int e, bool causal, int row_block) {
     const int G = T / C;
-    const int rows = causal ? std::max(1, std::min(row_block, C)) : C;
+    const int rows = local_block_rows(row_block, C, causal);
     const int nbias = rel_bias_count(C, causal);
     std::vector<Real> dbias_part((size_t)B * G * nbias, Real(0));
     struct Scratch {  // one thread's buffers, reused chunk after chunk

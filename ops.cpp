@@ -342,7 +342,6 @@ void assign_zeros_on_huge_pages(std::vector<Real>& v, size_t n) {
     v.assign(n, Real(0));
 }
 
-// y += x: the residual connection (its backward passes the gradient through unchanged)
 // x[0..n) = 0: one contiguous part per thread, each cleared by memset (all-zero bits are 0.0 in IEEE floats), whose
 // large-block stores do not read the memory they overwrite.
 template <typename Real>
@@ -356,6 +355,7 @@ void zero_fill(Real* x, size_t n) {
     }
 }
 
+// y += x: the residual connection (its backward passes the gradient through unchanged)
 template <typename Real>
 void residual_forward(Real* y, const Real* x, size_t n) {
 #pragma omp parallel for

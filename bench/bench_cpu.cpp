@@ -18,7 +18,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
@@ -155,22 +154,15 @@ static std::vector<float> eviction_buffer() {
     return evict;
 }
 
-// Seconds f takes with empty caches: the best of reps runs, each after reading the eviction buffer on every thread
-// (reading, not writing, so that no dirty lines are left to write back). In a step most ops find their inputs in
-// memory, not in the caches: one step of the small config walks 800 MB.
-static double cold_seconds(const std::function<void()>& f, int reps, const std::vector<float>& evict) {
-    volatile float sink = 0;
-    double best = 1e30;
-    for (int r = 0; r < reps; r++) {
-        float sum = 0;
+// Empties the caches before a cold run: reads the eviction buffer on every thread (reading, not writing, so that no
+// dirty lines are left to write back). In a step most ops find their inputs in memory, not in the caches: one step of
+// the small config walks 800 MB.
+static void evict_caches(const std::vector<float>& evict) {
+    float sum = 0;
 #pragma omp parallel for reduction(+ : sum)
-        for (size_t i = 0; i < evict.size(); i += 16) sum += evict[i];  // one value per 64-byte line
-        sink = sink + sum;
-        const auto t0 = std::chrono::steady_clock::now();
-        f();
-        best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-    }
-    return best;
+    for (size_t i = 0; i < evict.size(); i += 16) sum += evict[i];  // one value per 64-byte line
+    volatile float sink = sum;  // keeps the reads
+    (void)sink;
 }
 
 static double step_seconds(const FlashConfig& c, int B, int T, int reps) {
@@ -379,7 +371,7 @@ int main(int argc, char** argv) {
             // best of enough runs to fill about 0.2 s (at least 3): a short op's best of 3 still moved by 2x from run
             // to run on a shared machine
             const int reps = std::max(3, std::min(100, (int)(0.2 / seconds(r.f, 1))));
-            const double warm = seconds(r.f, reps), cold = cold_seconds(r.f, std::min(reps, 10), evict);
+            const double warm = seconds(r.f, reps), cold = seconds(r.f, std::min(reps, 10), [&] { evict_caches(evict); });
             if (r.per_layer) layer_total[0] += warm, layer_total[1] += cold;
             kind_warm[r.kind] += warm * (r.per_layer ? c.n_layers : 1);
             kind_cold[r.kind] += cold * (r.per_layer ? c.n_layers : 1);
