@@ -400,23 +400,39 @@ void local_attention_backward(Real* dqq, Real* dkq, Real* dv, int lddv, Real* dr
         for (int k = 0; k < nbias; k++) drel_bias[k] += dbias_part[(size_t)bg * nbias + k];
 }
 
+// The chunks (b·G + g) whose global products are taken. Causal, the last chunk of a batch row feeds no later chunk
+// and the first is fed by none, so each side has G − 1 chunks a row; non-causal, every chunk is both.
+struct GlobalChunks {
+    GlobalChunks(int B, int G, bool causal) : B(B), G(G), per_row(causal ? G - 1 : G), causal(causal) {}
+    int count() const { return B * per_row; }
+    int feeding(int i) const { return i / per_row * G + i % per_row; }                   // chunks 0 .. per_row−1
+    int fed(int i) const { return i / per_row * G + (causal ? 1 : 0) + i % per_row; }  // chunks G−per_row .. G−1
+    int B, G, per_row;
+    bool causal;
+};
+
 // Global linear attention across chunks (adds to o):
 //   P[g] = kl[g]ᵀ · v[g] / C;   M[g] = Σ_{h<g} P[h] (causal, exclusive) or Σ_h P[h] (non-causal);   o[g] += ql[g] · M[g]
 // o (N,e); m (B,G,s,e) saved; ql, kl (N,s); v (N,e) with row stride ldv
+// Causal, the last chunk's P feeds no chunk and the first chunk's M is zero, so neither product is taken: at G = 4
+// that is a quarter of the products (and of the backward's; the model's FLOP count keeps them, FLASH.md §4).
 template <typename Real>
 void global_attention_forward(Real* o, Real* m, const Real* ql, const Real* kl, const Real* v, int ldv, int B, int T,
                               int C, int s, int e, bool causal) {
     const int G = T / C;
     const size_t se = (size_t)s * e;
-    // 1. P[g] for every chunk, written into m's slot for that chunk.
-    for_each_chunk(B * G, [&](int bg) {
+    const GlobalChunks chunks(B, G, causal);
+    // 1. P[g] for every chunk that feeds another, written into m's slot for that chunk.
+    for_each_chunk(chunks.count(), [&](int i) {
+        const int bg = chunks.feeding(i);
         const size_t row0 = chunk_first_row(bg, C);
         gemm(true, false, s, e, C, Real(1) / C, kl + row0 * s, s, v + row0 * ldv, ldv, Real(0), m + bg * se, e);
     });
     // 2. Turn P into M in place, per batch row: an exclusive prefix sum (causal) or the total (non-causal).
     chunk_prefix_sum(m, B, G, se, /*exclusive=*/causal, /*reverse=*/false);
-    // 3. lin = ql · M[g], added to o.
-    for_each_chunk(B * G, [&](int bg) {
+    // 3. lin = ql · M[g], added to o, for every chunk that is fed.
+    for_each_chunk(chunks.count(), [&](int i) {
+        const int bg = chunks.fed(i);
         const size_t row0 = chunk_first_row(bg, C);
         gemm(false, false, C, e, s, Real(1), ql + row0 * s, s, m + bg * se, e, Real(1), o + row0 * e, e);
     });
@@ -424,27 +440,47 @@ void global_attention_forward(Real* o, Real* m, const Real* ql, const Real* kl, 
 // Backward of: o[g] += ql[g] · M[g] with M[g] = Σ_{h<g} kl[h]ᵀ v[h] / C:
 //   dql[g] += do[g] · M[g]ᵀ;   dM[g] = ql[g]ᵀ · do[g];   R[g] = Σ_{h>g} dM[h] (non-causal: Σ_h dM[h]);
 //   dkl[g] += v[g] · R[g]ᵀ / C;   dv[g] += kl[g] · R[g] / C
+// over the same chunks as the forward: the fed ones for dql and dM (dM of the first chunk reaches no R), the feeding
+// ones for dkl and dv (R of the last chunk is zero).
 template <typename Real>
 void global_attention_backward(Real* dql, Real* dkl, Real* dv, int lddv, const Real* d_o, const Real* m,
                                const Real* ql, const Real* kl, const Real* v, int ldv, int B, int T, int C, int s,
                                int e, bool causal) {
     const int G = T / C;
     const size_t se = (size_t)s * e;
-    // dM, then R in place; every entry is written by the first product below (beta 0), so it is not zeroed first
+    const GlobalChunks chunks(B, G, causal);
+    // dM, then R in place. Not zeroed first: the products below write every dM they take (beta 0), and the sum writes
+    // every R without reading the dM that was not taken.
     std::unique_ptr<Real[]> r(new Real[(size_t)B * G * se]);
-    for_each_chunk(B * G, [&](int bg) {
+    for_each_chunk(chunks.count(), [&](int i) {
+        const int bg = chunks.fed(i);
         const size_t row0 = chunk_first_row(bg, C);
         gemm(false, true, C, s, e, Real(1), d_o + row0 * e, e, m + bg * se, e, Real(1), dql + row0 * s, s);
         gemm(true, false, s, e, C, Real(1), ql + row0 * s, s, d_o + row0 * e, e, Real(0), r.get() + bg * se, e);
     });
     // R[g] = Σ_{h>g} dM[h]: the reverse of the forward's exclusive sum (non-causal: the total again).
     chunk_prefix_sum(r.get(), B, G, se, /*exclusive=*/causal, /*reverse=*/true);
-    for_each_chunk(B * G, [&](int bg) {
+    for_each_chunk(chunks.count(), [&](int i) {
+        const int bg = chunks.feeding(i);
         const size_t row0 = chunk_first_row(bg, C);
         const Real* rg = r.get() + bg * se;
         gemm(false, true, C, s, e, Real(1) / C, v + row0 * ldv, ldv, rg, e, Real(1), dkl + row0 * s, s);
         gemm(false, false, C, e, s, Real(1) / C, kl + row0 * s, s, rg, e, Real(1), dv + row0 * lddv, lddv);
     });
+}
+
+// forward_flops_per_token less what the causal code skips: per chunk, the blocks of local_block_rows rows see only
+// the columns before their last row; of the global products, G − 1 of G chunks a side (GlobalChunks).
+double forward_flops_done_per_token(const FlashConfig& c, int T) {
+    const double e = c.e, s = c.s, L = c.n_layers, C = c.chunk, G = T / c.chunk;
+    const int rows = local_block_rows(kLocalRowBlock, c.chunk, c.causal);
+    double local_share = 0;  // of the C×C square
+    for (int a0 = 0; a0 < c.chunk; a0 += rows) {
+        const int a1 = std::min(c.chunk, a0 + rows);
+        local_share += (double)(a1 - a0) * (c.causal ? a1 : c.chunk) / (C * C);
+    }
+    const double global_share = c.causal ? (G - 1) / G : 1.0;
+    return forward_flops_per_token(c) - 2 * C * (s + e) * L * (1 - local_share) - 4 * s * e * L * (1 - global_share);
 }
 
 // ====================================================================================================

@@ -58,6 +58,9 @@ void config_validate(const FlashConfig& c);                 // throws, naming th
 // FLASH.md §4: forward FLOPs per token (a training step is about 3× that). The local part is counted at full C (as is
 // customary, although the causal kernels skip the upper half); the global part is counted even when C = T.
 double forward_flops_per_token(const FlashConfig& c);
+// The part of that count the CPU code performs for sequences of T tokens: causal, it skips the local blocks above
+// each chunk's diagonal and the global products of each sequence's first and last chunks, which are zero (§4).
+double forward_flops_done_per_token(const FlashConfig& c, int T);
 
 // ----------------------------------------------------------------------------------------------------
 // Parameters (§7): names, shapes and places in the flat buffer, in checkpoint order.

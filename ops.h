@@ -234,7 +234,8 @@ template <typename Real> void crossentropy_backward(Real* dlogits, const Real* p
 
 // ----------------------------------------------------------------------------------------------------
 // The chunk prefix sum of linear attention, in place over G chunk states (each `stride` values apart):
-//   exclusive (causal):   x[g] = Σ_{h<g} x[h]   (reverse: Σ_{h>g} x[h], the backward of the forward one)
+//   exclusive (causal):   x[g] = Σ_{h<g} x[h]   (reverse: Σ_{h>g} x[h], the backward of the forward one); the
+//                         last chunk in the sum's direction is only written, so its callers need not compute it
 //   total (non-causal):   x[g] = Σ_h x[h]       (its own backward)
 // for `width` adjacent columns at once, each with its own running sum in running (width values). Every column adds
 // its chunks in the same order whatever the width: the CPU op below sweeps wide blocks of columns chunk by chunk
@@ -246,6 +247,10 @@ FLASH_HD inline void chunk_prefix_sum_columns(Real* x, int width, Real* running,
     if (exclusive) {
         for (int step = 0; step < G; step++) {
             Real* row = x + (size_t)(reverse ? G - 1 - step : step) * stride;
+            if (step == G - 1) {  // the last chunk's own state feeds no chunk: it is not read (need not be computed)
+                for (int k = 0; k < width; k++) row[k] = running[k];
+                break;
+            }
             for (int k = 0; k < width; k++) {
                 const Real p = row[k];
                 row[k] = running[k];

@@ -2,9 +2,9 @@
 // the shapes of a config, then whole training steps, and prints tokens/s and the share of the sgemm peak.
 //   build/bench_cpu [small|tiny|base] [B] [T]   per-op times (warm caches, and the caches emptied before each run),
 //                                         whole steps, time per op class (products, attention, elementwise, loss) as a
-//                                         share of the step, model FLOP/s as a share of the sgemm peak measured in
-//                                         the same run, activation bytes per token, and the step with 1 thread
-//                                         against all threads
+//                                         share of the step, model FLOP/s (and the multiply-adds performed) as a
+//                                         share of the sgemm peak measured in the same run, activation bytes per
+//                                         token, and the step with 1 thread against all threads
 //   build/bench_cpu --elementwise         SiLU with exp_approx vs std::exp, fused rows vs the unfused ops
 //   build/bench_cpu --long [T,...]        one sequence (B = 1) at long T (default 512,16384,65536): ms per token,
 //                                         activation memory; against T = 512
@@ -404,11 +404,14 @@ int main(int argc, char** argv) {
             peak = std::max(peak, measure_sgemm_peak(&round_openblas));
             openblas_peak = std::max(openblas_peak, round_openblas);
         }
-        const double fl = forward_flops_per_token(c);
+        const double fl = forward_flops_per_token(c), fl_done = forward_flops_done_per_token(c, T);
         std::printf("forward %.1f ms, training step %.1f ms: %.0f tokens/s, %.1f GFLOP/s = %.1f%% of the sgemm peak "
                     "(%.1f GFLOP/s, the best of the start and of three rounds taken in turns with the steps; %.0f%% of "
                     "OpenBLAS's own threaded sgemm)\n", fwd * 1e3, step * 1e3, N / step, 3 * fl * N / step / 1e9,
                     100 * 3 * fl * N / step / peak, peak / 1e9, 100 * 3 * fl * N / step / openblas_peak);
+        std::printf("  in the multiply-adds performed (%.1f%% of the model's count; causal, the zero blocks are "
+                    "skipped: FLASH.md §4): %.1f GFLOP/s = %.1f%% of the peak\n", 100 * fl_done / fl,
+                    3 * fl_done * N / step / 1e9, 100 * 3 * fl_done * N / step / peak);
         print_op_classes(kind_names, kind_warm, kind_cold, kKinds, step);
         size_t n_act, n_grad;
         activation_counts(c, B, T, &n_act, &n_grad);
