@@ -565,6 +565,7 @@ static void layout_activations(FlashModel<Real>& m, int B, int T) {
     assign_zeros_on_huge_pages(m.act_buf, n_act);
     assign_zeros_on_huge_pages(m.grad_act_buf, n_grad);
     view_activations(m.acts, m.dacts, m.act_buf.data(), m.grad_act_buf.data(), m.cfg, B, T);
+    m.act_layer = -1;
     rope_tables(m.rope_cos, m.rope_sin, 0, T, m.cfg.s, m.cfg.rope_base);
     m.B = B;
     m.T = T;
@@ -595,6 +596,7 @@ double FlashModel<Real>::forward(const int* tok, const int* tgt, int B_, int T_)
         gate_forward(la.gated, u, I, la.o, N, e);
         matmul_residual_forward(x_next, la.x, la.gated, lp.w_out, lp.b_out, N, e, d);  // x_next = x + gated·W + b
     }
+    act_layer = cfg.n_layers - 1;
     scalenorm_forward(acts.xn_f, acts.rstd_f, acts.x_final, p.norm_f_g, N, d, cfg.eps);
     logits_forward(acts.logits, acts.xn_f, p.wte, N, d, V);
     loss = tgt ? crossentropy_forward(acts.losses, acts.probs, acts.logits, tgt, N, V)
@@ -621,7 +623,9 @@ void FlashModel<Real>::backward() {
         const LayerParams<Real>& lp = p.layers[l];
         const LayerParams<Real>& dlp = dp.layers[l];
         const LayerActs<Real>& la = acts.layers[l];
-        silu_forward(acts.act, la.h, (size_t)N * I);  // this layer's act again (Acts::act)
+        // This layer's act again (Acts::act), unless it is still there: the forward leaves the last layer's.
+        if (act_layer != l) silu_forward(acts.act, la.h, (size_t)N * I);
+        act_layer = l;
         const Real *u = acts.act, *v = acts.act + e;
         Real *du = g.dact, *dv = g.dact + e;
         // This layer's scratch gradients (dxn .. dgated, contiguous in view_activations) accumulate from zero;
@@ -647,6 +651,7 @@ void FlashModel<Real>::release_activations() {
     std::vector<Real>().swap(grad_act_buf);
     acts = Acts<Real>{};
     dacts = GradActs<Real>{};
+    act_layer = -1;
     B = T = 0;  // forward compares (B, T) with these to decide whether to lay out its buffers again
 }
 

@@ -111,8 +111,9 @@ template <typename Real>
 struct Acts {
     std::vector<LayerActs<Real>> layers;
     // (N, 2e+s)  act = silu(h) = [u | v | z] of ONE layer: the forward overwrites it layer after layer, and the
-    // backward recomputes it from the layer's h before differentiating the layer. One SiLU pass per layer costs
-    // little; keeping it for every layer would cost L·N·(2e+s) values, about a fifth of the activations.
+    // backward recomputes it from the layer's h before differentiating the layer (but the last layer's, which the
+    // forward leaves: FlashModel::act_layer). One SiLU pass per layer costs little; keeping it for every layer would
+    // cost L·N·(2e+s) values, about a fifth of the activations.
     Real* act;
     Real* x_final;  // (N, d)   output of the last layer
     Real* rstd_f;   // (N)
@@ -209,6 +210,7 @@ struct FlashModel final : HostModel<Real> {
     std::vector<Real> act_buf, grad_act_buf;
     Acts<Real> acts{};
     GradActs<Real> dacts{};
+    int act_layer = -1;                                // the layer whose silu(h) acts.act holds (-1: none)
     std::vector<double> rope_cos, rope_sin;            // (T, s/2)
     std::vector<int> tokens, targets;                  // the batch of the last forward
     double loss = 0;                                   // mean loss over the scored targets of the last forward

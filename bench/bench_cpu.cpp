@@ -335,36 +335,39 @@ int main(int argc, char** argv) {
         float *dqq = dheads.data(), *dkq = dqq + (size_t)N * s, *dql = dkq + (size_t)N * s, *dkl = dql + (size_t)N * s;
         const float *u = act.data(), *v = act.data() + e;
 
-        // Each op has a class; the step's time per class is the layer ops × L plus the head (once per step).
+        // Each op has a class; the step's time per class is each op's time × the times a step runs it: the layer
+        // ops L times (the SiLU recompute L − 1: the forward leaves the last layer's act), the head once.
         enum Kind { kProducts, kAttention, kElementwise, kLoss, kKinds };
         const char* kind_names[kKinds] = {"products", "attention", "elementwise", "loss"};
-        struct Row { const char* name; Kind kind; bool per_layer; std::function<void()> f; };
+        const int L = c.n_layers;
+        enum Times { kEachLayer, kEachLayerButLast, kOnce };
+        struct Row { const char* name; Kind kind; Times times; std::function<void()> f; };
         auto probs = buf((size_t)N * V), logits = buf((size_t)N * V), dlogits = buf((size_t)N * V), losses = buf(N),
              wte = buf((size_t)V * d), dwte = buf((size_t)V * d);
         std::vector<int> tgt(N);
         for (int& t : tgt) t = rng.below(V);
         std::vector<Row> rows = {
-            {"scalenorm fwd", kElementwise, true, [&] { scalenorm_forward(xn.data(), rstd.data(), x.data(), g.data(), N, d, c.eps); }},
-            {"w_in fwd", kProducts, true, [&] { matmul_forward(h.data(), xn.data(), w_in.data(), b_in.data(), N, d, I); }},
-            {"gau rows fwd", kElementwise, true, [&] { gau_rows_forward(act.data(), qq, kq, ql, kl, h.data(), gamma.data(), beta.data(), cos_t.data(), sin_t.data(), N, T, e, s); }},
-            {"local attn fwd", kAttention, true, [&] { local_attention_forward(o.data(), relu_s.data(), qq, kq, v, I, bias.data(), B, T, C, s, e, c.causal); }},
-            {"global attn fwd", kAttention, true, [&] { global_attention_forward(o.data(), m.data(), ql, kl, v, I, B, T, C, s, e, c.causal); }},
-            {"gate fwd", kElementwise, true, [&] { gate_forward(gated.data(), u, I, o.data(), N, e); }},
-            {"w_out+res fwd", kProducts, true, [&] { matmul_residual_forward(y.data(), x.data(), gated.data(), w_out.data(), b_out.data(), N, e, d); }},
-            {"w_out bwd", kProducts, true, [&] { matmul_backward(dgated.data(), dw_out.data(), db_out.data(), dx.data(), gated.data(), w_out.data(), N, e, d); }},
-            {"gate bwd", kElementwise, true, [&] { gate_backward(dact.data(), I, d_o.data(), dgated.data(), u, I, o.data(), N, e); }},
-            {"global attn bwd", kAttention, true, [&] { global_attention_backward(dql, dkl, dact.data() + e, I, d_o.data(), m.data(), ql, kl, v, I, B, T, C, s, e, c.causal); }},
-            {"local attn bwd", kAttention, true, [&] { local_attention_backward(dqq, dkq, dact.data() + e, I, dbias.data(), d_o.data(), relu_s.data(), qq, kq, v, I, B, T, C, s, e, c.causal); }},
-            {"silu recompute", kElementwise, true, [&] { silu_forward(act.data(), h.data(), (size_t)N * I); }},
-            {"gau rows bwd", kElementwise, true, [&] { gau_rows_backward(dh.data(), dgamma.data(), dbeta.data(), dact.data(), dqq, dkq, dql, dkl, h.data(), act.data(), gamma.data(), cos_t.data(), sin_t.data(), N, T, e, s); }},
-            {"w_in bwd", kProducts, true, [&] { matmul_backward(dxn.data(), dw_in.data(), db_in.data(), dh.data(), xn.data(), w_in.data(), N, d, I); }},
-            {"scalenorm bwd", kElementwise, true, [&] { scalenorm_backward(dx.data(), dg.data(), dxn.data(), x.data(), rstd.data(), g.data(), N, d); }},
-            {"logits fwd", kProducts, false, [&] { logits_forward(logits.data(), xn.data(), wte.data(), N, d, V); }},
-            {"xent fwd", kLoss, false, [&] { crossentropy_forward(losses.data(), probs.data(), logits.data(), tgt.data(), N, V); }},
-            {"xent bwd", kLoss, false, [&] { crossentropy_backward(dlogits.data(), probs.data(), tgt.data(), N, V); }},
-            {"logits bwd", kProducts, false, [&] { logits_backward(dxn.data(), dwte.data(), dlogits.data(), xn.data(), wte.data(), N, d, V); }},
+            {"scalenorm fwd", kElementwise, kEachLayer, [&] { scalenorm_forward(xn.data(), rstd.data(), x.data(), g.data(), N, d, c.eps); }},
+            {"w_in fwd", kProducts, kEachLayer, [&] { matmul_forward(h.data(), xn.data(), w_in.data(), b_in.data(), N, d, I); }},
+            {"gau rows fwd", kElementwise, kEachLayer, [&] { gau_rows_forward(act.data(), qq, kq, ql, kl, h.data(), gamma.data(), beta.data(), cos_t.data(), sin_t.data(), N, T, e, s); }},
+            {"local attn fwd", kAttention, kEachLayer, [&] { local_attention_forward(o.data(), relu_s.data(), qq, kq, v, I, bias.data(), B, T, C, s, e, c.causal); }},
+            {"global attn fwd", kAttention, kEachLayer, [&] { global_attention_forward(o.data(), m.data(), ql, kl, v, I, B, T, C, s, e, c.causal); }},
+            {"gate fwd", kElementwise, kEachLayer, [&] { gate_forward(gated.data(), u, I, o.data(), N, e); }},
+            {"w_out+res fwd", kProducts, kEachLayer, [&] { matmul_residual_forward(y.data(), x.data(), gated.data(), w_out.data(), b_out.data(), N, e, d); }},
+            {"w_out bwd", kProducts, kEachLayer, [&] { matmul_backward(dgated.data(), dw_out.data(), db_out.data(), dx.data(), gated.data(), w_out.data(), N, e, d); }},
+            {"gate bwd", kElementwise, kEachLayer, [&] { gate_backward(dact.data(), I, d_o.data(), dgated.data(), u, I, o.data(), N, e); }},
+            {"global attn bwd", kAttention, kEachLayer, [&] { global_attention_backward(dql, dkl, dact.data() + e, I, d_o.data(), m.data(), ql, kl, v, I, B, T, C, s, e, c.causal); }},
+            {"local attn bwd", kAttention, kEachLayer, [&] { local_attention_backward(dqq, dkq, dact.data() + e, I, dbias.data(), d_o.data(), relu_s.data(), qq, kq, v, I, B, T, C, s, e, c.causal); }},
+            {"silu recompute", kElementwise, kEachLayerButLast, [&] { silu_forward(act.data(), h.data(), (size_t)N * I); }},
+            {"gau rows bwd", kElementwise, kEachLayer, [&] { gau_rows_backward(dh.data(), dgamma.data(), dbeta.data(), dact.data(), dqq, dkq, dql, dkl, h.data(), act.data(), gamma.data(), cos_t.data(), sin_t.data(), N, T, e, s); }},
+            {"w_in bwd", kProducts, kEachLayer, [&] { matmul_backward(dxn.data(), dw_in.data(), db_in.data(), dh.data(), xn.data(), w_in.data(), N, d, I); }},
+            {"scalenorm bwd", kElementwise, kEachLayer, [&] { scalenorm_backward(dx.data(), dg.data(), dxn.data(), x.data(), rstd.data(), g.data(), N, d); }},
+            {"logits fwd", kProducts, kOnce, [&] { logits_forward(logits.data(), xn.data(), wte.data(), N, d, V); }},
+            {"xent fwd", kLoss, kOnce, [&] { crossentropy_forward(losses.data(), probs.data(), logits.data(), tgt.data(), N, V); }},
+            {"xent bwd", kLoss, kOnce, [&] { crossentropy_backward(dlogits.data(), probs.data(), tgt.data(), N, V); }},
+            {"logits bwd", kProducts, kOnce, [&] { logits_backward(dxn.data(), dwte.data(), dlogits.data(), xn.data(), wte.data(), N, d, V); }},
         };
-        double layer_total[2] = {}, kind_warm[kKinds] = {}, kind_cold[kKinds] = {};
+        double layer_total[2] = {}, layers_total[2] = {}, kind_warm[kKinds] = {}, kind_cold[kKinds] = {};
         std::printf("%-18s %10s %10s\n", "op (one layer)", "warm ms", "cold ms");
         std::vector<float> evict = eviction_buffer();
         for (Row& r : rows) {
@@ -372,15 +375,19 @@ int main(int argc, char** argv) {
             // to run on a shared machine
             const int reps = std::max(3, std::min(100, (int)(0.2 / seconds(r.f, 1))));
             const double warm = seconds(r.f, reps), cold = seconds(r.f, std::min(reps, 10), [&] { evict_caches(evict); });
-            if (r.per_layer) layer_total[0] += warm, layer_total[1] += cold;
-            kind_warm[r.kind] += warm * (r.per_layer ? c.n_layers : 1);
-            kind_cold[r.kind] += cold * (r.per_layer ? c.n_layers : 1);
-            std::printf("%-18s %10.2f %10.2f%s\n", r.name, warm * 1e3, cold * 1e3, r.per_layer ? "" : "  (once per step)");
+            const int times = r.times == kOnce ? 1 : r.times == kEachLayer ? L : L - 1;
+            if (r.times != kOnce) {
+                layer_total[0] += warm, layer_total[1] += cold;
+                layers_total[0] += warm * times, layers_total[1] += cold * times;
+            }
+            kind_warm[r.kind] += warm * times;
+            kind_cold[r.kind] += cold * times;
+            const char* note = r.times == kOnce ? "  (once per step)" : r.times == kEachLayer ? "" : "  (L - 1 layers)";
+            std::printf("%-18s %10.2f %10.2f%s\n", r.name, warm * 1e3, cold * 1e3, note);
         }
         std::vector<float>().swap(evict);
-        std::printf("%-18s %10.2f %10.2f  (x %d layers = %.1f, %.1f ms)\n\n", "layer total", layer_total[0] * 1e3,
-                    layer_total[1] * 1e3, c.n_layers, layer_total[0] * 1e3 * c.n_layers,
-                    layer_total[1] * 1e3 * c.n_layers);
+        std::printf("%-18s %10.2f %10.2f  (the %d layers of a step: %.1f, %.1f ms)\n\n", "layer total",
+                    layer_total[0] * 1e3, layer_total[1] * 1e3, L, layers_total[0] * 1e3, layers_total[1] * 1e3);
 
         // Whole training steps.
         FlashModel<float> model(c);

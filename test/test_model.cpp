@@ -337,6 +337,27 @@ TEST_CASE("forward and backward are deterministic, bit for bit") {
     CHECK(a.second == b.second);
 }
 
+// The backward takes the last layer's act = silu(h) as the forward left it (FlashModel::act_layer) instead of
+// recomputing it: gau_rows_forward's SiLU and silu_forward must agree to the bit, or the step would depend on it.
+TEST_CASE("the backward's act for the last layer: the forward's equals the recomputed one, bit for bit") {
+    FlashConfig c = config_preset("tiny");
+    c.d = 32; c.e = 64; c.s = 16; c.chunk = 8; c.seq_len = 32; c.n_layers = 3;
+    const Batch batch = random_batch(c, 3, c.seq_len, 4);
+    std::vector<float> grads[2];
+    for (int recompute_all : {0, 1}) {
+        FlashModel<float> m(c);
+        m.init_weights(9, true);
+        m.forward(batch.tokens.data(), batch.targets.data(), batch.B, batch.T);
+        CHECK(m.act_layer == c.n_layers - 1);
+        if (recompute_all) m.act_layer = -1;  // as if act held no layer's
+        m.zero_grad();
+        m.backward();
+        CHECK(m.act_layer == 0);
+        grads[recompute_all] = m.grads;
+    }
+    CHECK(grads[0] == grads[1]);
+}
+
 // The thread count must not change the result. Two claims, kept apart because only one is ours:
 // - the project's own work split (OpenMP threads taking chunks, rows, column blocks) orders every reduction,
 //   so with BLAS held at one thread, 1 and 2 OpenMP threads give the same bits;
