@@ -228,6 +228,10 @@ void offset_scale_backward(Real* dz, int lddz, Real* dgamma, Real* dbeta, const 
 // Rows per block of gau_rows_backward: the sums over rows of dγ, dβ are taken per block, then over the blocks in
 // order, so they do not depend on the number of threads.
 constexpr int kRowBlock = 64;
+// The heads pass of gau_rows_backward reads z and adds to dz, s values of each row of 2e+s: runs too short for the
+// hardware prefetchers to pick up in time, so the pass asks for those of a row a few rows ahead. Small config, 2
+// threads: 1.1 → 0.87 ms a layer timed alone (1 to 8 rows ahead alike), 17-20 → 15.4-15.8 ms a step inside it.
+constexpr int kPrefetchRowsAhead = 2;
 
 // act = silu(h);  head_i = rope(z ⊙ γ[i] + β[i]), z = act[:, 2e:], row by row (the three ops of §1 in one pass)
 // act, h (N, 2e+s); qq, kq, ql, kl (N,s); gamma, beta (4,s); cos_t, sin_t (T, s/2), row n at position n mod T
@@ -274,6 +278,11 @@ void gau_rows_backward(Real* dh, Real* dgamma, Real* dbeta, Real* dact, Real* dq
         for (int n = blk * kRowBlock; n < std::min(N, (blk + 1) * kRowBlock); n++) {
             const Real* z = act + (size_t)n * I + 2 * e;
             Real* dz = dact + (size_t)n * I + 2 * e;
+            if (n + kPrefetchRowsAhead < N)
+                for (int j = 0; j < s; j += 64 / (int)sizeof(Real)) {  // one request per 64-byte cache line
+                    __builtin_prefetch(z + (size_t)kPrefetchRowsAhead * I + j);
+                    __builtin_prefetch(dz + (size_t)kPrefetchRowsAhead * I + j, 1);
+                }
             for (int i = 0; i < 4; i++) {
                 Real* dhd = dheads[i] + (size_t)n * s;
                 rope_rotate_row(dhd, cos_t + (size_t)(n % T) * half, sin_t + (size_t)(n % T) * half, half, -1.0);
