@@ -205,14 +205,15 @@ void scalenorm_backward(Real* dx, Real* dg, const Real* dxn, const Real* x, cons
 }
 
 // y = x · w + b
-// y (N,out), x (N,in), w (in,out), b (out) or null
+// y (N,out), x (N,in), w (in,out) with row stride ldw ≥ out (the first out columns of a wider matrix), b (out) or null
 template <typename Real>
-void matmul_forward(Real* y, const Real* x, const Real* w, const Real* b, int N, int in, int out) {
+void matmul_forward(Real* y, const Real* x, const Real* w, const Real* b, int N, int in, int out, int ldw) {
+    if (ldw == 0) ldw = out;
     if (b) {
 #pragma omp parallel for
         for (int n = 0; n < N; n++) std::memcpy(y + (size_t)n * out, b, sizeof(Real) * out);
     }
-    gemm(false, false, N, out, in, Real(1), x, in, w, out, b ? Real(1) : Real(0), y, out);
+    gemm(false, false, N, out, in, Real(1), x, in, w, ldw, b ? Real(1) : Real(0), y, out);
 }
 // y = residual + x · w + b: the product and the residual connection after it in one pass over y (residual may be y
 // itself); the same as matmul_forward then residual_forward, up to the order of the additions.
@@ -229,12 +230,13 @@ void matmul_residual_forward(Real* y, const Real* residual, const Real* x, const
     }
     gemm(false, false, N, out, in, Real(1), x, in, w, out, Real(1), y, out);
 }
-// Backward of: y = x · w + b   =>   dx += dy · wᵀ;  dw += xᵀ · dy;  db += Σ_rows dy
+// Backward of: y = x · w + b   =>   dx += dy · wᵀ;  dw += xᵀ · dy;  db += Σ_rows dy   (w and dw with row stride ldw)
 template <typename Real>
 void matmul_backward(Real* dx, Real* dw, Real* db, const Real* dy, const Real* x, const Real* w, int N, int in,
-                     int out) {
-    gemm(false, true, N, in, out, Real(1), dy, out, w, out, Real(1), dx, in);
-    gemm(true, false, in, out, N, Real(1), x, in, dy, out, Real(1), dw, out);
+                     int out, int ldw) {
+    if (ldw == 0) ldw = out;
+    gemm(false, true, N, in, out, Real(1), dy, out, w, ldw, Real(1), dx, in);
+    gemm(true, false, in, out, N, Real(1), x, in, dy, out, Real(1), dw, ldw);
     if (db) {
 #pragma omp parallel for
         for (int j0 = 0; j0 < out; j0 += kColBlock) {

@@ -128,13 +128,15 @@ template <typename Real> void scalenorm_forward(Real* xn, Real* rstd, const Real
 template <typename Real> void scalenorm_backward(Real* dx, Real* dg, const Real* dxn, const Real* x, const Real* rstd,
                                                  const Real* g, int N, int d);
 
-template <typename Real> void matmul_forward(Real* y, const Real* x, const Real* w, const Real* b, int N, int in, int out);
+// ldw: the row stride of w (and dw) when the product takes the first out columns of a wider matrix; 0 means out.
+template <typename Real> void matmul_forward(Real* y, const Real* x, const Real* w, const Real* b, int N, int in, int out,
+                                             int ldw = 0);
 // y = residual + x · w + b (the residual connection fused into the product; its backward is matmul_backward, with
 // dresidual += dy). The naive version is matmul_forward then residual_forward.
 template <typename Real> void matmul_residual_forward(Real* y, const Real* residual, const Real* x, const Real* w,
                                                       const Real* b, int N, int in, int out);
 template <typename Real> void matmul_backward(Real* dx, Real* dw, Real* db, const Real* dy, const Real* x, const Real* w,
-                                              int N, int in, int out);
+                                              int N, int in, int out, int ldw = 0);
 
 // exp for float, branch-free so that `#pragma omp simd` loops vectorise it (AVX2 or AVX-512: the Makefile compiles
 // for the machine it runs on). exp(x) = 2^k · exp(r), k = round(x / ln 2), r = x − k·ln 2 (ln 2 split in two parts so

@@ -63,6 +63,38 @@ TEST_CASE("matmul backward matches finite differences") {
     CHECK(gradcheck(b, db, loss) < kTol);
 }
 
+// ldw: a product over a block of columns of a wider w (FLASH's u and [v | z] columns of W_in). The two blocks of
+// [0, 2e) and [2e, 2e+s) must give the columns of the whole product, and their backward passes the whole one's
+// gradients: dx as the sum of the two, dw and db each in its own columns.
+TEST_CASE("matmul over column blocks of w (ldw) equals the whole product, forward and backward") {
+    Rng rng(46);
+    const int in = d, out = 2 * e + s, split = 2 * e;
+    auto x = randn((size_t)N * in, rng), w = randn((size_t)in * out, rng), b = randn(out, rng),
+         dy = randn((size_t)N * out, rng);
+    std::vector<double> y((size_t)N * out), dx(x.size(), 0.0), dw(w.size(), 0.0), db(out, 0.0);
+    matmul_forward(y.data(), x.data(), w.data(), b.data(), N, in, out);
+    matmul_backward(dx.data(), dw.data(), db.data(), dy.data(), x.data(), w.data(), N, in, out);
+    const int widths[2] = {split, out - split}, firsts[2] = {0, split};
+    std::vector<double> dx_blocks(x.size(), 0.0), dw_blocks(w.size(), 0.0), db_blocks(out, 0.0);
+    double err = 0;
+    for (int k = 0; k < 2; k++) {
+        const int width = widths[k], c0 = firsts[k];
+        std::vector<double> yk((size_t)N * width), dyk((size_t)N * width);
+        for (int n = 0; n < N; n++)
+            for (int j = 0; j < width; j++) dyk[(size_t)n * width + j] = dy[(size_t)n * out + c0 + j];
+        matmul_forward(yk.data(), x.data(), w.data() + c0, b.data() + c0, N, in, width, out);
+        matmul_backward(dx_blocks.data(), dw_blocks.data() + c0, db_blocks.data() + c0, dyk.data(), x.data(),
+                        w.data() + c0, N, in, width, out);
+        for (int n = 0; n < N; n++)
+            for (int j = 0; j < width; j++)
+                err = std::max(err, std::fabs(yk[(size_t)n * width + j] - y[(size_t)n * out + c0 + j]));
+    }
+    CHECK(err < 1e-12 * max_abs(y));
+    CHECK(max_abs_diff(dx_blocks.data(), dx.data(), dx.size()) < 1e-12 * max_abs(dx));
+    CHECK(max_abs_diff(dw_blocks.data(), dw.data(), dw.size()) < 1e-12 * max_abs(dw));
+    CHECK(max_abs_diff(db_blocks.data(), db.data(), db.size()) < 1e-12 * max_abs(db));
+}
+
 TEST_CASE("silu backward matches finite differences") {
     Rng rng(4);
     auto x = randn(200, rng, 3.0), W = randn(200, rng);
