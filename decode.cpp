@@ -210,7 +210,7 @@ void decode_prefill(FlashModel<Real>& model, DecodeState<Real>& state, const int
     check_state(model, state);
     FLASH_CHECK(n >= 0, "decode_prefill: negative token count " << n, "");
     const FlashConfig& c = model.cfg;
-    const int C = c.chunk, s = c.s, e = c.e, I = c.inner(), V = c.vocab_size;
+    const int C = c.chunk, s = c.s, e = c.e, V = c.vocab_size;
     int64_t done = 0;
     if (state.pos == 0 && n >= C) {
         const int64_t n_full = n / C * C;  // the largest multiple-of-C prefix
@@ -220,12 +220,13 @@ void decode_prefill(FlashModel<Real>& model, DecodeState<Real>& state, const int
         model.forward(tokens, nullptr, 1, (int)n_full);  // checks every token id
         const int G = (int)(n_full / C);
         const size_t last_row = (size_t)(G - 1) * C, se = (size_t)s * e;
-        std::vector<Real> v_last((size_t)C * e);  // v = silu(h[:, e:2e]) of the last chunk (the forward keeps h only)
+        std::vector<Real> v_last((size_t)C * e);  // v = silu(h_v) of the last chunk (the forward keeps h only)
         for (int l = 0; l < c.n_layers; l++) {
             const LayerActs<Real>& la = model.acts.layers[l];
             DecodeLayerCache<Real>& cache = state.layers[l];
+            const Real* h_vz = vz_plane(la.h, (int)n_full, e);  // rows [v | z] (flash.h)
             for (int r = 0; r < C; r++)
-                silu_forward(v_last.data() + (size_t)r * e, la.h + (last_row + r) * I + e, (size_t)e);
+                silu_forward(v_last.data() + (size_t)r * e, h_vz + (last_row + r) * (e + s), (size_t)e);
             // M after the last chunk = M[G−1] (the exclusive sum before it) + that chunk's P.
             std::copy(la.m + (size_t)(G - 1) * se, la.m + (size_t)G * se, cache.m.begin());
             add_chunk_to_m(cache.m.data(), la.kl + last_row * s, v_last.data(), e, C, s, e);

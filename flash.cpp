@@ -233,20 +233,22 @@ constexpr int kRowBlock = 64;
 // threads: 1.1 → 0.87 ms a layer timed alone (1 to 8 rows ahead alike), 17-20 → 15.4-15.8 ms a step inside it.
 constexpr int kPrefetchRowsAhead = 2;
 
-// act = silu(h);  head_i = rope(z ⊙ γ[i] + β[i]), z = act[:, 2e:], row by row (the three ops of §1 in one pass)
-// act, h (N, 2e+s); qq, kq, ql, kl (N,s); gamma, beta (4,s); cos_t, sin_t (T, s/2), row n at position n mod T
+// Over the [v | z] plane (vz_plane): act = silu(h);  head_i = rope(z ⊙ γ[i] + β[i]), z = act[:, e:], row by row
+// (the three ops of §1 in one pass)
+// act, h (N, e+s), rows [v | z]; qq, kq, ql, kl (N,s); gamma, beta (4,s); cos_t, sin_t (T, s/2), row n at position
+// n mod T
 template <typename Real>
 void gau_rows_forward(Real* act, Real* qq, Real* kq, Real* ql, Real* kl, const Real* h, const Real* gamma,
                       const Real* beta, const double* cos_t, const double* sin_t, int N, int T, int e, int s) {
-    const int I = 2 * e + s, half = s / 2;
+    const int width = e + s, half = s / 2;
     Real* heads[4] = {qq, kq, ql, kl};
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
-        const Real* hr = h + (size_t)n * I;
-        Real* ar = act + (size_t)n * I;
+        const Real* hr = h + (size_t)n * width;
+        Real* ar = act + (size_t)n * width;
 #pragma omp simd
-        for (int j = 0; j < I; j++) ar[j] = hr[j] * (Real(1) / (Real(1) + exp_tuned(-hr[j])));  // silu = h · σ(h)
-        const Real* z = ar + 2 * e;
+        for (int j = 0; j < width; j++) ar[j] = hr[j] * (Real(1) / (Real(1) + exp_tuned(-hr[j])));  // silu = h · σ(h)
+        const Real* z = ar + e;
         for (int i = 0; i < 4; i++) {
             Real* hd = heads[i] + (size_t)n * s;
             const Real *gi = gamma + i * s, *bi = beta + i * s;
@@ -259,15 +261,15 @@ void gau_rows_forward(Real* act, Real* qq, Real* kq, Real* ql, Real* kl, const R
 // Backward of the three, in reverse order, in two passes: the heads of every row, then SiLU over the whole buffer.
 //   dhead_i = rope⁻¹(dhead_i);   dz = dact_z + Σ_i dhead_i ⊙ γ[i];   dγ[i] += Σ_rows dhead_i ⊙ z;   dβ[i] += Σ_rows dhead_i;
 //   dh += dact ⊙ σ(h) · (1 + h · (1 − σ(h)))
-// dact's z part receives dz (as offset_scale_backward leaves it); u and v parts hold du, dv on entry; the head
-// gradients are rotated back in place. Unlike the forward, one pass per row was slower here: interleaving the four
-// head rows (read and written) with the SiLU of the row's 2e+s values took 2.5-2.9 ms a layer against 1.9-2.1 for
-// the two passes (small config, 2 threads, bench_cpu).
+// dh, dact, h, act (N, e+s), rows [v | z]: dact's z part receives dz (as offset_scale_backward leaves it), its v part
+// holds dv on entry; the head gradients are rotated back in place. Unlike the forward, one pass per row was slower
+// here: interleaving the four head rows (read and written) with the SiLU of the row took 2.5-2.9 ms a layer against
+// 1.9-2.1 for the two passes (small config, 2 threads, bench_cpu, when the rows were [u | v | z]).
 template <typename Real>
 void gau_rows_backward(Real* dh, Real* dgamma, Real* dbeta, Real* dact, Real* dqq, Real* dkq, Real* dql, Real* dkl,
                        const Real* h, const Real* act, const Real* gamma, const double* cos_t, const double* sin_t,
                        int N, int T, int e, int s) {
-    const int I = 2 * e + s, half = s / 2;
+    const int width = e + s, half = s / 2;
     Real* dheads[4] = {dqq, dkq, dql, dkl};
     const int n_blocks = (N + kRowBlock - 1) / kRowBlock;
     std::vector<Real> part((size_t)n_blocks * 8 * s, Real(0));  // per block: dγ (4,s), then dβ (4,s)
@@ -276,12 +278,12 @@ void gau_rows_backward(Real* dh, Real* dgamma, Real* dbeta, Real* dact, Real* dq
         Real* pg = part.data() + (size_t)blk * 8 * s;
         Real* pb = pg + 4 * s;
         for (int n = blk * kRowBlock; n < std::min(N, (blk + 1) * kRowBlock); n++) {
-            const Real* z = act + (size_t)n * I + 2 * e;
-            Real* dz = dact + (size_t)n * I + 2 * e;
+            const Real* z = act + (size_t)n * width + e;
+            Real* dz = dact + (size_t)n * width + e;
             if (n + kPrefetchRowsAhead < N)
                 for (int j = 0; j < s; j += 64 / (int)sizeof(Real)) {  // one request per 64-byte cache line
-                    __builtin_prefetch(z + (size_t)kPrefetchRowsAhead * I + j);
-                    __builtin_prefetch(dz + (size_t)kPrefetchRowsAhead * I + j, 1);
+                    __builtin_prefetch(z + (size_t)kPrefetchRowsAhead * width + j);
+                    __builtin_prefetch(dz + (size_t)kPrefetchRowsAhead * width + j, 1);
                 }
             for (int i = 0; i < 4; i++) {
                 Real* dhd = dheads[i] + (size_t)n * s;
@@ -302,7 +304,28 @@ void gau_rows_backward(Real* dh, Real* dgamma, Real* dbeta, Real* dact, Real* dq
             dgamma[k] += part[(size_t)blk * 8 * s + k];
             dbeta[k] += part[(size_t)blk * 8 * s + 4 * s + k];
         }
-    silu_backward(dh, dact, h, (size_t)N * I);
+    silu_backward(dh, dact, h, (size_t)N * width);
+}
+
+// The gate with u's SiLU (§1: gated = u ⊙ o, u = silu(h_u)) in one pass: u is never stored, nor recomputed for the
+// backward, which reads h_u where it would have read u.
+// gated, o, h_u (N,e): h_u is the u plane of h (vz_plane)
+template <typename Real>
+void silu_gate_forward(Real* gated, const Real* h_u, const Real* o, int N, int e) {
+    const size_t n = (size_t)N * e;
+#pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < n; i++) gated[i] = h_u[i] * (Real(1) / (Real(1) + exp_tuned(-h_u[i]))) * o[i];
+}
+// Backward of: gated = u ⊙ o with u = h_u · σ(h_u)   =>   do += dgated ⊙ u;   dh_u += dgated ⊙ o ⊙ σ(h_u) · (1 + h_u · (1 − σ(h_u)))
+template <typename Real>
+void silu_gate_backward(Real* dh_u, Real* d_o, const Real* dgated, const Real* h_u, const Real* o, int N, int e) {
+    const size_t n = (size_t)N * e;
+#pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        const Real sig = Real(1) / (Real(1) + exp_tuned(-h_u[i]));
+        d_o[i] += dgated[i] * (h_u[i] * sig);
+        dh_u[i] += dgated[i] * o[i] * sig * (Real(1) + h_u[i] * (Real(1) - sig));
+    }
 }
 
 // Rows per block of the local attention: row_block (1 .. C) when causal; non-causal, every row sees every column, so
@@ -595,14 +618,17 @@ double FlashModel<Real>::forward(const int* tok, const int* tgt, int B_, int T_)
         const LayerParams<Real>& lp = p.layers[l];
         LayerActs<Real>& la = acts.layers[l];
         Real* x_next = (l + 1 < cfg.n_layers) ? acts.layers[l + 1].x : acts.x_final;
-        const Real *u = acts.act, *v = acts.act + e;
+        // h and act in two planes (vz_plane): h_u = la.h (N,e), then h_vz and act_vz = [v | z] (N, e+s)
+        Real *h_vz = vz_plane(la.h, N, e), *act_vz = vz_plane(acts.act, N, e);
+        const Real* v = act_vz;
         scalenorm_forward(la.xn, la.rstd, la.x, lp.norm_g, N, d, cfg.eps);
-        matmul_forward(la.h, la.xn, lp.w_in, lp.b_in, N, d, I);
-        gau_rows_forward(acts.act, la.qq, la.kq, la.ql, la.kl, la.h, lp.gamma, lp.beta, rope_cos.data(),
+        matmul_forward(la.h, la.xn, lp.w_in, lp.b_in, N, d, e, I);                 // W_in's u columns
+        matmul_forward(h_vz, la.xn, lp.w_in + e, lp.b_in + e, N, d, e + s, I);    // and its v and z columns
+        gau_rows_forward(act_vz, la.qq, la.kq, la.ql, la.kl, h_vz, lp.gamma, lp.beta, rope_cos.data(),
                          rope_sin.data(), N, T, e, s);
-        local_attention_forward(la.o, la.relu_s, la.qq, la.kq, v, I, lp.rel_bias, B, T, C, s, e, cfg.causal);
-        global_attention_forward(la.o, la.m, la.ql, la.kl, v, I, B, T, C, s, e, cfg.causal);
-        gate_forward(la.gated, u, I, la.o, N, e);
+        local_attention_forward(la.o, la.relu_s, la.qq, la.kq, v, e + s, lp.rel_bias, B, T, C, s, e, cfg.causal);
+        global_attention_forward(la.o, la.m, la.ql, la.kl, v, e + s, B, T, C, s, e, cfg.causal);
+        silu_gate_forward(la.gated, la.h, la.o, N, e);                             // gated = silu(h_u) ⊙ o
         matmul_residual_forward(x_next, la.x, la.gated, lp.w_out, lp.b_out, N, e, d);  // x_next = x + gated·W + b
     }
     act_layer = cfg.n_layers - 1;
@@ -632,22 +658,24 @@ void FlashModel<Real>::backward() {
         const LayerParams<Real>& lp = p.layers[l];
         const LayerParams<Real>& dlp = dp.layers[l];
         const LayerActs<Real>& la = acts.layers[l];
-        // This layer's act again (Acts::act), unless it is still there: the forward leaves the last layer's.
-        if (act_layer != l) silu_forward(acts.act, la.h, (size_t)N * I);
+        const Real *h_vz = vz_plane(la.h, N, e), *v = vz_plane(acts.act, N, e);
+        Real *dh_vz = vz_plane(g.dh, N, e), *dv = vz_plane(g.dact, N, e);  // dh_u = g.dh; dact's u plane is unused
+        // This layer's act = [v | z] again (Acts::act), unless it is still there: the forward leaves the last layer's.
+        if (act_layer != l) silu_forward(vz_plane(acts.act, N, e), h_vz, (size_t)N * (e + s));
         act_layer = l;
-        const Real *u = acts.act, *v = acts.act + e;
-        Real *du = g.dact, *dv = g.dact + e;
         // This layer's scratch gradients (dxn .. dgated, contiguous in view_activations) accumulate from zero;
         // g.dres carries d(x_next) in and d(x) out.
         zero_fill(g.dxn, (size_t)(g.dlogits - g.dxn));
         matmul_backward(g.dgated, dlp.w_out, dlp.b_out, g.dres, la.gated, lp.w_out, N, e, d);
-        gate_backward(du, I, g.d_o, g.dgated, u, I, la.o, N, e);
-        global_attention_backward(g.dql, g.dkl, dv, I, g.d_o, la.m, la.ql, la.kl, v, I, B, T, C, s, e, cfg.causal);
-        local_attention_backward(g.dqq, g.dkq, dv, I, dlp.rel_bias, g.d_o, la.relu_s, la.qq, la.kq, v, I, B, T, C, s, e,
-                                 cfg.causal);
-        gau_rows_backward(g.dh, dlp.gamma, dlp.beta, g.dact, g.dqq, g.dkq, g.dql, g.dkl, la.h, acts.act, lp.gamma,
+        silu_gate_backward(g.dh, g.d_o, g.dgated, la.h, la.o, N, e);
+        global_attention_backward(g.dql, g.dkl, dv, e + s, g.d_o, la.m, la.ql, la.kl, v, e + s, B, T, C, s, e,
+                                  cfg.causal);
+        local_attention_backward(g.dqq, g.dkq, dv, e + s, dlp.rel_bias, g.d_o, la.relu_s, la.qq, la.kq, v, e + s, B, T,
+                                 C, s, e, cfg.causal);
+        gau_rows_backward(dh_vz, dlp.gamma, dlp.beta, dv, g.dqq, g.dkq, g.dql, g.dkl, h_vz, v, lp.gamma,
                           rope_cos.data(), rope_sin.data(), N, T, e, s);
-        matmul_backward(g.dxn, dlp.w_in, dlp.b_in, g.dh, la.xn, lp.w_in, N, d, I);
+        matmul_backward(g.dxn, dlp.w_in, dlp.b_in, g.dh, la.xn, lp.w_in, N, d, e, I);
+        matmul_backward(g.dxn, dlp.w_in + e, dlp.b_in + e, dh_vz, la.xn, lp.w_in + e, N, d, e + s, I);
         // residual: dres already holds the direct path; the scalenorm path adds to it.
         scalenorm_backward(g.dres, dlp.norm_g, g.dxn, la.x, la.rstd, lp.norm_g, N, d);
     }
@@ -676,6 +704,8 @@ INSTANTIATE(offset_scale_forward)
 INSTANTIATE(offset_scale_backward)
 INSTANTIATE(gau_rows_forward)
 INSTANTIATE(gau_rows_backward)
+INSTANTIATE(silu_gate_forward)
+INSTANTIATE(silu_gate_backward)
 INSTANTIATE(local_attention_forward)
 INSTANTIATE(local_attention_backward)
 INSTANTIATE(global_attention_forward)

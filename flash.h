@@ -97,7 +97,7 @@ struct LayerActs {
     Real* x;       // (N, d)        layer input: the residual stream
     Real* rstd;    // (N)           1 / sqrt(mean(x²) + eps)
     Real* xn;      // (N, d)        scalenorm(x)
-    Real* h;       // (N, 2e+s)     xn · W_in + b_in   (act = silu(h) is not kept per layer: Acts::act)
+    Real* h;       // (N, 2e+s)     xn · W_in + b_in, in two planes (vz_plane); act = silu(h) is not kept per layer
     Real* qq;      // (N, s)        the four offset-scale heads, after RoPE
     Real* kq;
     Real* ql;
@@ -110,10 +110,11 @@ struct LayerActs {
 template <typename Real>
 struct Acts {
     std::vector<LayerActs<Real>> layers;
-    // (N, 2e+s)  act = silu(h) = [u | v | z] of ONE layer: the forward overwrites it layer after layer, and the
+    // (N, 2e+s)  act = silu(h) of ONE layer, laid out as h: the forward overwrites it layer after layer, and the
     // backward recomputes it from the layer's h before differentiating the layer (but the last layer's, which the
     // forward leaves: FlashModel::act_layer). One SiLU pass per layer costs little; keeping it for every layer would
-    // cost L·N·(2e+s) values, about a fifth of the activations.
+    // cost L·N·(2e+s) values, about a fifth of the activations. The CPU fills only its [v | z] plane: u goes straight
+    // from h into the gate (silu_gate_forward).
     Real* act;
     Real* x_final;  // (N, d)   output of the last layer
     Real* rstd_f;   // (N)
@@ -127,8 +128,8 @@ template <typename Real>
 struct GradActs {
     Real* dres;     // (N, d)     gradient of the residual stream at the current layer boundary
     Real* dxn;      // (N, d)
-    Real* dh;       // (N, 2e+s)
-    Real* dact;     // (N, 2e+s)  [du | dv | dz]
+    Real* dh;       // (N, 2e+s)  laid out as h
+    Real* dact;     // (N, 2e+s)  laid out as h: [du | dv | dz] (the CPU leaves the du plane unused)
     Real* dqq;      // (N, s)
     Real* dkq;
     Real* dql;
@@ -146,6 +147,13 @@ template <typename Real>
 void view_activations(Acts<Real>& acts, GradActs<Real>& dacts, Real* act_base, Real* grad_base, const FlashConfig& c,
                       int B, int T);
 
+// The CPU keeps h, act = silu(h) and their gradients in two planes: u (N, e), then [v | z] (N, e+s) from here on.
+// Passes over one of them (the gate reads u; the heads, attention and the SiLU recompute [v | z]) then stream
+// memory of their own: a pass over a part of each row of [u | v | z] cost as much as one over the whole rows. W_in
+// keeps its columns [u | v | z]; each plane is the product with its block of columns. (The GPU keeps rows.)
+template <typename Real> Real* vz_plane(Real* h, int N, int e) { return h + (size_t)N * e; }
+template <typename Real> const Real* vz_plane(const Real* h, int N, int e) { return h + (size_t)N * e; }
+
 // ----------------------------------------------------------------------------------------------------
 // FLASH's own ops (§1, §2); the shared ones are in ops.h. Argument order: outputs, saved activations, inputs,
 // parameters, sizes. Backward passes accumulate (+=) into every d... argument. Shapes are documented in flash.cpp.
@@ -156,9 +164,10 @@ template <typename Real> void offset_scale_backward(Real* dz, int lddz, Real* dg
                                                     const Real* dkq, const Real* dql, const Real* dkl, const Real* z,
                                                     int ldz, const Real* gamma, int N, int s);
 
-// The elementwise work between the input projection and the attention, forward fused row by row (each row of h is
-// read once and its heads are made while it is in cache), backward in two passes (flash.cpp says why):
-//   act = silu(h) = [u | v | z];   head_i = rope(z ⊙ γ[i] + β[i]) for the heads i = qq, kq, ql, kl
+// The elementwise work between the input projection and the attention, on the [v | z] plane, forward fused row by
+// row (each row of h is read once and its heads are made while it is in cache), backward in two passes (flash.cpp
+// says why):
+//   act = silu(h) = [v | z];   head_i = rope(z ⊙ γ[i] + β[i]) for the heads i = qq, kq, ql, kl
 // The unfused sequence (silu_forward, offset_scale_forward, rope_forward ×4, and their backward ops) is the naive
 // version the tests compare these with.
 template <typename Real> void gau_rows_forward(Real* act, Real* qq, Real* kq, Real* ql, Real* kl, const Real* h,
@@ -168,6 +177,11 @@ template <typename Real> void gau_rows_backward(Real* dh, Real* dgamma, Real* db
                                                 Real* dql, Real* dkl, const Real* h, const Real* act,
                                                 const Real* gamma, const double* cos_t, const double* sin_t, int N,
                                                 int T, int e, int s);
+
+// The gate with u's SiLU, on the u plane: gated = silu(h_u) ⊙ o. Naive version: silu_forward, then gate_forward.
+template <typename Real> void silu_gate_forward(Real* gated, const Real* h_u, const Real* o, int N, int e);
+template <typename Real> void silu_gate_backward(Real* dh_u, Real* d_o, const Real* dgated, const Real* h_u,
+                                                 const Real* o, int N, int e);
 
 // Causal chunks are computed in blocks of row_block rows that skip the masked products above the diagonal
 // (flash.cpp); row_block = C is the plain version, one product over the whole chunk, that the tests compare with.

@@ -237,22 +237,26 @@ static std::pair<double, double> huge_page_share() {
 }
 
 // Tuned against naive, back to back at the small config's shapes (B=8, T=512): SiLU with exp_approx against SiLU
-// with std::exp, and the fused rows (gau_rows_*) against the unfused ops. Best of 5 runs each.
+// with std::exp, the fused rows (gau_rows_*, on the [v | z] plane) against the unfused ops, and the gate with u's
+// SiLU against SiLU then the gate. Best of 5 runs each.
 static int elementwise_ab() {
     const FlashConfig c = config_preset("small");
-    const int B = 8, T = c.seq_len, N = B * T, e = c.e, s = c.s, I = c.inner();
-    const size_t n = (size_t)N * I, Ns = (size_t)N * s;
+    const int B = 8, T = c.seq_len, N = B * T, e = c.e, s = c.s, width = e + s;  // rows [v | z]
+    const size_t n = (size_t)N * width, Ns = (size_t)N * s, Ne = (size_t)N * e;
     Rng rng(5);
     std::vector<float> h(n), act(n), dact(n), dh(n), heads(4 * Ns), dheads(4 * Ns), gamma(4 * s, 1.0f), beta(4 * s),
-        dgamma(4 * s), dbeta(4 * s);
+        dgamma(4 * s), dbeta(4 * s), h_u(Ne), u(Ne), o(Ne), gated(Ne), dgated(Ne), du(Ne), dh_u(Ne), d_o(Ne);
     for (float& v : h) v = (float)(3 * rng.normal());
     for (float& v : dact) v = (float)rng.normal();
     for (float& v : dheads) v = (float)rng.normal();
+    for (std::vector<float>* x : {&h_u, &o, &dgated})
+        for (float& v : *x) v = (float)rng.normal();
     std::vector<double> cos_t, sin_t;
     rope_tables(cos_t, sin_t, 0, T, s, c.rope_base);
     float *hd = heads.data(), *dhd = dheads.data();
     auto ms = [](const std::function<void()>& f) { return 1e3 * seconds(f, 5); };
-    std::printf("elementwise, tuned vs naive, %d threads, N = %d rows of %d (best of 5)\n", omp_get_max_threads(), N, I);
+    std::printf("elementwise, tuned vs naive, %d threads, N = %d rows of [v | z] (%d) and of u (%d) (best of 5)\n",
+                omp_get_max_threads(), N, width, e);
     const double sf_naive = ms([&] { silu_forward_naive(act.data(), h.data(), n); });
     const double sf = ms([&] { silu_forward(act.data(), h.data(), n); });
     const double sb_naive = ms([&] { silu_backward_naive(dh.data(), dact.data(), h.data(), n); });
@@ -261,7 +265,8 @@ static int elementwise_ab() {
     std::printf("  silu bwd: std::exp, one thread %8.2f ms   exp_approx, vectorised %8.2f ms\n", sb_naive, sb);
     const double chain_f = ms([&] {
         silu_forward(act.data(), h.data(), n);
-        offset_scale_forward(hd, hd + Ns, hd + 2 * Ns, hd + 3 * Ns, act.data() + 2 * e, I, gamma.data(), beta.data(), N, s);
+        offset_scale_forward(hd, hd + Ns, hd + 2 * Ns, hd + 3 * Ns, act.data() + e, width, gamma.data(), beta.data(),
+                             N, s);
         for (int i = 0; i < 4; i++) rope_forward(hd + i * Ns, cos_t.data(), sin_t.data(), N, T, s);
     });
     const double fused_f = ms([&] {
@@ -270,16 +275,33 @@ static int elementwise_ab() {
     });
     const double chain_b = ms([&] {
         for (int i = 0; i < 4; i++) rope_backward(dhd + i * Ns, cos_t.data(), sin_t.data(), N, T, s);
-        offset_scale_backward(dact.data() + 2 * e, I, dgamma.data(), dbeta.data(), dhd, dhd + Ns, dhd + 2 * Ns,
-                              dhd + 3 * Ns, act.data() + 2 * e, I, gamma.data(), N, s);
+        offset_scale_backward(dact.data() + e, width, dgamma.data(), dbeta.data(), dhd, dhd + Ns, dhd + 2 * Ns,
+                              dhd + 3 * Ns, act.data() + e, width, gamma.data(), N, s);
         silu_backward(dh.data(), dact.data(), h.data(), n);
     });
     const double fused_b = ms([&] {
         gau_rows_backward(dh.data(), dgamma.data(), dbeta.data(), dact.data(), dhd, dhd + Ns, dhd + 2 * Ns,
                           dhd + 3 * Ns, h.data(), act.data(), gamma.data(), cos_t.data(), sin_t.data(), N, T, e, s);
     });
+    const double gate_chain_f = ms([&] {
+        silu_forward(u.data(), h_u.data(), Ne);
+        gate_forward(gated.data(), u.data(), e, o.data(), N, e);
+    });
+    const double gate_fused_f = ms([&] { silu_gate_forward(gated.data(), h_u.data(), o.data(), N, e); });
+    const double gate_chain_b = ms([&] {
+        silu_forward(u.data(), h_u.data(), Ne);  // u again, as the backward would have to
+        gate_backward(du.data(), e, d_o.data(), dgated.data(), u.data(), e, o.data(), N, e);
+        silu_backward(dh_u.data(), du.data(), h_u.data(), Ne);
+    });
+    const double gate_fused_b = ms([&] {
+        silu_gate_backward(dh_u.data(), d_o.data(), dgated.data(), h_u.data(), o.data(), N, e);
+    });
     std::printf("  silu + offset-scale + rope fwd: three ops %8.2f ms   fused rows %8.2f ms\n", chain_f, fused_f);
     std::printf("  silu + offset-scale + rope bwd: three ops %8.2f ms   fused rows %8.2f ms\n", chain_b, fused_b);
+    std::printf("  silu + gate fwd:                two ops   %8.2f ms   fused      %8.2f ms\n", gate_chain_f,
+                gate_fused_f);
+    std::printf("  silu + gate bwd (u recomputed): three ops %8.2f ms   fused      %8.2f ms\n", gate_chain_b,
+                gate_fused_b);
     return 0;
 }
 
@@ -333,7 +355,11 @@ int main(int argc, char** argv) {
         rope_tables(cos_t, sin_t, 0, T, s, c.rope_base);
         float *qq = heads.data(), *kq = qq + (size_t)N * s, *ql = kq + (size_t)N * s, *kl = ql + (size_t)N * s;
         float *dqq = dheads.data(), *dkq = dqq + (size_t)N * s, *dql = dkq + (size_t)N * s, *dkl = dql + (size_t)N * s;
-        const float *u = act.data(), *v = act.data() + e;
+        // h, act and their gradients in the model's two planes (flash.h, vz_plane): u, then [v | z]
+        float *h_vz = vz_plane(h.data(), N, e), *act_vz = vz_plane(act.data(), N, e), *dh_vz = vz_plane(dh.data(), N, e),
+              *dv = vz_plane(dact.data(), N, e);
+        const float* v = act_vz;
+        const int ldv = e + s;
 
         // Each op has a class; the step's time per class is each op's time × the times a step runs it: the layer
         // ops L times (the SiLU recompute L − 1: the forward leaves the last layer's act), the head once.
@@ -348,19 +374,19 @@ int main(int argc, char** argv) {
         for (int& t : tgt) t = rng.below(V);
         std::vector<Row> rows = {
             {"scalenorm fwd", kElementwise, kEachLayer, [&] { scalenorm_forward(xn.data(), rstd.data(), x.data(), g.data(), N, d, c.eps); }},
-            {"w_in fwd", kProducts, kEachLayer, [&] { matmul_forward(h.data(), xn.data(), w_in.data(), b_in.data(), N, d, I); }},
-            {"gau rows fwd", kElementwise, kEachLayer, [&] { gau_rows_forward(act.data(), qq, kq, ql, kl, h.data(), gamma.data(), beta.data(), cos_t.data(), sin_t.data(), N, T, e, s); }},
-            {"local attn fwd", kAttention, kEachLayer, [&] { local_attention_forward(o.data(), relu_s.data(), qq, kq, v, I, bias.data(), B, T, C, s, e, c.causal); }},
-            {"global attn fwd", kAttention, kEachLayer, [&] { global_attention_forward(o.data(), m.data(), ql, kl, v, I, B, T, C, s, e, c.causal); }},
-            {"gate fwd", kElementwise, kEachLayer, [&] { gate_forward(gated.data(), u, I, o.data(), N, e); }},
+            {"w_in fwd", kProducts, kEachLayer, [&] { matmul_forward(h.data(), xn.data(), w_in.data(), b_in.data(), N, d, e, I); matmul_forward(h_vz, xn.data(), w_in.data() + e, b_in.data() + e, N, d, e + s, I); }},
+            {"gau rows fwd", kElementwise, kEachLayer, [&] { gau_rows_forward(act_vz, qq, kq, ql, kl, h_vz, gamma.data(), beta.data(), cos_t.data(), sin_t.data(), N, T, e, s); }},
+            {"local attn fwd", kAttention, kEachLayer, [&] { local_attention_forward(o.data(), relu_s.data(), qq, kq, v, ldv, bias.data(), B, T, C, s, e, c.causal); }},
+            {"global attn fwd", kAttention, kEachLayer, [&] { global_attention_forward(o.data(), m.data(), ql, kl, v, ldv, B, T, C, s, e, c.causal); }},
+            {"silu gate fwd", kElementwise, kEachLayer, [&] { silu_gate_forward(gated.data(), h.data(), o.data(), N, e); }},
             {"w_out+res fwd", kProducts, kEachLayer, [&] { matmul_residual_forward(y.data(), x.data(), gated.data(), w_out.data(), b_out.data(), N, e, d); }},
             {"w_out bwd", kProducts, kEachLayer, [&] { matmul_backward(dgated.data(), dw_out.data(), db_out.data(), dx.data(), gated.data(), w_out.data(), N, e, d); }},
-            {"gate bwd", kElementwise, kEachLayer, [&] { gate_backward(dact.data(), I, d_o.data(), dgated.data(), u, I, o.data(), N, e); }},
-            {"global attn bwd", kAttention, kEachLayer, [&] { global_attention_backward(dql, dkl, dact.data() + e, I, d_o.data(), m.data(), ql, kl, v, I, B, T, C, s, e, c.causal); }},
-            {"local attn bwd", kAttention, kEachLayer, [&] { local_attention_backward(dqq, dkq, dact.data() + e, I, dbias.data(), d_o.data(), relu_s.data(), qq, kq, v, I, B, T, C, s, e, c.causal); }},
-            {"silu recompute", kElementwise, kEachLayerButLast, [&] { silu_forward(act.data(), h.data(), (size_t)N * I); }},
-            {"gau rows bwd", kElementwise, kEachLayer, [&] { gau_rows_backward(dh.data(), dgamma.data(), dbeta.data(), dact.data(), dqq, dkq, dql, dkl, h.data(), act.data(), gamma.data(), cos_t.data(), sin_t.data(), N, T, e, s); }},
-            {"w_in bwd", kProducts, kEachLayer, [&] { matmul_backward(dxn.data(), dw_in.data(), db_in.data(), dh.data(), xn.data(), w_in.data(), N, d, I); }},
+            {"silu gate bwd", kElementwise, kEachLayer, [&] { silu_gate_backward(dh.data(), d_o.data(), dgated.data(), h.data(), o.data(), N, e); }},
+            {"global attn bwd", kAttention, kEachLayer, [&] { global_attention_backward(dql, dkl, dv, ldv, d_o.data(), m.data(), ql, kl, v, ldv, B, T, C, s, e, c.causal); }},
+            {"local attn bwd", kAttention, kEachLayer, [&] { local_attention_backward(dqq, dkq, dv, ldv, dbias.data(), d_o.data(), relu_s.data(), qq, kq, v, ldv, B, T, C, s, e, c.causal); }},
+            {"silu recompute", kElementwise, kEachLayerButLast, [&] { silu_forward(act_vz, h_vz, (size_t)N * (e + s)); }},
+            {"gau rows bwd", kElementwise, kEachLayer, [&] { gau_rows_backward(dh_vz, dgamma.data(), dbeta.data(), dv, dqq, dkq, dql, dkl, h_vz, act_vz, gamma.data(), cos_t.data(), sin_t.data(), N, T, e, s); }},
+            {"w_in bwd", kProducts, kEachLayer, [&] { matmul_backward(dxn.data(), dw_in.data(), db_in.data(), dh.data(), xn.data(), w_in.data(), N, d, e, I); matmul_backward(dxn.data(), dw_in.data() + e, db_in.data() + e, dh_vz, xn.data(), w_in.data() + e, N, d, e + s, I); }},
             {"scalenorm bwd", kElementwise, kEachLayer, [&] { scalenorm_backward(dx.data(), dg.data(), dxn.data(), x.data(), rstd.data(), g.data(), N, d); }},
             {"logits fwd", kProducts, kOnce, [&] { logits_forward(logits.data(), xn.data(), wte.data(), N, d, V); }},
             {"xent fwd", kLoss, kOnce, [&] { crossentropy_forward(losses.data(), probs.data(), logits.data(), tgt.data(), N, V); }},

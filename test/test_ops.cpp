@@ -260,6 +260,49 @@ TEST_CASE("gate backward matches finite differences (u strided)") {
     CHECK(gradcheck(o, d_o, loss) < kTol);
 }
 
+TEST_CASE("silu gate backward matches finite differences") {
+    Rng rng(47);
+    auto h_u = randn((size_t)N * e, rng, 3.0), o = randn((size_t)N * e, rng), W = randn((size_t)N * e, rng);
+    std::vector<double> gated((size_t)N * e), dh_u(h_u.size(), 0.0), d_o(o.size(), 0.0);
+    auto loss = [&]() { silu_gate_forward(gated.data(), h_u.data(), o.data(), N, e); return dot(gated, W); };
+    silu_gate_backward(dh_u.data(), d_o.data(), W.data(), h_u.data(), o.data(), N, e);
+    CHECK(gradcheck(h_u, dh_u, loss) < kTol);
+    CHECK(gradcheck(o, d_o, loss) < kTol);
+}
+
+// The fused gate against its naive version: silu_forward_naive then gate_forward, and back gate_backward then
+// silu_backward_naive (float: exp_approx against std::exp; double: the same arithmetic). The gradients add to
+// what their buffers held.
+template <typename Real>
+static void check_silu_gate(double tol) {
+    Rng rng(48);
+    auto to = [](const std::vector<double>& v) { return std::vector<Real>(v.begin(), v.end()); };
+    const size_t n = (size_t)N * e;
+    const auto h_u = to(randn(n, rng, 3.0)), o = to(randn(n, rng)), dgated = to(randn(n, rng)),
+               dh0 = to(randn(n, rng)), do0 = to(randn(n, rng));
+    std::vector<Real> gated(n), dh_u = dh0, d_o = do0;
+    silu_gate_forward(gated.data(), h_u.data(), o.data(), N, e);
+    silu_gate_backward(dh_u.data(), d_o.data(), dgated.data(), h_u.data(), o.data(), N, e);
+    std::vector<Real> u(n), gated_n(n), du(n, Real(0)), dh_n = dh0, do_n = do0;
+    silu_forward_naive(u.data(), h_u.data(), n);
+    gate_forward(gated_n.data(), u.data(), e, o.data(), N, e);
+    gate_backward(du.data(), e, do_n.data(), dgated.data(), u.data(), e, o.data(), N, e);
+    silu_backward_naive(dh_n.data(), du.data(), h_u.data(), n);
+    auto rel = [](const std::vector<Real>& a, const std::vector<Real>& b) {  // max-norm relative difference
+        double err = 0, scale = 0;
+        for (size_t i = 0; i < a.size(); i++)
+            err = std::max(err, std::fabs((double)a[i] - b[i])), scale = std::max(scale, std::fabs((double)b[i]));
+        return err / scale;
+    };
+    CHECK(rel(gated, gated_n) <= tol);
+    CHECK(rel(d_o, do_n) <= tol);
+    CHECK(rel(dh_u, dh_n) <= tol);
+}
+TEST_CASE("silu gate: fused equals silu then the gate (double within 1e-14, float 1e-6)") {
+    check_silu_gate<double>(1e-14);
+    check_silu_gate<float>(1e-6);
+}
+
 TEST_CASE("tied logits backward matches finite differences") {
     Rng rng(12);
     auto xn = randn((size_t)N * d, rng), wte = randn((size_t)V * d, rng), W = randn((size_t)N * V, rng);
@@ -389,13 +432,14 @@ TEST_CASE("silu: tuned equals naive (float: within 4e-7 relative, gradient too; 
     for (size_t i = 0; i < n; i++) CHECK(std::fabs(yd_tuned[i] - yd_naive[i]) <= 4e-16 * std::fabs(yd_naive[i]));
 }
 
-// The fused rows (flash.h: gau_rows_forward/backward) against the unfused ops they replace, run one after the other:
-// silu_forward, offset_scale_forward, rope_forward ×4, and backward rope_backward ×4, offset_scale_backward,
-// silu_backward. In double they are the same arithmetic but for the order of the sums over rows of dγ, dβ.
+// The fused rows (flash.h: gau_rows_forward/backward, rows [v | z]) against the unfused ops they replace, run one
+// after the other: silu_forward, offset_scale_forward, rope_forward ×4, and backward rope_backward ×4,
+// offset_scale_backward, silu_backward. In double they are the same arithmetic but for the order of the sums over
+// rows of dγ, dβ.
 template <typename Real>
 static void check_gau_rows(double tol) {
     Rng rng(41);
-    const int Nr = 150, Tr = 50, I = 2 * e + s;  // Nr not a multiple of the 64-row blocks of the backward
+    const int Nr = 150, Tr = 50, I = e + s;  // rows [v | z]; Nr not a multiple of the 64-row blocks of the backward
     std::vector<double> cos_t, sin_t;
     rope_tables(cos_t, sin_t, 0, Tr, s, 10000.0);
     auto to = [](const std::vector<double>& v) { return std::vector<Real>(v.begin(), v.end()); };
@@ -420,13 +464,13 @@ static void check_gau_rows(double tol) {
     {
         Real* hd = naive.heads.data();
         silu_forward_naive(naive.act.data(), h.data(), (size_t)Nr * I);
-        offset_scale_forward(hd, hd + Ns, hd + 2 * Ns, hd + 3 * Ns, naive.act.data() + 2 * e, I, gamma.data(),
+        offset_scale_forward(hd, hd + Ns, hd + 2 * Ns, hd + 3 * Ns, naive.act.data() + e, I, gamma.data(),
                              beta.data(), Nr, s);
         for (int i = 0; i < 4; i++) rope_forward(hd + i * Ns, cos_t.data(), sin_t.data(), Nr, Tr, s);
         Real* dhd = dheads_n.data();
         for (int i = 0; i < 4; i++) rope_backward(dhd + i * Ns, cos_t.data(), sin_t.data(), Nr, Tr, s);
-        offset_scale_backward(naive.dact.data() + 2 * e, I, naive.dgamma.data(), naive.dbeta.data(), dhd, dhd + Ns,
-                              dhd + 2 * Ns, dhd + 3 * Ns, naive.act.data() + 2 * e, I, gamma.data(), Nr, s);
+        offset_scale_backward(naive.dact.data() + e, I, naive.dgamma.data(), naive.dbeta.data(), dhd, dhd + Ns,
+                              dhd + 2 * Ns, dhd + 3 * Ns, naive.act.data() + e, I, gamma.data(), Nr, s);
         silu_backward_naive(naive.dh.data(), naive.dact.data(), h.data(), (size_t)Nr * I);
     }
     auto rel = [](const std::vector<Real>& a, const std::vector<Real>& b) {
