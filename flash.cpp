@@ -228,9 +228,10 @@ void offset_scale_backward(Real* dz, int lddz, Real* dgamma, Real* dbeta, const 
 // Rows per block of gau_rows_backward: the sums over rows of dγ, dβ are taken per block, then over the blocks in
 // order, so they do not depend on the number of threads.
 constexpr int kRowBlock = 64;
-// The heads pass of gau_rows_backward reads z and adds to dz, s values of each row of 2e+s: runs too short for the
-// hardware prefetchers to pick up in time, so the pass asks for those of a row a few rows ahead. Small config, 2
-// threads: 1.1 → 0.87 ms a layer timed alone (1 to 8 rows ahead alike), 17-20 → 15.4-15.8 ms a step inside it.
+// The heads pass of gau_rows_backward reads z and adds to dz, the last s values of each row [v | z]: runs too short
+// for the hardware prefetchers to pick up in time, so the pass asks for those of a row a few rows ahead. Small
+// config, 2 threads, when rows were [u | v | z]: 1.1 → 0.87 ms a layer timed alone (1 to 8 rows ahead alike),
+// 17-20 → 15.4-15.8 ms a step inside it.
 constexpr int kPrefetchRowsAhead = 2;
 
 // Over the [v | z] plane (vz_plane): act = silu(h);  head_i = rope(z ⊙ γ[i] + β[i]), z = act[:, e:], row by row
@@ -316,7 +317,8 @@ void silu_gate_forward(Real* gated, const Real* h_u, const Real* o, int N, int e
 #pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < n; i++) gated[i] = h_u[i] * (Real(1) / (Real(1) + exp_tuned(-h_u[i]))) * o[i];
 }
-// Backward of: gated = u ⊙ o with u = h_u · σ(h_u)   =>   do += dgated ⊙ u;   dh_u += dgated ⊙ o ⊙ σ(h_u) · (1 + h_u · (1 − σ(h_u)))
+// Backward of: gated = u ⊙ o with u = h_u · σ(h_u)   =>   do += dgated ⊙ u;
+//                                                        dh_u += dgated ⊙ o ⊙ σ(h_u) · (1 + h_u · (1 − σ(h_u)))
 template <typename Real>
 void silu_gate_backward(Real* dh_u, Real* d_o, const Real* dgated, const Real* h_u, const Real* o, int N, int e) {
     const size_t n = (size_t)N * e;

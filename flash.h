@@ -147,7 +147,7 @@ template <typename Real>
 void view_activations(Acts<Real>& acts, GradActs<Real>& dacts, Real* act_base, Real* grad_base, const FlashConfig& c,
                       int B, int T);
 
-// The CPU keeps h, act = silu(h) and their gradients in two planes: u (N, e), then [v | z] (N, e+s) from here on.
+// The CPU keeps h, act = silu(h) and their gradients in two planes: u (N, e), then [v | z] (N, e+s) at vz_plane.
 // Passes over one of them (the gate reads u; the heads, attention and the SiLU recompute [v | z]) then stream
 // memory of their own: a pass over a part of each row of [u | v | z] cost as much as one over the whole rows. W_in
 // keeps its columns [u | v | z]; each plane is the product with its block of columns. (The GPU keeps rows.)

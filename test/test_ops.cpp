@@ -64,11 +64,11 @@ TEST_CASE("matmul backward matches finite differences") {
 }
 
 // ldw: a product over a block of columns of a wider w (FLASH's u and [v | z] columns of W_in). The two blocks of
-// [0, 2e) and [2e, 2e+s) must give the columns of the whole product, and their backward passes the whole one's
+// [0, e) and [e, 2e+s) must give the columns of the whole product, and their backward passes the whole one's
 // gradients: dx as the sum of the two, dw and db each in its own columns.
 TEST_CASE("matmul over column blocks of w (ldw) equals the whole product, forward and backward") {
     Rng rng(46);
-    const int in = d, out = 2 * e + s, split = 2 * e;
+    const int in = d, out = 2 * e + s, split = e;
     auto x = randn((size_t)N * in, rng), w = randn((size_t)in * out, rng), b = randn(out, rng),
          dy = randn((size_t)N * out, rng);
     std::vector<double> y((size_t)N * out), dx(x.size(), 0.0), dw(w.size(), 0.0), db(out, 0.0);
