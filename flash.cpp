@@ -340,7 +340,7 @@ static int local_block_rows(int row_block, int C, bool causal) {
 //   S[a,b] = (qq[a]·kq[b]) / C + w[a−b];   A[a,b] = relu(S[a,b])² if b ≤ a (causal) else 0;   quad[a] = Σ_b A[a,b] v[b]
 // o (N,e); relu_s (B,G,C,C) saved; qq, kq (N,s); v (N,e) with row stride ldv; rel_bias (C) or (2C−1)
 // Causal chunks go in blocks of row_block rows: rows a0 .. a1−1 attend to the columns b < a1 only, so the products
-// skip the blocks above the diagonal, which the mask makes zero (at C = 128 and 64 rows a block, a quarter of the
+// skip the blocks above the diagonal, which the mask makes zero (at C = 128 and 32 rows a block, 3/8 of the
 // products; the model's FLOP count keeps the whole square). The results are those of one block of C rows, but for
 // the order in which BLAS adds the products' terms; test_ops compares the two.
 template <typename Real>

@@ -185,7 +185,9 @@ template <typename Real> void silu_gate_backward(Real* dh_u, Real* d_o, const Re
 
 // Causal chunks are computed in blocks of row_block rows that skip the masked products above the diagonal
 // (flash.cpp); row_block = C is the plain version, one product over the whole chunk, that the tests compare with.
-constexpr int kLocalRowBlock = 64;
+// Small config, 2 threads, a layer's local attention forward and backward: 11.5 ms in whole chunks, 9.4 in blocks of
+// 64 rows, 8.8-8.9 in blocks of 32 or 48, 8.7-9.0 in blocks of 16 (more, smaller products for no gain).
+constexpr int kLocalRowBlock = 32;
 template <typename Real> void local_attention_forward(Real* o, Real* relu_s, const Real* qq, const Real* kq, const Real* v,
                                                       int ldv, const Real* rel_bias, int B, int T, int C, int s, int e,
                                                       bool causal, int row_block = kLocalRowBlock);

@@ -665,15 +665,17 @@ TEST_CASE("one layout list: activation_counts equals the span view_activations l
 }
 
 // FLASH.md §4 by hand for the small config (d 256, e 512, s 128, L 8, C 128, V 4096): projections 851,968 a layer,
-// local 2·C·(s+e) = 163,840, global 4·s·e = 262,144, logits 2,097,152. Causal at T = 512, blocks of 64 rows cover
-// 64·64 + 64·128 of the 128² square and the global products take 3 of 4 chunks a side: a quarter of each is skipped.
+// local 2·C·(s+e) = 163,840, global 4·s·e = 262,144, logits 2,097,152. Causal, blocks of 32 rows (kLocalRowBlock)
+// cover 32·(32 + 64 + 96 + 128) of the 128² square, so 3/8 of the local part is skipped; at T = 512 the global
+// products take 3 of 4 chunks a side, so a quarter of the global part is.
 TEST_CASE("FLOPs per token: the model's count, and the part the causal code performs") {
+    REQUIRE(kLocalRowBlock == 32);  // the shares below are for blocks of 32 rows
     FlashConfig c = config_preset("small");
     const double full = 8 * (851968.0 + 163840 + 262144) + 2097152;
     CHECK(forward_flops_per_token(c) == full);
-    CHECK(forward_flops_done_per_token(c, 512) == full - 8 * (163840.0 + 262144) / 4);
-    CHECK(forward_flops_done_per_token(c, 128) == full - 8 * (163840.0 / 4 + 262144));  // one chunk: no global part
-    CHECK(forward_flops_done_per_token(c, 65536) == full - 8 * (163840.0 / 4 + 262144.0 / 512));
+    CHECK(forward_flops_done_per_token(c, 512) == full - 8 * (163840.0 * 3 / 8 + 262144.0 / 4));
+    CHECK(forward_flops_done_per_token(c, 128) == full - 8 * (163840.0 * 3 / 8 + 262144));  // one chunk: no global
+    CHECK(forward_flops_done_per_token(c, 65536) == full - 8 * (163840.0 * 3 / 8 + 262144.0 / 512));
     c.causal = false;  // every row sees every column, every chunk feeds every chunk
     CHECK(forward_flops_done_per_token(c, 512) == full);
 }

@@ -195,7 +195,7 @@ TEST_CASE("local attention backward matches finite differences, causal, in block
 
 // The causal local attention in blocks of rows (the products skip the masked blocks above the diagonal) against one
 // product over the whole chunk, at C = 128: same outputs, saved relu(S) and gradients, to roundoff (double).
-TEST_CASE("local attention in blocks of rows equals the whole-chunk products (C = 128, blocks of 64 and 48)") {
+TEST_CASE("local attention in blocks of rows equals the whole-chunk products (C = 128, blocks of 32, 64 and 48)") {
     const int Bb = 2, Tb = 256, Cb = 128, sb = 16, eb = 24, Nb = Bb * Tb, ldv = 2 * eb + sb, Gb = Tb / Cb;
     Rng rng(21);
     auto qq = randn((size_t)Nb * sb, rng), kq = randn((size_t)Nb * sb, rng), v = randn((size_t)Nb * ldv, rng);
@@ -215,7 +215,7 @@ TEST_CASE("local attention in blocks of rows equals the whole-chunk products (C 
         return r;
     };
     const Out whole = run(Cb);
-    for (int row_block : {64, 48}) {
+    for (int row_block : {kLocalRowBlock, 64, 48}) {
         const Out blocks = run(row_block);
         INFO("row_block " << row_block);
         CHECK(rel_err(blocks.o.data(), whole.o.data(), whole.o.size()) < 1e-13);
