@@ -5,7 +5,7 @@
 # A second run does not replace runs/flash: add --resume to continue it or --overwrite to start afresh.
 #
 # The default run trains the small config of FLASH.md section 5 (with T = 256 and a batch of 4) for about
-# 15 minutes on 2 cores, writes runs/flash/{metrics.jsonl,loss.png,ckpt_*.safetensors} (or --out-dir DIR), and prints
+# 3 minutes on 2 cores, writes runs/flash/{metrics.jsonl,loss.png,ckpt_*.safetensors} (or --out-dir DIR), and prints
 # validation losses (on a fixed sample of 8 x 4 windows) and text samples as it goes, and at the end the loss on
 # the whole validation set (every token once: the figure the README reports).
 set -euo pipefail
