@@ -437,12 +437,11 @@ void local_attention_backward(Real* dqq, Real* dkq, Real* dv, int lddv, Real* dr
 // The chunks (b·G + g) whose global products are taken. Causal, the last chunk of a batch row feeds no later chunk
 // and the first is fed by none, so each side has G − 1 chunks a row; non-causal, every chunk is both.
 struct GlobalChunks {
-    GlobalChunks(int B, int G, bool causal) : B(B), G(G), per_row(causal ? G - 1 : G), causal(causal) {}
+    GlobalChunks(int B, int G, bool causal) : B(B), G(G), per_row(causal ? G - 1 : G) {}
     int count() const { return B * per_row; }
-    int feeding(int i) const { return i / per_row * G + i % per_row; }                   // chunks 0 .. per_row−1
-    int fed(int i) const { return i / per_row * G + (causal ? 1 : 0) + i % per_row; }  // chunks G−per_row .. G−1
+    int feeding(int i) const { return i / per_row * G + i % per_row; }  // chunks 0 .. per_row−1
+    int fed(int i) const { return feeding(i) + G - per_row; }           // chunks G−per_row .. G−1
     int B, G, per_row;
-    bool causal;
 };
 
 // Global linear attention across chunks (adds to o):

@@ -151,8 +151,7 @@ void view_activations(Acts<Real>& acts, GradActs<Real>& dacts, Real* act_base, R
 // Passes over one of them (the gate reads u; the heads, attention and the SiLU recompute [v | z]) then stream
 // memory of their own: a pass over a part of each row of [u | v | z] cost as much as one over the whole rows. W_in
 // keeps its columns [u | v | z]; each plane is the product with its block of columns. (The GPU keeps rows.)
-template <typename Real> Real* vz_plane(Real* h, int N, int e) { return h + (size_t)N * e; }
-template <typename Real> const Real* vz_plane(const Real* h, int N, int e) { return h + (size_t)N * e; }
+template <typename Real> Real* vz_plane(Real* h, int N, int e) { return h + (size_t)N * e; }  // Real may be const
 
 // ----------------------------------------------------------------------------------------------------
 // FLASH's own ops (§1, §2); the shared ones are in ops.h. Argument order: outputs, saved activations, inputs,

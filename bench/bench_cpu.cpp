@@ -5,7 +5,8 @@
 //                                         share of the step, model FLOP/s (and the multiply-adds performed) as a
 //                                         share of the sgemm peak measured in the same run, activation bytes per
 //                                         token, and the step with 1 thread against all threads
-//   build/bench_cpu --elementwise         SiLU with exp_approx vs std::exp, fused rows vs the unfused ops
+//   build/bench_cpu --elementwise         SiLU with exp_approx vs std::exp, fused rows and the gate with u's SiLU
+//                                         vs the unfused ops
 //   build/bench_cpu --long [T,...]        one sequence (B = 1) at long T (default 512,16384,65536): ms per token,
 //                                         activation memory; against T = 512
 //   build/bench_cpu --scaling [OUT.png]   training step time against T = 256, 1024, 4096 (4096 tokens per step) of

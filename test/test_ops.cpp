@@ -288,11 +288,8 @@ static void check_silu_gate(double tol) {
     gate_forward(gated_n.data(), u.data(), e, o.data(), N, e);
     gate_backward(du.data(), e, do_n.data(), dgated.data(), u.data(), e, o.data(), N, e);
     silu_backward_naive(dh_n.data(), du.data(), h_u.data(), n);
-    auto rel = [](const std::vector<Real>& a, const std::vector<Real>& b) {  // max-norm relative difference
-        double err = 0, scale = 0;
-        for (size_t i = 0; i < a.size(); i++)
-            err = std::max(err, std::fabs((double)a[i] - b[i])), scale = std::max(scale, std::fabs((double)b[i]));
-        return err / scale;
+    auto rel = [](const std::vector<Real>& a, const std::vector<Real>& b) {  // testutil.h
+        return rel_err(a.data(), b.data(), b.size());
     };
     CHECK(rel(gated, gated_n) <= tol);
     CHECK(rel(d_o, do_n) <= tol);
@@ -473,11 +470,8 @@ static void check_gau_rows(double tol) {
                               dhd + 2 * Ns, dhd + 3 * Ns, naive.act.data() + e, I, gamma.data(), Nr, s);
         silu_backward_naive(naive.dh.data(), naive.dact.data(), h.data(), (size_t)Nr * I);
     }
-    auto rel = [](const std::vector<Real>& a, const std::vector<Real>& b) {
-        double err = 0, scale = 0;
-        for (size_t i = 0; i < a.size(); i++)
-            err = std::max(err, std::fabs((double)a[i] - b[i])), scale = std::max(scale, std::fabs((double)b[i]));
-        return err / scale;
+    auto rel = [](const std::vector<Real>& a, const std::vector<Real>& b) {  // testutil.h
+        return rel_err(a.data(), b.data(), b.size());
     };
     CHECK(rel(fused.act, naive.act) < tol);
     CHECK(rel(fused.heads, naive.heads) < tol);
