@@ -338,8 +338,11 @@ TEST_CASE("forward and backward are deterministic, bit for bit") {
 }
 
 // The backward takes the last layer's act = silu(h) as the forward left it (FlashModel::act_layer) instead of
-// recomputing it: gau_rows_forward's SiLU and silu_forward must agree to the bit, or the step would depend on it.
-TEST_CASE("the backward's act for the last layer: the forward's equals the recomputed one, bit for bit") {
+// recomputing it. The gradients must be those of a backward that recomputes every layer's act: the same bits on the
+// machines measured (gau_rows_forward's SiLU and silu_forward are one expression), asserted to 1e-6 so that no
+// compiler's choice of vector code for the two loops can fail it. (A layer differentiated with another layer's act
+// fails the finite-difference tests above: checked by breaking it.)
+TEST_CASE("the backward's act for the last layer: the forward's gives the gradients of recomputing it") {
     FlashConfig c = config_preset("tiny");
     c.d = 32; c.e = 64; c.s = 16; c.chunk = 8; c.seq_len = 32; c.n_layers = 3;
     const Batch batch = random_batch(c, 3, c.seq_len, 4);
@@ -355,7 +358,9 @@ TEST_CASE("the backward's act for the last layer: the forward's equals the recom
         CHECK(m.act_layer == 0);
         grads[recompute_all] = m.grads;
     }
-    CHECK(grads[0] == grads[1]);
+    const double diff = rel_err(grads[0].data(), grads[1].data(), grads[1].size());
+    MESSAGE("act left by the forward vs recomputed: max-norm relative gradient difference " << diff);
+    CHECK(diff <= 1e-6);
 }
 
 // The thread count must not change the result. Two claims, kept apart because only one is ours:
